@@ -1,0 +1,587 @@
+"""
+Sec. 3.1 and 3.4: the video masked autoencoder, the video-text contrastive head, and the classifiers.
+
+This is the shared module: every stage imports it, and nothing in it reads video or text, so it can be
+copied into another project alone (it needs only torch). It holds, in the paper's order:
+
+  Sec. 3.1  patchify / unpatchify, the normalised-pixel target, the ViT encoder (visible tokens only)
+            and the light decoder of VideoMAE [38]: `VideoMAE.forward(video, mask) -> (loss, pred, latent)`
+  Sec. 3.4  mean pooling + prediction head with (Sync)BatchNorm, and the symmetric InfoNCE of Eq. (4)
+            over the global batch: `info_nce(v, t)`
+  Sec. 4.2  the finetuning classifier and the linear-probe head (MAE's protocol)
+  and the plumbing around them: parameter groups, atomic checkpoints, and the import of published
+  VideoMAE weights (official and Hugging Face formats).
+
+The model is VideoMAE exactly: loaded with the same weights it gives the same loss as
+`transformers.VideoMAEForPreTraining` (tests/test_model.py checks this to 1e-5).
+
+Notation (the paper's symbols, used in every shape comment):
+  B  clips in a batch            C  colour channels (3)
+  T  frames per clip             H, W  frame height and width
+  t  tubelet size (2 frames)     p  patch size (16 pixels)
+  T', h, w = T/t, H/p, W/p       the token grid
+  N  = T' * h * w tokens, flattened in raster order (t, h, w)
+  N_vis, N_mask  visible and masked tokens per clip (every clip of a batch masks the same number)
+  D  encoder width               D_dec  decoder width        E  embedding width of the text space (512)
+  P  = t * p * p * C             values per token (1536 for t=2, p=16)
+Mask convention everywhere: mask is (B, N) bool, True = masked (hidden from the encoder).
+
+Try it:  python -m pytest -q tests/test_model.py
+"""
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# -----------------------------------------------------------------------------
+# Hyperparameters
+
+@dataclass
+class ModelConfig:
+    img_size: int = 224            # H = W
+    num_frames: int = 16           # T
+    tubelet_size: int = 2          # t
+    patch_size: int = 16           # p
+    in_chans: int = 3              # C
+    embed_dim: int = 768           # D
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    decoder_embed_dim: int = 384   # D_dec
+    decoder_depth: int = 4
+    decoder_num_heads: int = 6
+    norm_pix_loss: bool = True     # regress per-patch normalised pixels (VideoMAE's default)
+    norm_eps: float = 1e-6         # LayerNorm eps of VideoMAE (HF's config default is 1e-12: set it when comparing)
+    head_hidden_dim: int = 2048    # Sec. 3.4 prediction head, SimCLR-style
+    head_out_dim: int = 512        # E: CLIP ViT-B/32's text width, so video and text meet in one space
+
+    @property
+    def grid(self):
+        """The token grid (T', h, w)."""
+        return (self.num_frames // self.tubelet_size, self.img_size // self.patch_size, self.img_size // self.patch_size)
+
+    @property
+    def num_patches(self):
+        """N = T' * h * w."""
+        tp, h, w = self.grid
+        return tp * h * w
+
+
+# VideoMAE's sizes (modeling_pretrain.py); vit_tiny is timm's ViT-Ti, used by the tests and the demo.
+MODEL_SIZES = {
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=96, decoder_num_heads=3),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=192, decoder_num_heads=3),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=384, decoder_num_heads=6),
+    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, decoder_embed_dim=512, decoder_num_heads=8),
+}
+
+
+def make_config(name="vit_base", **overrides):
+    """A ModelConfig from a named size plus any field overrides (e.g. img_size=112, num_frames=8)."""
+    if name not in MODEL_SIZES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SIZES)}")
+    return ModelConfig(**{**MODEL_SIZES[name], **overrides})
+
+
+# -----------------------------------------------------------------------------
+# Sec. 3.1: tokens, and the reconstruction target
+
+def patchify(video, tubelet, patch):
+    """Cut clips into tubelets, one row per token. video: (B, C, T, H, W) -> (B, N, t*p*p*C).
+
+    Tokens are in raster order (t, h, w), like the patch embedding's output; inside a token the values are
+    ordered (t, p, p, C), channel fastest, which is the order VideoMAE's decoder head predicts.
+    """
+    B, C, T, H, W = video.shape
+    t, p = tubelet, patch
+    x = video.reshape(B, C, T // t, t, H // p, p, W // p, p)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)                     # (B, T', h, w, t, p, p, C)
+    return x.reshape(B, (T // t) * (H // p) * (W // p), t * p * p * C)
+
+
+def unpatchify(x, tubelet, patch, grid):
+    """The inverse of patchify. x: (B, N, t*p*p*C), grid (T', h, w) -> (B, C, T, H, W)."""
+    B = x.shape[0]
+    t, p = tubelet, patch
+    tp, h, w = grid
+    x = x.reshape(B, tp, h, w, t, p, p, -1)                    # (B, T', h, w, t, p, p, C)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)                     # (B, C, T', t, h, p, w, p)
+    return x.reshape(B, -1, tp * t, h * p, w * p)
+
+
+def pixel_target(video, tubelet, patch, norm_pix_loss=True):
+    """What the decoder regresses, for every token. video: ImageNet-normalised (B, C, T, H, W) -> (B, N, P).
+
+    VideoMAE's order: undo the ImageNet normalisation to [0, 1], cut into tokens, then normalise each token
+    per channel over its t*p*p pixels with the unbiased std (the "norm pixel" target of MAE, Sec. 3.1).
+    """
+    mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=video.device).view(1, -1, 1, 1, 1)
+    x = patchify(video.float() * std + mean, tubelet, patch)   # (B, N, P), pixels in [0, 1]
+    if not norm_pix_loss:
+        return x
+    B, N, P = x.shape
+    C = video.shape[1]
+    x = x.view(B, N, P // C, C)                                # (B, N, t*p*p, C): channel fastest
+    x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+    return x.view(B, N, P)
+
+
+def sinusoid_table(n_position, dim):
+    """The fixed 1-D sine-cosine position table of VideoMAE (Transformer-style), (1, n_position, dim).
+
+    Built in float64 as VideoMAE's numpy code does, then cast, so it matches theirs bit for bit.
+    """
+    pos = torch.arange(n_position, dtype=torch.float64)[:, None]
+    freq = torch.pow(10000.0, 2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim)
+    table = pos / freq                                         # (n_position, dim)
+    table[:, 0::2] = torch.sin(table[:, 0::2])                 # even dims: sine
+    table[:, 1::2] = torch.cos(table[:, 1::2])                 # odd dims: cosine
+    return table.float().unsqueeze(0)
+
+
+# -----------------------------------------------------------------------------
+# The transformer: one pre-norm block of VideoMAE
+
+def drop_path(x, p, training):
+    """Stochastic depth: drop the residual branch for whole samples (used when finetuning, Sec. 4.2)."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        # VideoMAE: one qkv matrix without bias, plus learned q and v biases; k has none (its bias would
+        # only add a constant per query to the logits, which the softmax ignores).
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def qkv_heads(self, x):
+        """(B, N, D) -> q, k, v, each (B, nh, N, hs)."""
+        B, N, D = x.shape
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias)               # (B, N, 3D)
+        qkv = qkv.view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]                          # each (B, nh, N, hs)
+
+    def forward(self, x):
+        B, N, D = x.shape
+        q, k, v = self.qkv_heads(x)
+        x = F.scaled_dot_product_attention(q, k, v)            # (B, nh, N, hs); scale hs^-0.5 as VideoMAE
+        x = x.transpose(1, 2).reshape(B, N, D)                 # (B, N, D)
+        return self.proj(x)
+
+    def attention_map(self, x):
+        """Softmax attention weights (B, nh, N, N), for pictures (Fig. 3, row 4); not used in training."""
+        q, k, _ = self.qkv_heads(x)
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.drop_path = drop_path
+
+    def forward(self, x):
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        return x
+
+
+def init_weights(m):
+    """VideoMAE's init: xavier-uniform Linear with zero bias, LayerNorm (1, 0). The Conv3d keeps PyTorch's."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# -----------------------------------------------------------------------------
+# Sec. 3.1, Eq. (1)-(3): encoder phi over the visible tokens, decoder xi over all of them
+
+class PatchEmbed(nn.Module):
+    """Eq. (1): V_p = P(V), one Conv3d whose kernel and stride are the tubelet (t, p, p)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        k = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
+        self.proj = nn.Conv3d(cfg.in_chans, cfg.embed_dim, kernel_size=k, stride=k)
+
+    def forward(self, video):
+        return self.proj(video).flatten(2).transpose(1, 2)     # (B, C, T, H, W) -> (B, D, T', h, w) -> (B, N, D)
+
+
+class Encoder(nn.Module):
+    """phi: patch embedding + fixed positions, then blocks over the visible tokens only (Eq. 3)."""
+
+    def __init__(self, cfg: ModelConfig, drop_path: float = 0.0, final_norm: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        # fixed, not learned and not saved: rebuilt from the config on load
+        self.register_buffer("pos_embed", sinusoid_table(cfg.num_patches, cfg.embed_dim), persistent=False)
+        dpr = [drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linearly rising, as VideoMAE
+        self.blocks = nn.ModuleList(
+            [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.norm_eps, dpr[i]) for i in range(cfg.depth)])
+        # NOTE: the finetuning classifier drops this norm for the fc_norm after pooling, as VideoMAE does
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if final_norm else nn.Identity()
+
+    def tokens(self, video, mask=None):
+        """Embedded tokens with positions, the masked ones removed: (B, N_vis, D). mask: True = masked."""
+        x = self.patch_embed(video)                            # (B, N, D)
+        x = x + self.pos_embed.to(x.dtype)                     # positions before selection, so each token keeps its own
+        if mask is not None:
+            B, _, D = x.shape
+            x = x[~mask].reshape(B, -1, D)                     # (B, N_vis, D): equal counts per clip make this a reshape
+        return x
+
+    def forward(self, video, mask=None):
+        """video (B, C, T, H, W), mask (B, N) bool, True = masked (None: all tokens) -> (B, N_vis, D)."""
+        x = self.tokens(video, mask)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def last_attention(self, video, mask=None):
+        """Attention weights of the last block (B, nh, N_vis, N_vis), for Fig. 3's attention maps."""
+        x = self.tokens(video, mask)
+        for blk in self.blocks[:-1]:
+            x = blk(x)
+        return self.blocks[-1].attn.attention_map(self.blocks[-1].norm1(x))
+
+
+class Decoder(nn.Module):
+    """xi: a narrow transformer over [visible tokens, mask tokens], predicting the masked tokens' pixels."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.decoder_embed_dim
+        self.blocks = nn.ModuleList(
+            [Block(d, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.decoder_depth)])
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.head = nn.Linear(d, cfg.tubelet_size * cfg.patch_size ** 2 * cfg.in_chans)  # D_dec -> P
+
+    def forward(self, x, num_masked):
+        """x: (B, N, D_dec) with the masked tokens last -> predictions (B, N_mask, P)."""
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x[:, -num_masked:]))        # only the masked tokens are predicted
+
+
+class ContrastiveHead(nn.Module):
+    """Sec. 3.4: the prediction head on the pooled video embedding, "with global batch norm" (SimCLR).
+
+    Under DDP, pretrain.py converts its BatchNorm to SyncBatchNorm, so the statistics are the global batch's.
+    """
+
+    def __init__(self, dim: int, hidden: int, out: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, out)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.bn(self.fc1(x))))          # (B, D) -> (B, E)
+
+
+class VideoMAE(nn.Module):
+    """The pretraining model: encoder, decoder, and the video-text head of Sec. 3.4.
+
+    Parameter names follow the official VideoMAE checkpoints (`encoder.*`, `encoder_to_decoder`, `mask_token`,
+    `decoder.*`), so they load as they are; `projector.*` is ours.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_embed_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
+        self.register_buffer("decoder_pos_embed", sinusoid_table(cfg.num_patches, cfg.decoder_embed_dim),
+                             persistent=False)
+        self.decoder = Decoder(cfg)
+        self.projector = ContrastiveHead(cfg.embed_dim, cfg.head_hidden_dim, cfg.head_out_dim)
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward_encoder(self, video, mask):
+        """E = phi(V_p_visible), Eq. (3). mask: (B, N) bool, True = masked -> (B, N_vis, D)."""
+        return self.encoder(video, mask)
+
+    def forward_decoder(self, latent, mask):
+        """V' = xi(E u V_p_masked), Eq. (3). mask: (B, N) bool, True = masked -> (B, N_mask, P)."""
+        x = self.encoder_to_decoder(latent)                    # (B, N_vis, D_dec)
+        B, _, d = x.shape
+        pos = self.decoder_pos_embed.to(x.dtype).expand(B, -1, -1)  # (B, N, D_dec)
+        pos_vis = pos[~mask].reshape(B, -1, d)                 # (B, N_vis, D_dec)
+        pos_mask = pos[mask].reshape(B, -1, d)                 # (B, N_mask, D_dec)
+        # The visible tokens are not put back in place: the positions carry the order, and the masked
+        # tokens go last so the predictions are the last N_mask outputs.
+        x = torch.cat([x + pos_vis, self.mask_token.to(x.dtype) + pos_mask], dim=1)  # (B, N, D_dec)
+        return self.decoder(x, pos_mask.shape[1])
+
+    def forward_loss(self, video, pred, mask):
+        """L_MSE over the masked tokens only (Sec. 3.1). pred (B, N_mask, P); mask (B, N), True = masked."""
+        with torch.no_grad():
+            target = pixel_target(video, self.cfg.tubelet_size, self.cfg.patch_size, self.cfg.norm_pix_loss)
+            target = target[mask].reshape(pred.shape)          # (B, N_mask, P), same order as pred
+        return F.mse_loss(pred.float(), target)
+
+    def forward(self, video, mask):
+        """video (B, C, T, H, W), mask (B, N) bool, True = masked -> (loss_mse, pred, latent)."""
+        latent = self.forward_encoder(video, mask)             # (B, N_vis, D)
+        pred = self.forward_decoder(latent, mask)              # (B, N_mask, P)
+        loss = self.forward_loss(video, pred, mask)
+        return loss, pred, latent
+
+    def video_embedding(self, latent):
+        """Sec. 3.4: v_i = head(mean over the visible tokens of phi's output), L2-normalised. -> (B, E)."""
+        return F.normalize(self.projector(latent.mean(dim=1)).float(), dim=-1)
+
+
+# -----------------------------------------------------------------------------
+# Sec. 3.4, Eq. (4): symmetric InfoNCE over the global batch
+
+def gather_with_local_grad(x):
+    """All ranks' x concatenated along dim 0; this rank's slice is x itself, so its gradient is kept."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def info_nce(v, t, tau=0.07):
+    """(L_NCE(v, t) + L_NCE(t, v)) / 2 of Sec. 3.4, Eq. (4). v, t: (B, E) L2-normalised; row i is a pair.
+
+    The negatives of a pair are all other clips (texts) of the *global* batch: under torch.distributed both
+    sides are gathered from every rank, so the value equals the one-process value on the same global batch.
+    """
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        v, t = gather_with_local_grad(v), gather_with_local_grad(t)
+    logits = v @ t.t() / tau                                   # (B_global, B_global): sim(q, k) / tau, cosine
+    labels = torch.arange(logits.shape[0], device=logits.device)  # the positive k+ sits on the diagonal
+    loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2  # video->text, text->video
+    if world > 1:
+        # Every rank computes the same global loss, but its graph reaches only its own clips, and DDP
+        # *averages* gradients over ranks: that would divide this term by `world`. Scaling the gradient (not
+        # the value) by `world` gives every clip exactly the gradient of the global-batch loss.
+        loss = loss * world - loss.detach() * (world - 1)
+    return loss
+
+
+# -----------------------------------------------------------------------------
+# Sec. 4.2: transfer heads
+
+class VideoClassifier(nn.Module):
+    """Finetuning: encoder over all tokens -> mean pool -> LayerNorm -> Linear (VideoMAE's ViT classifier)."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, drop_path: float = 0.1, head_init_scale: float = 1e-3):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, drop_path=drop_path, final_norm=False)
+        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.embed_dim, num_classes)
+        self.apply(init_weights)
+        # VideoMAE: a tiny head at start (trunc-normal .02 times 0.001) so early logits are near uniform
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        with torch.no_grad():
+            self.head.weight.mul_(head_init_scale)
+            self.head.bias.mul_(head_init_scale)
+
+    def features(self, video):
+        """Mean-pooled tokens (B, D), before fc_norm."""
+        return self.encoder(video).mean(dim=1)
+
+    def forward(self, video):
+        return self.head(self.fc_norm(self.features(video)))  # (B, K)
+
+
+class LinearProbe(nn.Module):
+    """MAE's linear probe: BatchNorm without affine (a per-feature whitening) then Linear (std .01)."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(self.bn(x))                           # (B, D) -> (B, K)
+
+
+def param_groups(model, weight_decay, layer_decay=None, base_lr=None):
+    """AdamW groups: no weight decay on biases, norms and mask_token (every 1-D parameter, VideoMAE's rule).
+
+    With layer_decay (finetuning), block i of the encoder gets lr_scale = layer_decay ** (depth + 1 - layer),
+    where the patch embedding is layer 0, block i is layer i + 1 and everything after the encoder is depth + 1.
+    """
+    depth = len(model.encoder.blocks)
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name.endswith("mask_token")
+        if name.startswith("encoder.blocks."):
+            layer = int(name.split(".")[2]) + 1
+        elif name.startswith("encoder.patch_embed") or name.startswith("encoder.pos_embed"):
+            layer = 0
+        else:
+            layer = depth + 1
+        scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
+        key = (no_decay, scale)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: one plain dict, written atomically
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(path, obj):
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)                                      # atomic on POSIX
+
+
+def load_checkpoint(path):
+    """Load a checkpoint dict onto the CPU, with a sentence (not a traceback) when the file is unusable."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip errors, EOF, unpickling: all mean the file is not a whole checkpoint
+        raise CheckpointError(
+            f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "it may be truncated by an interrupted copy, or not a PyTorch checkpoint") from None
+
+
+def config_from_checkpoint(ckpt):
+    """Rebuild the ModelConfig stored in a checkpoint written by this project."""
+    if "model_cfg" not in ckpt:
+        raise CheckpointError("checkpoint has no 'model_cfg': it was not written by this project's scripts "
+                              "(for published VideoMAE weights use load_videomae_weights)")
+    return ModelConfig(**ckpt["model_cfg"])
+
+
+def model_config_dict(cfg):
+    return asdict(cfg)
+
+
+# -----------------------------------------------------------------------------
+# Import of published VideoMAE weights (official repo and Hugging Face)
+
+def _hf_to_official(key):
+    """Rename one Hugging Face VideoMAE key to the official name, or None if it has no counterpart here."""
+    key = key.replace("videomae.embeddings.patch_embeddings.projection", "encoder.patch_embed.proj")
+    key = key.replace("videomae.encoder.layer.", "encoder.blocks.")
+    key = key.replace("decoder.decoder_layers.", "decoder.blocks.")
+    key = key.replace("videomae.layernorm.", "encoder.norm.")
+    key = key.replace("classifier.", "head.")
+    for hf, ours in (("attention.output.dense", "attn.proj"), ("layernorm_before", "norm1"),
+                     ("layernorm_after", "norm2"), ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2")):
+        key = key.replace(hf, ours)
+    return key
+
+
+def _read_state_dict(path):
+    """A state dict from a .pth/.bin/.safetensors file or a save_pretrained folder."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if os.path.isfile(os.path.join(path, name)):
+                return _read_state_dict(os.path.join(path, name))
+        raise CheckpointError(f"{path}: folder has no model.safetensors or pytorch_model.bin")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    sd = load_checkpoint(path)
+    for k in ("model", "module", "state_dict"):                # the official repo saves {'model': ...} or {'module': ...}
+        if isinstance(sd.get(k), dict):
+            return sd[k]
+    return sd
+
+
+def videomae_state_dict(path):
+    """Published VideoMAE weights as a state dict in this project's (= the official repo's) names.
+
+    The Hugging Face format keeps q, k, v as three Linears with q/v biases; we fuse them into one qkv matrix
+    plus q_bias and v_bias, as the official checkpoints store them.
+    """
+    sd = _read_state_dict(path)
+    out = {}
+    for k, v in sd.items():
+        k = _hf_to_official(k)
+        if k.startswith(("patch_embed.", "blocks.", "norm.")):  # official finetuned checkpoints: no 'encoder.' prefix
+            k = "encoder." + k
+        out[k] = v
+    for k in [k for k in out if k.endswith("attention.attention.query.weight")]:
+        stem = k[: -len("attention.attention.query.weight")]
+        q, kk, v = (out.pop(f"{stem}attention.attention.{n}.weight") for n in ("query", "key", "value"))
+        out[f"{stem}attn.qkv.weight"] = torch.cat([q, kk, v])
+        for n, b in (("q", "query"), ("v", "value")):        # HF files name them q_bias (hub) or query.bias
+            bias = out.pop(f"{stem}attention.attention.{n}_bias", None)
+            bias = out.pop(f"{stem}attention.attention.{b}.bias", bias)
+            if bias is not None:
+                out[f"{stem}attn.{n}_bias"] = bias
+    return out
+
+
+def load_videomae_weights(module, path):
+    """Load official or Hugging Face VideoMAE weights into a VideoMAE, VideoClassifier or Encoder.
+
+    Returns (missing, unexpected) key lists, as load_state_dict does; tensors whose shape differs from the
+    module's (e.g. a classifier head for another number of classes) are reported as unexpected, not loaded.
+    """
+    sd = videomae_state_dict(path)
+    if isinstance(module, Encoder):
+        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    own = module.state_dict()
+    skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    sd = {k: v for k, v in sd.items() if k not in skipped}
+    missing, unexpected = module.load_state_dict(sd, strict=False)
+    return list(missing), list(unexpected) + skipped

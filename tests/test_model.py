@@ -1,0 +1,258 @@
+"""
+Tests of model.py (Sec. 3.1, 3.4): parity with transformers' VideoMAE, the target, InfoNCE, training,
+checkpoints. CPU, tiny shapes, no network.
+
+    python -m pytest -q tests/test_model.py
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model as M
+
+# a tiny VideoMAE: 4 frames of 32x32 -> grid (2, 2, 2), N = 8 tokens of P = 2*16*16*3 = 1536 values
+TINY = dict(img_size=32, num_frames=4, tubelet_size=2, patch_size=16, embed_dim=32, depth=2, num_heads=4,
+            decoder_embed_dim=16, decoder_depth=2, decoder_num_heads=2, head_hidden_dim=64, head_out_dim=16)
+
+
+def tiny_cfg(**kw):
+    return M.ModelConfig(**{**TINY, **kw})
+
+
+def fixed_count_mask(batch, n, n_masked, seed=0):
+    """(B, N) bool, True = masked, the same count in every row."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.stack([torch.randperm(n, generator=g) for _ in range(batch)])
+    return order < n_masked
+
+
+# -----------------------------------------------------------------------------
+# parity with transformers.VideoMAEForPreTraining, loaded through our importer
+
+def hf_tiny(tmp_path, norm_pix_loss=True):
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+
+    hf_cfg = VideoMAEConfig(
+        image_size=32, patch_size=16, num_channels=3, num_frames=4, tubelet_size=2, hidden_size=32,
+        num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, decoder_hidden_size=16,
+        decoder_num_hidden_layers=2, decoder_num_attention_heads=2, decoder_intermediate_size=64,
+        use_mean_pooling=False, norm_pix_loss=norm_pix_loss, layer_norm_eps=1e-6, attn_implementation="eager")
+    torch.manual_seed(0)
+    hf = VideoMAEForPreTraining(hf_cfg).eval()
+    with torch.no_grad():  # random everything, biases and norms too, so no parameter can hide a mapping error
+        for p in hf.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    hf.save_pretrained(tmp_path / "hf")
+    # NOTE: HF hard-codes eps 1e-5 in the decoder's final LayerNorm; the official VideoMAE (and we) use 1e-6.
+    hf.decoder.norm.eps = 1e-6
+    return hf
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_parity_with_transformers_pretraining(tmp_path, norm_pix_loss):
+    hf = hf_tiny(tmp_path, norm_pix_loss)
+    ours = M.VideoMAE(tiny_cfg(norm_pix_loss=norm_pix_loss)).eval()
+    missing, unexpected = M.load_videomae_weights(ours, tmp_path / "hf")
+    assert unexpected == []
+    assert all(k.startswith("projector.") for k in missing)    # only our contrastive head is new
+
+    torch.manual_seed(1)
+    video = torch.randn(3, 3, 4, 32, 32)                       # (B, C, T, H, W)
+    mask = fixed_count_mask(3, 8, 6)
+    with torch.no_grad():
+        loss, pred, latent = ours(video, mask)
+        out = hf(video.transpose(1, 2), bool_masked_pos=mask)  # HF takes (B, T, C, H, W)
+    assert pred.shape == (3, 6, 1536)
+    torch.testing.assert_close(pred, out.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, out.loss, rtol=1e-5, atol=0)
+
+    # the encoder alone against VideoMAEModel (visible tokens, final LayerNorm)
+    with torch.no_grad():
+        enc = hf.videomae(video.transpose(1, 2), bool_masked_pos=mask).last_hidden_state
+    torch.testing.assert_close(latent, enc, rtol=1e-5, atol=1e-5)
+
+
+def test_import_official_format_and_into_classifier(tmp_path):
+    """Official-format keys (fused qkv, q_bias/v_bias) load exactly; a classifier takes the encoder part."""
+    src = M.VideoMAE(tiny_cfg())
+    torch.save({"model": src.state_dict()}, tmp_path / "official.pth")
+    dst = M.VideoMAE(tiny_cfg())
+    missing, unexpected = M.load_videomae_weights(dst, tmp_path / "official.pth")
+    assert missing == [] and unexpected == []
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+
+    clf = M.VideoClassifier(tiny_cfg(), num_classes=5)
+    missing, unexpected = M.load_videomae_weights(clf, tmp_path / "official.pth")
+    assert sorted(missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert "encoder.norm.weight" in unexpected                  # VideoMAE's classifier replaces it by fc_norm
+    assert torch.equal(clf.encoder.blocks[1].attn.qkv.weight, src.encoder.blocks[1].attn.qkv.weight)
+
+
+# -----------------------------------------------------------------------------
+# Sec. 3.1: tokens and target
+
+def test_patchify_round_trip_and_order():
+    x = torch.randn(2, 3, 4, 32, 48)
+    tokens = M.patchify(x, 2, 16)
+    assert tokens.shape == (2, 2 * 2 * 3, 1536)
+    assert torch.equal(M.unpatchify(tokens, 2, 16, (2, 2, 3)), x)
+    # token 1 is (t'=0, h=0, w=1); its first values are channels 0..2 of pixel (frame 0, row 0, col 16)
+    assert torch.equal(tokens[0, 1, :3], x[0, :, 0, 0, 16])
+
+
+def test_target_is_normalised_per_token_and_channel():
+    video = torch.randn(2, 3, 4, 32, 32)
+    target = M.pixel_target(video, 2, 16).view(2, 8, 2 * 16 * 16, 3)
+    torch.testing.assert_close(target.mean(dim=2), torch.zeros(2, 8, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(target.std(dim=2), torch.ones(2, 8, 3), atol=1e-4, rtol=0)
+    raw = M.pixel_target(video, 2, 16, norm_pix_loss=False)    # [0, 1] pixels of the un-normalised clip
+    mean = torch.tensor(M.IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(M.IMAGENET_STD).view(1, 3, 1, 1, 1)
+    assert torch.allclose(M.unpatchify(raw, 2, 16, (2, 2, 2)), video * std + mean, atol=1e-6)
+
+
+def test_loss_only_on_masked_tokens():
+    torch.manual_seed(0)
+    mae = M.VideoMAE(tiny_cfg())
+    video = torch.randn(2, 3, 4, 32, 32)
+    mask = fixed_count_mask(2, 8, 5)
+    _, pred, _ = mae(video, mask)
+    target = M.pixel_target(video, 2, 16)[mask].reshape(pred.shape)
+    assert torch.allclose(mae.forward_loss(video, pred, mask), F.mse_loss(pred, target))
+    # changing the pixels of a visible token changes the encoder input but not the target of the loss
+    video2 = video.clone()
+    vis = (~mask[0]).nonzero()[0].item()
+    tp, h, w = vis // 4, (vis // 2) % 2, vis % 2
+    video2[0, :, 2 * tp:2 * tp + 2, 16 * h:16 * h + 16, 16 * w:16 * w + 16] += 5.0
+    assert torch.equal(mae.forward_loss(video2, pred, mask), mae.forward_loss(video, pred, mask))
+
+
+def test_sinusoid_table_matches_videomae_formula():
+    import numpy as np
+    n, d = 7, 10
+    angles = np.array([[pos / np.power(10000, 2 * (j // 2) / d) for j in range(d)] for pos in range(n)])
+    angles[:, 0::2], angles[:, 1::2] = np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])
+    assert torch.equal(M.sinusoid_table(n, d)[0], torch.tensor(angles, dtype=torch.float32))
+
+
+def test_named_sizes():
+    base = M.make_config("vit_base")
+    assert (base.embed_dim, base.depth, base.num_heads, base.decoder_embed_dim, base.decoder_num_heads) == (768, 12, 12, 384, 6)
+    assert base.num_patches == 1568 and base.grid == (8, 14, 14)
+    assert M.make_config("vit_large").decoder_embed_dim == 512
+    with pytest.raises(ValueError, match="unknown model"):
+        M.make_config("vit_huge2")
+
+
+# -----------------------------------------------------------------------------
+# Sec. 3.4: InfoNCE
+
+def test_info_nce_hand_computed_and_symmetric():
+    v = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=-1)
+    t = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0]]), dim=-1)
+    tau = 0.5
+    s = [[sum(a * b for a, b in zip(vi, tj)) / tau for tj in t.tolist()] for vi in v.tolist()]
+    v2t = [-math.log(math.exp(s[i][i]) / sum(math.exp(x) for x in s[i])) for i in range(2)]
+    t2v = [-math.log(math.exp(s[i][i]) / sum(math.exp(s[j][i]) for j in range(2))) for i in range(2)]
+    expected = (sum(v2t) / 2 + sum(t2v) / 2) / 2
+    assert M.info_nce(v, t, tau).item() == pytest.approx(expected, rel=1e-6)
+    assert M.info_nce(t, v, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_info_nce_is_minimal_for_matching_pairs():
+    torch.manual_seed(0)
+    t = F.normalize(torch.randn(8, 16), dim=-1)
+    matched = M.info_nce(t.clone(), t, 0.07)
+    shuffled = M.info_nce(t[torch.roll(torch.arange(8), 1)], t, 0.07)
+    assert matched < shuffled
+    assert matched < 0.5 and shuffled > 5.0
+
+
+def test_video_embedding_shape_and_norm():
+    mae = M.VideoMAE(tiny_cfg()).train()
+    video = torch.randn(4, 3, 4, 32, 32)
+    _, _, latent = mae(video, fixed_count_mask(4, 8, 6))
+    v = mae.video_embedding(latent)
+    assert v.shape == (4, 16)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(4))
+
+
+# -----------------------------------------------------------------------------
+# training, transfer heads, groups
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    mae = M.VideoMAE(tiny_cfg())
+    video = torch.randn(2, 3, 4, 32, 32)
+    mask = fixed_count_mask(2, 8, 6)
+    t = F.normalize(torch.randn(2, 16), dim=-1)
+    opt = torch.optim.AdamW(M.param_groups(mae, 0.05), lr=1e-3, betas=(0.9, 0.95))
+    losses = []
+    for _ in range(60):
+        loss, _, latent = mae(video, mask)
+        loss = loss + M.info_nce(mae.video_embedding(latent), t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_classifier_and_probe_shapes():
+    clf = M.VideoClassifier(tiny_cfg(), num_classes=5, drop_path=0.1)
+    video = torch.randn(2, 3, 4, 32, 32)
+    assert clf(video).shape == (2, 5)
+    assert clf.head.weight.abs().max() < 1e-3                  # head init scaled by 0.001
+    probe = M.LinearProbe(32, 5)
+    assert probe(clf.features(video)).shape == (2, 5)
+    assert not probe.bn.affine
+
+
+def test_param_groups_weight_decay_and_layer_decay():
+    clf = M.VideoClassifier(tiny_cfg(), num_classes=5)
+    groups = M.param_groups(clf, 0.05, layer_decay=0.75)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    depth = 2
+    assert by_param[id(clf.head.weight)]["lr_scale"] == 1.0
+    assert by_param[id(clf.encoder.blocks[1].mlp.fc1.weight)]["lr_scale"] == 0.75 ** (depth + 1 - 2)
+    assert by_param[id(clf.encoder.blocks[0].mlp.fc1.weight)]["lr_scale"] == 0.75 ** (depth + 1 - 1)
+    assert by_param[id(clf.encoder.patch_embed.proj.weight)]["lr_scale"] == 0.75 ** (depth + 1)
+    assert by_param[id(clf.encoder.blocks[0].attn.q_bias)]["weight_decay"] == 0.0
+    assert by_param[id(clf.encoder.blocks[0].norm1.weight)]["weight_decay"] == 0.0
+    assert by_param[id(clf.encoder.blocks[0].attn.qkv.weight)]["weight_decay"] == 0.05
+    mae_groups = M.param_groups(M.VideoMAE(tiny_cfg()), 0.05)
+    mae = {id(p): g for g in mae_groups for p in g["params"]}
+    assert all(g["weight_decay"] == 0.0 for g in mae_groups if any(p.shape == (1, 1, 16) for p in g["params"]))
+    assert len(mae) == len(list(M.VideoMAE(tiny_cfg()).parameters()))
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def test_checkpoint_round_trip_rebuilds_identical_model(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    mae = M.VideoMAE(cfg).eval()
+    path = tmp_path / "ckpt.pt"
+    M.save_checkpoint(path, {"model": mae.state_dict(), "model_cfg": M.model_config_dict(cfg), "step": 3})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+    ckpt = M.load_checkpoint(path)
+    rebuilt = M.VideoMAE(M.config_from_checkpoint(ckpt)).eval()
+    rebuilt.load_state_dict(ckpt["model"])
+    video, mask = torch.randn(2, 3, 4, 32, 32), fixed_count_mask(2, 8, 6)
+    with torch.no_grad():
+        assert torch.equal(mae(video, mask)[1], rebuilt(video, mask)[1])
+
+
+def test_truncated_checkpoint_gives_clear_error(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    M.save_checkpoint(path, {"model": M.VideoMAE(tiny_cfg()).state_dict(), "model_cfg": M.model_config_dict(tiny_cfg())})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(M.CheckpointError, match="truncated"):
+        M.load_checkpoint(path)
+    with pytest.raises(M.CheckpointError, match="no such checkpoint"):
+        M.load_checkpoint(tmp_path / "missing.pt")

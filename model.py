@@ -299,16 +299,38 @@ class Decoder(nn.Module):
         return self.head(self.norm(x[:, -num_masked:]))        # only the masked tokens are predicted
 
 
-class ContrastiveHead(nn.Module):
-    """Sec. 3.4: the prediction head on the pooled video embedding, "with global batch norm" (SimCLR).
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the global batch, summed over all ranks.
 
-    Under DDP, pretrain.py converts its BatchNorm to SyncBatchNorm, so the statistics are the global batch's.
+    NOTE: differs from DESIGN.md's nn.SyncBatchNorm, which computes the same thing but runs only on GPUs;
+    this one also runs under Gloo on CPUs, so one code path serves `python`, CPU torchrun and GPU torchrun.
+    On one process it is exactly nn.BatchNorm1d.
     """
+
+    def forward(self, x):
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # differentiable: gradients flow to every rank
+        x = x.float()
+        C = x.shape[1]
+        stats = all_reduce(torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])]))
+        n = stats[-1]
+        mean = stats[:C] / n                                   # (C,) over the global batch
+        var = stats[C:2 * C] / n - mean * mean                 # biased, as BatchNorm normalises with
+        with torch.no_grad():                                  # running stats keep the unbiased variance, as BatchNorm
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1), self.momentum)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+class ContrastiveHead(nn.Module):
+    """Sec. 3.4: the prediction head on the pooled video embedding, "with global batch norm" (SimCLR)."""
 
     def __init__(self, dim: int, hidden: int, out: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.bn = nn.BatchNorm1d(hidden)
+        self.bn = GlobalBatchNorm1d(hidden)
         self.fc2 = nn.Linear(hidden, out)
 
     def forward(self, x):

@@ -256,3 +256,43 @@ def test_truncated_checkpoint_gives_clear_error(tmp_path):
         M.load_checkpoint(path)
     with pytest.raises(M.CheckpointError, match="no such checkpoint"):
         M.load_checkpoint(tmp_path / "missing.pt")
+
+
+# -----------------------------------------------------------------------------
+# two ranks (Gloo, CPU): the head's batch norm and InfoNCE see the global batch, with exact gradients
+
+def _two_rank_worker(rank, init_file, out_dir):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    head = M.ContrastiveHead(8, 16, 4)
+    x = torch.randn(6, 8)
+    t = F.normalize(torch.randn(6, 4), dim=-1)
+    mine = slice(3 * rank, 3 * rank + 3)
+    v = F.normalize(head(x[mine]), dim=-1)
+    loss = M.info_nce(v, t[mine], 0.1)
+    loss.backward()
+    # DDP would average the parameter gradients over ranks: do the same by hand
+    grads = [p.grad.clone() for p in head.parameters()]
+    for g in grads:
+        dist.all_reduce(g)
+        g /= 2
+    torch.save({"loss": loss.detach(), "grads": grads, "running_mean": head.bn.running_mean}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    head = M.ContrastiveHead(8, 16, 4)
+    x = torch.randn(6, 8)
+    t = F.normalize(torch.randn(6, 4), dim=-1)
+    loss = M.info_nce(F.normalize(head(x), dim=-1), t, 0.1)
+    loss.backward()
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(got["loss"], loss.detach())
+        torch.testing.assert_close(got["running_mean"], head.bn.running_mean)
+        for g, p in zip(got["grads"], head.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)

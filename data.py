@@ -422,19 +422,20 @@ class VideoDataset(torch.utils.data.Dataset):
         self.test_num_segment = 2 if tsn else test_num_segment  # SSv2: the two interleaved samplings
         self.test_num_crop = test_num_crop
         self.bad = {}  # index -> reason, per process (each DataLoader worker keeps its own)
-        self._rng, self._rng_key = None, None
+        self.epoch = 0
 
     def __len__(self):
         return len(self.items)
 
-    def rng(self):
-        """A numpy Generator per process, seeded from `seed` and torch's seed for this process: DataLoader
-        gives each worker (and each epoch's workers) a different torch seed, so crops differ across
-        workers and epochs, yet a run is reproducible from torch.manual_seed."""
-        key = torch.initial_seed()
-        if key != self._rng_key:
-            self._rng, self._rng_key = np.random.default_rng([self.seed, key % 2**63]), key
-        return self._rng
+    def set_epoch(self, epoch):
+        """Call before each epoch's DataLoader iterator is made (the workers get a copy of the dataset then)."""
+        self.epoch = epoch
+
+    def rng(self, index):
+        """The generator of every random draw for video `index` this epoch: seeded by (seed, epoch, index), not
+        by the worker, so a clip does not depend on which worker made it, how many workers there are, or where
+        a resumed run restarted: that is what makes `pretrain.py --resume` continue the same trajectory."""
+        return np.random.default_rng([self.seed, self.epoch, index])
 
     def _indices(self, info, rng):
         n, F_, r = info.num_frames, self.num_frames, self.sampling_rate
@@ -479,7 +480,9 @@ class VideoDataset(torch.utils.data.Dataset):
                 if self.mode == "test":
                     s["view"] = (t, len(samples) // self.test_num_segment)
                 if self.mask_fn is not None:
-                    s["mask"] = self.mask_fn(s)  # (N,) bool, True = masked; computed here, in the worker
+                    with torch.random.fork_rng(devices=[]):  # the masker draws from torch: seed it from rng too
+                        torch.manual_seed(int(rng.integers(2 ** 62)))
+                        s["mask"] = self.mask_fn(s)  # (N,) bool, True = masked; computed here, in the worker
                 samples.append(s)
         if self.mode == "test":
             # VideoMAE's order: temporal window outer, crop inner
@@ -487,7 +490,7 @@ class VideoDataset(torch.utils.data.Dataset):
         return samples
 
     def __getitem__(self, index):
-        rng, skipped = self.rng(), []
+        rng, skipped = self.rng(index), []
         while True:
             if index not in self.bad:
                 try:
@@ -516,7 +519,7 @@ def collate(batch):
            "frame_size": [s["frame_size"] for s in flat], "bad": [b for s in flat for b in s["bad"]]}
     if "mask" in flat[0]:
         out["mask"] = torch.stack([s["mask"] for s in flat])  # (B, N) bool, True = masked
-    for key in ("motion", "view"):
+    for key in ("motion", "view", "mask_fallback"):
         if key in flat[0]:
             out[key] = [s[key] for s in flat]
     return out

@@ -1,0 +1,451 @@
+"""Sec. 3.1, 3.3: which tokens the MAE hides. Random (ST-MAE), tube (VideoMAE), motion-guided (MGM, from the
+codec's motion vectors) and text-guided (TGM, the paper's: CLIP similarity of each token to the caption).
+
+Mask convention, everywhere in this file: mask (B, N) bool, True = masked (hidden from the encoder), tokens in
+(t, h, w) raster order, N = T' * h * w. Tube, MGM and TGM hide exactly k = int(ratio * h * w) tokens in every
+time slice; random hides int(ratio * N) over the whole volume; every row hides the same number.
+
+Look at a mask (one CPU process; no --video: a demo video; CLIP weights: openai | a local file | none):
+    python masking.py --video V.mp4 --caption "a man is surfing" --mask tgm --ratio 0.6 --out mask.png
+    python masking.py --mask mgm --ratio 0.75 --out mgm.png
+    python masking.py --mask tgm --tgm-features dense --clip-pretrained none --out tgm.png
+pretrain.py builds the same maskers: random/tube/mgm run in the loader workers (data.VideoDataset(mask_fn=...)),
+tgm runs on the GPU in the training loop, since CLIP is too heavy for a worker.
+"""
+import argparse
+import contextlib
+import math
+import os
+import socket
+import sys
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+import data
+from model import IMAGENET_MEAN, IMAGENET_STD, patchify
+
+# Notation: B clips, C channels, T frames of H x W pixels, tubelet t, patch p, grid (T', h, w) = (T/t, H/p, W/p),
+# N = T' * h * w tokens, k tokens masked per time slice, E the CLIP embedding width.
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The one selection rule: the k highest (or lowest) scores of every time slice
+
+def _uniform(shape, generator=None):
+    """U[0, 1) noise from `generator` (on its device), or from torch's global CPU generator."""
+    return torch.rand(shape, generator=generator, device=generator.device if generator is not None else "cpu")
+
+
+def topk_mask(scores, ratio, order="top", generator=None):
+    """scores (B, T', h*w) -> mask (B, N) bool, True = masked: exactly k = int(ratio * h*w) per time slice.
+    order 'top' masks the k highest scores (Sec. 3.3), 'bottom' the k lowest (Table 5b). Equal scores (a still
+    background under MGM, random/tube noise never) are ordered at random, drawn from `generator`."""
+    B, S, L = scores.shape
+    k = int(ratio * L)  # VideoMAE's rounding: int(mask_ratio * num_patches_per_frame)
+    # a random permutation first, then a *stable* sort: tied scores keep the random order, untied ones are
+    # ordered by score alone (adding noise to the scores instead would reorder near-ties, not just ties)
+    perm = torch.argsort(_uniform((B, S, L), generator), dim=-1).to(scores.device)
+    order_in_perm = torch.argsort(scores.gather(-1, perm), dim=-1, descending=(order == "top"), stable=True)
+    ids = perm.gather(-1, order_in_perm)  # (B, T', h*w) token ids, the ones to mask first
+    mask = torch.zeros(B, S, L, dtype=torch.bool, device=scores.device)
+    mask.scatter_(-1, ids[..., :k], True)  # True = masked: the first k of each slice
+    return mask.flatten(1)  # (B, N) in (t, h, w) raster order
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random (ST-MAE) and tube (VideoMAE) masks: both are the top-k of uniform noise
+
+def random_mask(batch, grid, ratio, generator=None):
+    """(B, N) bool, True = masked: int(ratio * N) tokens at random over the whole volume (ST-MAE), as MAE's
+    random_masking: sort uniform noise, hide the first ones."""
+    N = math.prod(grid)
+    noise = _uniform((batch, 1, N), generator)
+    return topk_mask(noise, ratio, generator=generator)  # the whole volume as one "slice": k = int(ratio * N)
+
+
+def tube_mask(batch, grid, ratio, generator=None):
+    """(B, N) bool, True = masked: one random spatial mask of k = int(ratio * h*w) tokens per sample, the same
+    in every time slice (VideoMAE's tube masking: a masked patch stays hidden for the whole clip)."""
+    T_, h, w = grid
+    noise = _uniform((batch, 1, h * w), generator)
+    mask = topk_mask(noise, ratio, generator=generator)  # (B, h*w) one spatial mask per sample
+    return mask.repeat(1, T_)  # (B, T'*h*w): time is the slowest axis of the raster order, so repeat = tube
+
+
+class RandomMasker:
+    """mask_fn for data.VideoDataset: sample -> (N,) bool, True = masked. Draws from torch's global generator,
+    which the DataLoader seeds differently in every worker, so masks differ between workers and epochs."""
+
+    def __init__(self, grid, ratio):
+        self.grid, self.ratio = tuple(grid), ratio
+
+    def __call__(self, sample):
+        return random_mask(1, self.grid, self.ratio)[0]
+
+
+class TubeMasker(RandomMasker):
+    """mask_fn for data.VideoDataset: sample -> (N,) bool tube mask, True = masked (same generator note)."""
+
+    def __call__(self, sample):
+        return tube_mask(1, self.grid, self.ratio)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MGM: motion-guided masking from the codec's motion vectors (no public code; our design, DESIGN.md "Masking")
+
+def paint_motion(vectors, frame_size):
+    """One frame's motion vectors (PyAV structured array, coded-frame pixels) -> (H, W) float map holding each
+    vector's displacement |(motion_x, motion_y)| / motion_scale over its w x h block."""
+    H, W = frame_size
+    flat = torch.zeros(H * W)
+    mag = torch.from_numpy(np.hypot(vectors["motion_x"], vectors["motion_y"]) / vectors["motion_scale"]).float()
+    # (dst_x, dst_y) is the block's centre in this frame (FFmpeg's add_mb), so the block starts half a size before
+    x0 = torch.from_numpy(vectors["dst_x"] - vectors["w"] // 2).long()
+    y0 = torch.from_numpy(vectors["dst_y"] - vectors["h"] // 2).long()
+    sizes = np.stack([vectors["w"], vectors["h"]], 1)
+    for bw, bh in np.unique(sizes, axis=0):  # a few block sizes (16x16, 16x8, 8x16, 8x8): vectorise within each
+        sel = torch.from_numpy((sizes[:, 0] == bw) & (sizes[:, 1] == bh))
+        ys = y0[sel, None, None] + torch.arange(int(bh))[None, :, None]  # (n, bh, 1) rows of each block
+        xs = x0[sel, None, None] + torch.arange(int(bw))[None, None, :]  # (n, 1, bw) columns of each block
+        ys, xs = torch.broadcast_tensors(ys, xs)  # (n, bh, bw)
+        vals = mag[sel, None, None].expand_as(ys)
+        inside = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)  # blocks of the frame's edge may reach past it
+        # max, not sum: a bi-predicted block of a B-frame carries two vectors (one per reference) for one area
+        flat.scatter_reduce_(0, (ys * W + xs)[inside], vals[inside], reduce="amax")
+    return flat.view(H, W)
+
+
+def motion_scores(motion, frame_size, crop, grid, num_frames, size):
+    """The clip's motion per token -> (T', h, w), or None when no frame of the clip carries vectors.
+    motion: num_frames entries (PyAV structured array or None) as data.read_frames returns them; frame_size (H, W)
+    of the coded frames; crop: the clip's data.Crop; size (H_out, W_out): the clip's pixel size."""
+    has = [i for i, v in enumerate(motion) if v is not None and len(v) > 0]
+    if not has:
+        return None  # no vectors at all: all-intra video, or a codec that exports none; the caller falls back
+    assert len(motion) == num_frames, f"{len(motion)} motion entries for a {num_frames}-frame clip"
+    maps = {i: paint_motion(motion[i], frame_size) for i in has}
+    # frames without vectors (I-frames) borrow the nearest frame that has them (the earlier one on a tie)
+    x = torch.stack([maps[min(has, key=lambda j: abs(j - i))] for i in range(num_frames)])  # (T, H, W)
+    # carry the map through the clip's own crop/resize/flip, so the mask lands where the motion is in the clip
+    x = data.apply_crop(x, crop, size)  # (T, H_out, W_out)
+    T_, h, w = grid
+    t, p_h, p_w = num_frames // T_, size[0] // h, size[1] // w
+    # sum over each token's pixels and its tubelet's frames: (T', t, h, p, w, p) -> (T', h, w)
+    return x.view(T_, t, h, p_h, w, p_w).sum(dim=(1, 3, 5))
+
+
+class MotionMasker:
+    """mask_fn for data.VideoDataset(motion=True): sample -> (N,) bool, True = masked: the top-k tokens of every
+    time slice by codec motion (MGM). A video without motion vectors gets a tube mask and
+    sample['mask_fallback'] = True, so that the count reaches the main process with the batch."""
+
+    def __init__(self, grid, ratio):
+        self.grid, self.ratio = tuple(grid), ratio
+
+    def __call__(self, sample):
+        C, T, H, W = sample["video"].shape
+        scores = motion_scores(sample["motion"], sample["frame_size"], sample["crop"], self.grid, T, (H, W))
+        sample["mask_fallback"] = scores is None
+        if scores is None:
+            return tube_mask(1, self.grid, self.ratio)[0]
+        # still regions all score 0: topk_mask orders those ties at random (global generator, seeded per worker)
+        return topk_mask(scores.flatten(1)[None], self.ratio)[0]  # (N,)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLIP (open_clip ViT-B-32-quickgelu) and the caption embeddings
+
+class ClipWeightsError(RuntimeError):
+    """CLIP weights that cannot be had: the message says what to pass instead."""
+
+
+def _cached_or_reachable(name, tag, cache_dir):
+    """Where open_clip would find `tag`'s weights: a cached file path, or the tag itself when the Hugging Face
+    hub can be reached. Offline and not cached: ClipWeightsError at once (open_clip's own download retries
+    for about a minute before it gives up)."""
+    import huggingface_hub
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    repo, filename = os.path.split(cfg.get("hf_hub", ""))
+    for fname in ([filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]):
+        path = huggingface_hub.try_to_load_from_cache(repo, fname, cache_dir=cache_dir) if repo else None
+        if isinstance(path, str):
+            return path
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE
+    if not offline:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        except OSError:
+            offline = True
+    if offline:
+        raise ClipWeightsError(
+            f"CLIP weights '{tag}' for {name} are not cached and huggingface.co cannot be reached; pass a local "
+            f"weights file (--clip-pretrained /path/to/open_clip_model.safetensors) or --clip-pretrained none "
+            f"(random weights, only to test the code)")
+    return tag
+
+
+def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cache_dir=None):
+    """-> (clip, tokenizer): a frozen open_clip model in eval mode and its tokenizer.
+    pretrained: an open_clip tag ('openai': download or cache), a local weights file, or 'none' (random
+    weights). Use the -quickgelu name with 'openai': plain ViT-B-32 would silently build GELU (DESIGN.md)."""
+    if pretrained == "none":
+        print(f"CLIP {name} has random weights (--clip-pretrained none): text-guided masks carry no meaning")
+        source = None
+    elif os.path.isfile(pretrained):
+        source = pretrained
+    elif open_clip.get_pretrained_cfg(name, pretrained):
+        source = _cached_or_reachable(name, pretrained, cache_dir)
+    else:
+        raise ClipWeightsError(
+            f"--clip-pretrained {pretrained!r} is neither a file nor a weights tag of {name} "
+            f"({', '.join(open_clip.list_pretrained_tags_by_model(name))}); pass one of those, a file, or none")
+    clip = open_clip.create_model(name, pretrained=source, device=device, cache_dir=cache_dir)
+    clip.eval().requires_grad_(False)  # frozen: the masks and the text targets never train CLIP (Sec. 3.3, 3.4)
+    return clip, open_clip.get_tokenizer(name)
+
+
+class TextEmbedder:
+    """captions list[str] -> (n, E) L2-normalised CLIP text embeddings (encode_text: the [EOS] token's
+    activation, projected; Sec. 3.3). Each distinct caption is embedded once: a caption serves as the TGM
+    query and the contrastive target every epoch. The cache lives on the CPU (E floats per caption)."""
+
+    def __init__(self, clip, tokenizer):
+        self.clip, self.tokenizer, self.cache = clip, tokenizer, {}
+
+    @torch.no_grad()
+    def __call__(self, captions):
+        device = next(self.clip.parameters()).device
+        new = [c for c in dict.fromkeys(captions) if c not in self.cache]  # distinct and not yet embedded
+        if new:
+            emb = self.clip.encode_text(self.tokenizer(new).to(device)).float()  # (n_new, E)
+            self.cache.update(zip(new, F.normalize(emb, dim=-1).cpu()))
+        return torch.stack([self.cache[c] for c in captions]).to(device)  # (n, E)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TGM: text-guided masking (Sec. 3.3)
+
+def _autocast(device):
+    """bf16 (else fp16) autocast on a GPU; CPUs run CLIP fastest in fp32."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+class TextGuidedMasker:
+    """(video (B, C, T, H, W) ImageNet-normalised, text_emb (B, E) L2-normalised) -> mask (B, N) bool, True =
+    masked: the k tokens of each time slice most (order 'top') or least ('bottom', Table 5b) similar to the
+    caption. features 'patch' is the paper's: every p x p patch of every frame resized to CLIP's input and
+    embedded alone; 'dense' (our addition) embeds each frame once and reads CLIP's patch tokens."""
+
+    def __init__(self, clip, features="patch", ratio=0.6, order="top", patch_size=16, tubelet_size=2,
+                 chunk_size=512):
+        if features not in ("patch", "dense") or order not in ("top", "bottom"):
+            raise ValueError(f"features must be patch|dense and order top|bottom, not {features!r}, {order!r}")
+        self.clip, self.features, self.ratio, self.order = clip, features, ratio, order
+        self.patch_size, self.tubelet_size, self.chunk_size = patch_size, tubelet_size, chunk_size
+        pp = open_clip.get_model_preprocess_cfg(clip)  # CLIP's own input statistics (OpenAI's for ViT-B-32)
+        self.clip_mean = torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
+        self.clip_std = torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
+
+    def __call__(self, video, text_emb, generator=None):
+        return topk_mask(self.scores(video, text_emb), self.ratio, self.order, generator).to(video.device)
+
+    def _to_clip_input(self, x, size):
+        """x (n, C, h_in, w_in) ImageNet-normalised -> (n, C, *size) as CLIP's preprocessing would give."""
+        mean, std = torch.tensor(IMAGENET_MEAN, device=x.device), torch.tensor(IMAGENET_STD, device=x.device)
+        x = x * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)  # undo ImageNet normalisation: [0, 1] pixels
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)  # Sec. 3.3
+        x = x.clamp_(0, 1)  # bicubic overshoots; CLIP's PIL resize of 8-bit pixels clips the same way
+        return (x - self.clip_mean.to(x.device)) / self.clip_std.to(x.device)  # CLIP normalisation
+
+    @torch.no_grad()
+    def scores(self, video, text_emb):
+        """Cosine similarity of every token to its clip's caption -> (B, T', h*w): per frame, then the mean over
+        the token's tubelet frames (DESIGN.md)."""
+        device = next(self.clip.parameters()).device
+        B, C, T, H, W = video.shape
+        p, t = self.patch_size, self.tubelet_size
+        if T % t or H % p or W % p:
+            raise ValueError(f"clip {T}x{H}x{W} does not divide into {t}x{p}x{p} tokens")
+        h, w = H // p, W // p
+        video, text_emb = video.to(device, non_blocking=True), text_emb.to(device).float()
+        if self.features == "patch":
+            feats = self._patch_features(video)  # (B*T*h*w, E), one CLIP image per patch
+        else:
+            feats = self._dense_features(video, (h, w))  # (B*T*h*w, E), one CLIP image per frame
+        sim = (feats.view(B, T * h * w, -1) * text_emb[:, None, :]).sum(-1)  # (B, T*h*w) cosine: both unit length
+        return sim.view(B, T // t, t, h * w).mean(2)  # (B, T', h*w): mean over the tubelet's frames
+
+    def _patch_features(self, video):
+        """Sec. 3.3, the paper's: each p x p patch of each frame, resized to CLIP's input size and embedded alone
+        (CLIP's image embedding, i.e. its projected CLS token) -> (B*T*h*w, E) L2-normalised, (t, h, w) order."""
+        p = self.patch_size
+        size = self.clip.visual.image_size  # (224, 224) for ViT-B/32
+        # patchify with tubelet 1: (B, T*h*w, p*p*C) channel-fastest -> (B*T*h*w, C, p, p) one image per patch
+        patches = patchify(video, 1, p).reshape(-1, p, p, 3).permute(0, 3, 1, 2)
+        feats = []
+        with _autocast(video.device):
+            # resize inside the loop: a chunk of 224x224 images is big, all of a batch's at once would not fit
+            for chunk in patches.split(self.chunk_size):
+                feats.append(self.clip.encode_image(self._to_clip_input(chunk, size)).float())
+        return F.normalize(torch.cat(feats), dim=-1)
+
+    def _dense_features(self, video, grid_hw):
+        """Our fast variant: each frame once, at the size whose CLIP token grid is the MAE grid h x w (448 x 448
+        for 224 x 224 and ViT-B/32), and CLIP's patch tokens after ln_post projected into the text space by
+        visual.proj (the map the CLS token takes) -> (B*T*h*w, E) L2-normalised, (t, h, w) order.
+        NOTE: differs from the paper: a patch token sees its neighbours through attention, the paper's patch
+        embedding sees only its own pixels; benchmarks/bench_masking.py measures how often they agree."""
+        v = self.clip.visual
+        h, w = grid_hw
+        P_h, P_w = v.patch_size
+        B, C, T, H, W = video.shape
+        frames = video.transpose(1, 2).reshape(B * T, C, H, W)  # (B*T, C, H, W)
+        # CLIP's positional embedding is learnt for its own grid (7 x 7): resize it to h x w the way open_clip's
+        # resize_pos_embed does when it loads weights for force_image_size (bicubic, antialias, corners unaligned).
+        # We interpolate here instead of building a second model with force_image_size, so one frozen CLIP serves
+        # text, patch and dense features, at whatever grid a clip has (tests check both give the same tokens).
+        pos_cls, pos = v.positional_embedding[:1], v.positional_embedding[1:]  # (1, D), (g*g, D)
+        g = math.isqrt(pos.shape[0])
+        pos = F.interpolate(pos.T.reshape(1, -1, g, g), size=(h, w), mode="bicubic", antialias=True,
+                            align_corners=False).reshape(-1, h * w).T  # (h*w, D)
+        pos = torch.cat([pos_cls, pos])  # (1 + h*w, D)
+        feats = []
+        with _autocast(video.device):
+            for chunk in frames.split(self.chunk_size):
+                x = v.conv1(self._to_clip_input(chunk, (h * P_h, w * P_w)))  # (n, D, h, w)
+                x = x.flatten(2).transpose(1, 2)  # (n, h*w, D)
+                cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (n, 1, D)
+                x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)  # (n, 1 + h*w, D); eval: no patch dropout
+                x = v.transformer(v.ln_pre(x))  # (n, 1 + h*w, D)
+                x = v.ln_post(x[:, 1:]) @ v.proj  # (n, h*w, E): patch tokens, projected like CLIP's CLS token
+                feats.append(x.float().flatten(0, 1))  # (n*h*w, E), frame-major then (h, w) raster
+        return F.normalize(torch.cat(feats), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A picture of a mask, and the command line
+
+def draw_mask(frames, mask, grid, title=""):
+    """frames uint8 (T, H, W, 3), mask (N,) bool (True = masked), grid (T', h, w) -> PIL image: the frames in rows
+    of up to 8, masked tokens shaded grey, a title line on top."""
+    from PIL import Image, ImageDraw
+
+    T, H, W, _ = frames.shape
+    T_, h, w = grid
+    m = torch.as_tensor(mask).view(T_, 1, h, 1, w, 1).expand(T_, T // T_, h, H // h, w, W // w)
+    m = m.reshape(T, H, W, 1).numpy()  # (T, H, W, 1): each token's mask over its tubelet frames and pixels
+    # masked tokens become light grey with a trace of the pixels (MAE's figures grey them out entirely)
+    shaded = np.where(m, 0.2 * frames + 0.8 * np.array([170, 170, 170]), frames).astype(np.uint8)
+    cols = min(T, 8)
+    rows = -(-T // cols)
+    pad, top = 2, 18
+    img = Image.new("RGB", (cols * (W + pad) + pad, rows * (H + pad) + pad + top), "white")
+    for i in range(T):
+        img.paste(Image.fromarray(shaded[i]), (pad + (i % cols) * (W + pad), top + pad + (i // cols) * (H + pad)))
+    ImageDraw.Draw(img).text((pad, 3), title, fill="black")
+    return img
+
+
+PAPER_RATIO = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm": 0.6}  # ST-MAE, VideoMAE, MGM, Table 5a
+
+
+def get_args(argv=None):
+    parser = argparse.ArgumentParser(description="Sec. 3.3: draw a clip's mask (masked tokens shaded) into a PNG")
+    # data
+    parser.add_argument("--video", default=None, help="video file; default: the first validation video of the demo dataset")
+    parser.add_argument("--caption", default=None, help="caption for --mask tgm; default for the demo video: its first caption")
+    parser.add_argument("--num-frames", type=int, default=16, help="T frames per clip; paper: 16")
+    parser.add_argument("--sampling-rate", type=int, default=4, help="frame stride; paper: 4 (K400), 2 (SSv2)")
+    parser.add_argument("--input-size", type=int, default=224, help="H = W in pixels; paper: 224")
+    parser.add_argument("--flip", action="store_true", help="flip the clip horizontally (the masks must follow)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random, tube and tie-breaking draws")
+    # mask
+    parser.add_argument("--mask", default="tgm", choices=["random", "tube", "mgm", "tgm"], help="masking strategy")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="mask ratio gamma; default the paper's: 0.9 random/tube, 0.75 mgm, 0.6 tgm (Table 5a)")
+    parser.add_argument("--tubelet-size", type=int, default=2, help="t frames per token; paper: 2")
+    parser.add_argument("--patch-size", type=int, default=16, help="p pixels per token side; paper: 16")
+    parser.add_argument("--tgm-features", default="patch", choices=["patch", "dense"],
+                        help="patch: each 16x16 patch through CLIP (the paper, Sec. 3.3); dense: CLIP's patch tokens (fast)")
+    parser.add_argument("--tgm-order", default="top", choices=["top", "bottom"],
+                        help="mask the top-k or bottom-k tokens by text similarity; paper: top (Table 5b)")
+    # CLIP
+    parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model; paper: ViT-B/32")
+    parser.add_argument("--clip-pretrained", default="openai", help="openai (download or cache) | weights file | none (random)")
+    parser.add_argument("--chunk-size", type=int, default=512, help="CLIP images per forward (tgm)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where CLIP runs")
+    # output
+    parser.add_argument("--out", default="mask.png", help="PNG to write")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    caption = args.caption
+    if args.video is None:
+        demo = data.demo_dataset()
+        rel = data.read_list(demo["val"])[0][0]
+        args.video = os.path.join(demo["root"], rel)
+        caption = caption or data.read_captions(demo["captions"])[rel][0]
+    if args.mask == "tgm" and not caption:
+        sys.exit("error: --mask tgm needs --caption \"...\" (the text the mask follows)")
+    ratio = PAPER_RATIO[args.mask] if args.ratio is None else args.ratio
+    T, S, t, p = args.num_frames, args.input_size, args.tubelet_size, args.patch_size
+    if T % t or S % p:
+        sys.exit(f"error: --num-frames {T} and --input-size {S} must be multiples of {t} and {p}")
+    grid = (T // t, S // p, S // p)
+
+    # the clip as the validation loader cuts it: the centre window, the centre square, optionally flipped
+    try:
+        info = data.probe_video(args.video)
+        indices = data.test_indices(info.num_frames, T, args.sampling_rate, 0, num_views=1)
+        frames, motion = data.read_frames(args.video, indices, motion=True) if args.mask == "mgm" else \
+            (data.read_frames(args.video, indices), None)
+    except data.VideoError as e:
+        sys.exit(f"error: {args.video}: {e}")
+    crop = data.uniform_crop(info.height, info.width, S, 0, num_crops=1)
+    crop = data.Crop(crop.top, crop.left, crop.height, crop.width, args.flip)
+    pixels = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), crop, S)  # (T, C, S, S)
+    pixels = pixels.permute(0, 2, 3, 1)  # (T, S, S, C) in [0, 255]
+    video = data.normalize(pixels)  # (C, T, S, S) ImageNet-normalised
+    g = torch.Generator().manual_seed(args.seed)
+
+    if args.mask == "random":
+        mask = random_mask(1, grid, ratio, g)[0]
+    elif args.mask == "tube":
+        mask = tube_mask(1, grid, ratio, g)[0]
+    elif args.mask == "mgm":
+        torch.manual_seed(args.seed)  # MotionMasker draws its tie-breaks from the global generator, like a worker
+        sample = {"video": video, "motion": motion, "frame_size": (info.height, info.width), "crop": crop}
+        mask = MotionMasker(grid, ratio)(sample)
+        if sample["mask_fallback"]:
+            print(f"{args.video} carries no motion vectors: fell back to a tube mask")
+    else:
+        try:
+            clip, tokenizer = load_clip(args.clip_model, args.clip_pretrained, args.device)
+        except ClipWeightsError as e:
+            sys.exit(f"error: {e}")
+        text = TextEmbedder(clip, tokenizer)([caption])
+        masker = TextGuidedMasker(clip, args.tgm_features, ratio, args.tgm_order, p, t, args.chunk_size)
+        mask = masker(video[None], text, g)[0]
+
+    k = int(ratio * grid[1] * grid[2])
+    name = f"tgm {args.tgm_features} {args.tgm_order}" if args.mask == "tgm" else args.mask
+    title = f"{name}, ratio {ratio}: {int(mask.sum())} of {mask.numel()} tokens masked"
+    title += f" ({k} per time slice)" if args.mask != "random" else ""
+    title += f' | "{caption}"' if args.mask == "tgm" else ""
+    img = draw_mask(pixels.round().clamp(0, 255).to(torch.uint8).numpy(), mask, grid, title)
+    tmp = args.out + ".tmp"
+    img.save(tmp, format="PNG")
+    os.replace(tmp, args.out)  # never a half-written picture
+    print(f"{title}\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main(get_args())

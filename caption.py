@@ -1,0 +1,379 @@
+"""
+Sec. 3.2 (and Table 5c, Table 6): captions for every pretraining video, written once, offline.
+
+"For each pretraining video, we uniformly sample 3 keyframes and inference a caption per frame, for a
+total of 3 captions per video" with BLIP-2 (Sec. 3.2). Table 6b's other text sources are here too:
+  blip2      (default) one BLIP-2 caption per keyframe, 3 keyframes (--frames 1: the centre frame, Table 5c)
+  oracle     the class name itself (Table 6b "Oracle")
+  llm        "vision-free" captions per class from a language model, one per Table 6a prompt; every video
+             of a class gets its class's captions (Table 6b "GPT3.5"; here any local causal LM)
+  blip2+llm  both lists joined, 3 + 3 captions per video (Table 6b "BLIP + GPT3.5")
+
+Output (DESIGN.md "Data formats"): JSONL, one line per video, appended and fsynced per batch:
+    {"video": "<path as in the list>", "captions": ["...", "...", "..."], "source": "blip2"}
+Rerunning the same command resumes (videos already in --out are skipped). A video that cannot be read
+goes to <out stem>.failed.jsonl with the reason and is counted in the summary; it never stops the run,
+and the next run tries it again. oracle and llm captions come from the label alone: they open no video.
+
+One GPU (or a CPU), Kinetics-400:
+    python caption.py --data k400/train.txt --root k400/ --out k400_captions.jsonl
+Eight GPUs, one process per GPU, each on every 8th video, then concatenate:
+    for i in 0 1 2 3 4 5 6 7; do CUDA_VISIBLE_DEVICES=$i python caption.py --data k400/train.txt --root k400/ \
+        --shard $i/8 --out captions/k400.$i.jsonl & done; wait
+    cat captions/k400.{0..7}.jsonl > k400_captions.jsonl
+The demo dataset (no --data), class names as captions:
+    python caption.py --source oracle
+Tests: python -m pytest -q tests/test_caption.py
+"""
+import argparse
+import fcntl
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import data
+
+# -----------------------------------------------------------------------------
+# Flags. Defaults are the paper's (Sec. 3.2, Tables 5c and 6).
+
+# Table 6a: the prompts given to the language model, "inspired by CuPL"; {} is the class name
+LLM_PROMPTS = ("Describe the action {}.", "What does a person {} look like?", "What does the act of {} look like?")
+SOURCES = ("blip2", "oracle", "llm", "blip2+llm")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description="Captions per video for TGM (Sec. 3.2, Table 6)",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # data
+    parser.add_argument("--data", default=None, help="list file 'path label' per line (VideoMAE's format); none: the built-in demo dataset's train list")
+    parser.add_argument("--root", default="", help="folder prefixed to every path of the list (the output keeps the paths as written in the list)")
+    parser.add_argument("--class-names", default=None, help="one class name per line, line i = label i; needed by --source oracle/llm (the demo has its own)")
+    parser.add_argument("--out", default=None, help="captions JSONL, appended and resumed; default: captions.jsonl (demo: runs/demo_captions.jsonl). "
+                        "This run's failures go to <out stem>.failed.jsonl. Give each --shard its own --out")
+    parser.add_argument("--shard", default="0/1", help="i/n: caption every n-th video of the list starting at the i-th (0-based), to split a list over GPUs or machines")
+    parser.add_argument("--limit", type=int, default=None, help="caption at most this many new videos in this run (a trial run; rerun to go on)")
+    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="processes decoding keyframes; 0 = in the main process")
+    # captions
+    parser.add_argument("--source", choices=SOURCES, default="blip2", help="text source (Table 6b); paper: blip2. blip2+llm = the union of both lists")
+    parser.add_argument("--frames", type=int, default=3, help="uniformly spaced keyframes captioned per video; paper: 3 (Table 5c; 1 = the centre frame)")
+    parser.add_argument("--captioner", default="Salesforce/blip2-opt-2.7b", help="BLIP-2 hub id or local folder (Blip2ForConditionalGeneration); paper: BLIP-2 [25]")
+    parser.add_argument("--max-new-tokens", type=int, default=30, help="caption length limit in tokens; paper: not stated (LAVIS's BLIP-2 captioning uses 30)")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search width; paper: not stated; 1 = greedy (LAVIS uses 5: slower, a little more fluent)")
+    parser.add_argument("--llm", default=None, help="causal language model (hub id or local folder) for --source llm/blip2+llm; paper: GPT-3.5, which is not local")
+    parser.add_argument("--llm-max-new-tokens", type=int, default=60, help="length limit of each vision-free caption in tokens; paper: not stated")
+    # system
+    parser.add_argument("--batch-size", type=int, default=32, help="videos per BLIP-2 call (x --frames images); also prompts per LLM call")
+    parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    parser.add_argument("--precision", choices=["auto", "fp16", "bf16", "fp32"], default="auto", help="weights dtype; auto = fp16 on a GPU (as BLIP-2 is run), fp32 on a CPU")
+    return parser
+
+
+def parse_args(argv=None):
+    args = get_parser().parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(args):
+    """Flag combinations that cannot work stop here, with one sentence saying how to fix them."""
+    def fail(msg):
+        raise SystemExit(f"caption.py: {msg}")
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        fail(f"--shard {args.shard!r}: expected i/n with integers, e.g. --shard 0/8")
+    if not 0 <= i < n:
+        fail(f"--shard {args.shard}: need 0 <= i < n, e.g. 0/8 ... 7/8")
+    args.shard_index, args.num_shards = i, n
+    if args.frames < 1:
+        fail(f"--frames {args.frames}: caption at least one keyframe (paper: 3)")
+    if args.batch_size < 1:
+        fail(f"--batch-size {args.batch_size}: must be at least 1")
+    if "llm" in args.source and not args.llm:
+        fail(f"--source {args.source} needs a local causal language model: pass --llm ID_OR_FOLDER (e.g. a folder saved by transformers)")
+    if args.source != "blip2" and args.data is not None and not args.class_names:
+        fail(f"--source {args.source} turns labels into text: pass --class-names FILE (line i = name of label i)")
+    for flag in ("data", "class_names"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            fail(f"--{flag.replace('_', '-')} {path}: no such file")
+
+
+# -----------------------------------------------------------------------------
+# Loading models: a hub id that is neither cached nor reachable fails in seconds, not minutes of retries.
+
+
+def from_pretrained(cls, name, flag, **kwargs):
+    """cls.from_pretrained(name) for a local folder or a hub id; offline and uncached -> one sentence saying what to do."""
+    if os.path.isdir(name):
+        return cls.from_pretrained(name, **kwargs)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise SystemExit(f"caption.py: {flag} {name}: no such folder")
+    try:
+        return cls.from_pretrained(name, local_files_only=True, **kwargs)  # already in the Hugging Face cache
+    except (OSError, ValueError):
+        pass
+    import huggingface_hub
+    try:
+        # one quick request, instead of transformers' retries per file (minutes without network)
+        huggingface_hub.model_info(name, timeout=10)
+    except Exception as e:
+        raise SystemExit(f"caption.py: cannot load {name!r}: it is not in the local Hugging Face cache and the hub cannot be "
+                         f"reached ({type(e).__name__}). Download it where there is network (`hf download {name}`) and pass "
+                         f"{flag} PATH, the local folder.") from None
+    return cls.from_pretrained(name, **kwargs)
+
+
+# -----------------------------------------------------------------------------
+# BLIP-2 on keyframes (Sec. 3.2)
+
+
+def keyframe_indices(num_frames, k):
+    """k uniformly spaced frames: the centres of k equal segments (k=3 of 72 frames: 12, 36, 60; k=1: the centre)."""
+    return np.floor((np.arange(k) + 0.5) * num_frames / k).astype(np.int64)
+
+
+def load_blip2(name, device, dtype):
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+    processor = from_pretrained(Blip2Processor, name, "--captioner")
+    # NOTE: transformers keeps the Q-Former (and query tokens) in fp32 when dtype is fp16, as BLIP-2 does
+    model = from_pretrained(Blip2ForConditionalGeneration, name, "--captioner", dtype=dtype).to(device).eval()
+    if model.config.image_token_index is None:
+        raise SystemExit(f"caption.py: {name} is a BLIP-2 checkpoint saved before transformers added image tokens "
+                         f"(config.image_token_index is missing): download the current Salesforce/blip2-* files")
+    return processor, model
+
+
+@torch.no_grad()
+def blip2_captions(processor, model, pixels, dtype, max_new_tokens, num_beams):
+    """pixels (V*K, 3, S, S) from the image processor -> V*K captions, one per keyframe, in order."""
+    out = model.generate(pixel_values=pixels.to(model.device, dtype), max_new_tokens=max_new_tokens,
+                         num_beams=num_beams, do_sample=False)
+    if not model.config.text_config.is_encoder_decoder:
+        # a decoder-only LM (OPT) returns its prompt too: num_query_tokens image tokens + BOS
+        out = out[:, model.config.num_query_tokens + 1:]
+    return [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
+
+
+class Keyframes(Dataset):
+    """List item -> {'video', 'label', 'pixels' (K, 3, S, S) or None, 'error'}; reads nothing when frames == 0.
+
+    Runs in the loader workers, so decoding and BLIP-2's resize/normalise use the CPU cores while the
+    main process drives the GPU. A video that cannot be used gives 'error' (the reason), never an exception.
+    """
+
+    def __init__(self, items, root, frames, image_processor):
+        self.items, self.root, self.frames, self.image_processor = items, root, frames, image_processor
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        video, label = self.items[i]
+        sample = dict(video=video, label=label, pixels=None, error=None)
+        if self.frames == 0:
+            return sample
+        try:
+            frames, _, _, _ = data.read_clip(os.path.join(self.root, video),
+                                             lambda info: keyframe_indices(info.num_frames, self.frames))  # (K, H, W, 3)
+            sample["pixels"] = self.image_processor(list(frames), return_tensors="pt")["pixel_values"]  # (K, 3, S, S)
+        except data.VideoError as e:
+            sample["error"] = str(e)
+        except Exception as e:  # anything else a strange file provokes is still bad input, not a reason to stop
+            sample["error"] = f"{type(e).__name__}: {e}"
+        return sample
+
+
+# -----------------------------------------------------------------------------
+# Vision-free captions per class from a language model (Table 6a prompts)
+
+
+def first_paragraph(text):
+    """The LM's answer up to its first blank line, whitespace collapsed (a base LM rambles on)."""
+    return " ".join(text.strip().split("\n\n")[0].split())
+
+
+@torch.no_grad()
+def llm_class_captions(name, class_names, labels, device, dtype, batch_size, max_new_tokens):
+    """{label: [one caption per Table 6a prompt]} for the labels given, generated once per class (greedy)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = from_pretrained(AutoTokenizer, name, "--llm")
+    lm = from_pretrained(AutoModelForCausalLM, name, "--llm", dtype=dtype).to(device).eval()
+    tok.padding_side = "left"  # batched generation continues every prompt from its last token
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    labels = sorted(labels)
+    prompts = [p.format(class_names[y]) for y in labels for p in LLM_PROMPTS]
+    if tok.chat_template:  # an instruction-tuned LM answers questions asked as a chat turn
+        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                   for p in prompts]
+    answers = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc="llm captions", unit="batch", disable=len(prompts) <= batch_size):
+        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True,
+                  add_special_tokens=not tok.chat_template).to(lm.device)
+        out = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        answers += [first_paragraph(t) for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+    k = len(LLM_PROMPTS)
+    return {y: answers[j * k:(j + 1) * k] for j, y in enumerate(labels)}
+
+
+# -----------------------------------------------------------------------------
+# The output file: append-only JSONL, resumable
+
+
+def open_output(path):
+    """Open `path` for appending, locked against a second writer; -> (file, videos already in it).
+
+    A last line without its newline is what a kill in the middle of a write leaves: it is cut off
+    here (that video is captioned again). A malformed line anywhere else stops with file:line.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = open(path, "a+b")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"caption.py: another process is writing {path}: give each --shard its own --out") from None
+    f.seek(0)
+    done, end = set(), 0  # end: the byte offset after the last complete line
+    for n, line in enumerate(f, 1):
+        if not line.endswith(b"\n"):
+            print(f"caption.py: {path}:{n}: cutting off a half-written last line (a killed run); that video is captioned again")
+            f.truncate(end)
+            break
+        end += len(line)
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            done.add(obj["video"])
+        except (ValueError, KeyError, TypeError):
+            raise SystemExit(f"caption.py: {path}:{n}: not a caption line {{\"video\": ..., \"captions\": [...]}}; "
+                             f"fix or remove that line, or pick another --out") from None
+    return f, done
+
+
+def append_lines(f, objs):
+    """One write + fsync per batch: a kill loses at most this batch and leaves at most one partial line."""
+    if objs:
+        f.write("".join(json.dumps(o) + "\n" for o in objs).encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def caption_batch(batch, args, processor, model, dtype, class_names, class_caps):
+    """The captions of each video of the batch (list of lists), from the chosen --source."""
+    if args.source == "oracle":
+        return [[class_names[s["label"]]] for s in batch]  # Table 6b "Oracle": the label's name
+    caps = [[] for _ in batch]
+    if "blip2" in args.source and batch:
+        k = args.frames
+        flat = blip2_captions(processor, model, torch.cat([s["pixels"] for s in batch]), dtype,
+                              args.max_new_tokens, args.num_beams)  # (V*K) captions, K per video in order
+        caps = [flat[i * k:(i + 1) * k] for i in range(len(batch))]
+    if "llm" in args.source:
+        # NOTE: Table 6b "BLIP + GPT3.5" does not say how the two were combined; we join the lists, so
+        # pretraining's random pick takes a BLIP-2 caption or a vision-free one with equal odds (3 + 3)
+        caps = [c + class_caps[s["label"]] for c, s in zip(caps, batch)]
+    return caps
+
+
+# -----------------------------------------------------------------------------
+# main
+
+
+def main(args):
+    # --- the list, this shard of it, and what is already done
+    if args.data is None:
+        demo = data.demo_dataset()
+        args.data, args.root = demo["train"], demo["root"]
+        args.class_names = args.class_names or demo["class_names"]
+        args.out = args.out or os.path.join("runs", "demo_captions.jsonl")
+        print(f"caption.py: no --data: captioning the demo dataset's train list {args.data}")
+    args.out = args.out or "captions.jsonl"
+    failed_path = os.path.splitext(args.out)[0] + ".failed.jsonl"
+    try:
+        items = data.read_list(args.data)  # root='' keeps each path as written in the list: the output's key
+        class_names = data.read_class_names(args.class_names) if args.class_names else None
+    except ValueError as e:
+        raise SystemExit(f"caption.py: {e}") from None
+    if class_names is not None:
+        bad = [(v, y) for v, y in items if y >= len(class_names)]
+        if bad:
+            raise SystemExit(f"caption.py: {args.data}: label {bad[0][1]} of {bad[0][0]} has no name in {args.class_names} "
+                             f"({len(class_names)} names): the list and the class names do not match")
+    items = items[args.shard_index::args.num_shards]  # deterministic: every n-th video
+    out, done = open_output(args.out)
+    todo, seen = [], set(done)
+    for video, label in items:
+        if video not in seen:  # skip finished videos, and a video listed twice is captioned once
+            seen.add(video)
+            todo.append((video, label))
+    todo = todo[:args.limit] if args.limit is not None else todo
+    n_done = sum(video in done for video, _ in items)
+    print(f"caption.py: source {args.source} | shard {args.shard}: {len(items)} videos, {n_done} already in {args.out}, "
+          f"{len(todo)} to caption" + (f" (--limit {args.limit})" if args.limit is not None else ""))
+
+    # --- models, loaded before any video is read so that a missing model fails at once
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = args.precision if args.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    use_blip2 = "blip2" in args.source
+    processor = model = None
+    if use_blip2 and todo:
+        processor, model = load_blip2(args.captioner, device, dtype)
+        print(f"caption.py: BLIP-2 {args.captioner} on {device} in {precision}, {args.frames} keyframes per video")
+    class_caps = {}
+    if "llm" in args.source and todo:
+        class_caps = llm_class_captions(args.llm, class_names, {y for _, y in todo}, device, dtype,
+                                        args.batch_size, args.llm_max_new_tokens)
+        print(f"caption.py: {args.llm}: {len(LLM_PROMPTS)} vision-free captions for each of {len(class_caps)} classes")
+
+    # --- the loop: decode keyframes in workers, caption a batch, append its lines
+    dataset = Keyframes(todo, args.root, args.frames if use_blip2 else 0, processor.image_processor if use_blip2 else None)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers if use_blip2 else 0,
+                        collate_fn=list)
+    n_ok = n_failed = 0
+    t0 = time.time()
+    bar = tqdm(total=len(todo), unit="video", desc="captioning", dynamic_ncols=True)
+    with out, open(failed_path, "w") as failed:
+        try:
+            for batch in loader:
+                good = [s for s in batch if s["error"] is None]
+                for s, caps in zip(good, caption_batch(good, args, processor, model, dtype, class_names, class_caps)):
+                    # a blank caption carries no text to mask or contrast with: kept out
+                    caps = [c for c in caps if c]
+                    s["captions"] = caps
+                    if not caps:
+                        s["error"] = f"{args.source} gave only empty captions"
+                lines = [dict(video=s["video"], captions=s["captions"], source=args.source) for s in batch if s["error"] is None]
+                append_lines(out, lines)
+                for s in batch:
+                    if s["error"] is not None:
+                        failed.write(json.dumps(dict(video=s["video"], reason=s["error"])) + "\n")
+                failed.flush()
+                n_ok += len(lines)
+                n_failed += len(batch) - len(lines)
+                bar.update(len(batch))
+                bar.set_postfix(failed=n_failed, refresh=False)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"caption.py: interrupted; {n_ok} videos captioned in this run are in {args.out} ({n_failed} failed): "
+                  f"rerun the same command to go on")
+            raise SystemExit(130) from None
+    bar.close()
+    dt = time.time() - t0
+    print(f"caption.py: done | {n_ok} captioned, {n_failed} failed" + (f" (reasons in {failed_path})" if n_failed else "")
+          + f", {n_done} were done before | {n_ok / max(dt, 1e-9):.2f} videos/s | {args.out}")
+    if not n_failed:
+        os.remove(failed_path)  # no failures: no side file to wonder about
+    return dict(captioned=n_ok, failed=n_failed, out=args.out, failed_path=failed_path)
+
+
+if __name__ == "__main__":
+    main(parse_args())

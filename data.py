@@ -17,6 +17,7 @@ Used by pretrain.py / finetune.py / evaluate.py / caption.py / masking.py:
     loader = DataLoader(ds, batch_size=8, num_workers=8, collate_fn=collate)
 With no --data the scripts call `demo_dataset()`, which writes the synthetic demo once into
 $TGM_CACHE (default ~/.cache/tgm). Tests: python -m pytest -q tests/test_data.py
+Reader speed (seek vs decode from the start): python benchmarks/bench_decode.py
 """
 import json
 import logging
@@ -294,6 +295,9 @@ def test_indices(num_video_frames, num_frames, sampling_rate, view, num_views=5)
     temporal_step = max(1.0 * (len(all_index) - num_frames) / max(num_views - 1, 1), 0)
     temporal_start = int(view * temporal_step) if num_views > 1 else int(temporal_step / 2)
     return np.array(all_index[temporal_start:temporal_start + num_frames], dtype=np.int64)
+
+
+test_indices.__test__ = False  # a sampler, not a pytest test, even when a test module imports it by name
 
 
 # ----------------------------------------------------------------------------- spatial transforms

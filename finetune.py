@@ -1,0 +1,461 @@
+"""
+Sec. 4.2, 4.5: transfer of a pretrained encoder to action recognition, by full finetuning or by a linear probe.
+
+Finetune (Tables 1, 2, 4 "FT"): VideoMAE's recipe [38] (run_class_finetuning.py): the encoder over all tokens,
+mean pool -> LayerNorm -> Linear, layer-wise lr decay 0.75, drop path 0.1, mixup 0.8 / cutmix 1.0 with label
+smoothing 0.1, AdamW (0.9, 0.999), weight decay 0.05, lr = base_lr * global_batch / 256, 5 warmup epochs, then a
+per-step cosine. Linear probe (Tables 1-4 "LP", Sec. 4.5): MAE's protocol (main_linprobe.py): the pretrained
+encoder frozen in eval mode (with its final LayerNorm), mean-pooled features -> BatchNorm1d(affine=False) ->
+Linear; only the head trains. The multi-view test (5x3, or 2x3 for SSv2) is evaluate.py's job; here every
+epoch ends with a one-view validation top-1 in the log.
+
+One CPU process on the built-in demo (minutes; a random encoder unless you pass a pretrain.py checkpoint):
+    python finetune.py --checkpoint none --output-dir runs/demo_ft_scratch
+    python finetune.py --checkpoint runs/demo_pretrain/ckpt.pt --output-dir runs/demo_ft
+    python finetune.py --checkpoint runs/demo_pretrain/ckpt.pt --mode linear --output-dir runs/demo_lp
+The paper's runs (VideoMAE's scripts; --batch-size is per process, global batch = batch x processes x nodes):
+    torchrun --nproc_per_node=8 --nnodes=8 ... finetune.py --checkpoint runs/k400_tgm/ckpt.pt \\
+        --data lists/k400/train.csv --val-data lists/k400/val.csv --root /data/k400 --output-dir runs/k400_ft \\
+        --batch-size 8 --lr 1e-3 --epochs 100 --sampling-rate 4
+    torchrun --nproc_per_node=8 --nnodes=8 ... finetune.py --checkpoint runs/ssv2_tgm/ckpt.pt \\
+        --data lists/ssv2/train.csv --val-data lists/ssv2/val.csv --root /data/ssv2 --output-dir runs/ssv2_ft \\
+        --batch-size 8 --lr 5e-4 --epochs 50 --tsn --no-flip
+    torchrun --nproc_per_node=8 finetune.py --mode linear --checkpoint runs/k400_tgm/ckpt.pt \\
+        --data lists/ucf101/train_split1.csv --val-data lists/ucf101/test_split1.csv --output-dir runs/ucf_lp
+Published VideoMAE weights (official .pth or a Hugging Face folder) work too: --checkpoint PATH --model vit_base.
+Then: python evaluate.py --checkpoint runs/k400_ft/ckpt.pt --data lists/k400/val.csv --root /data/k400
+Tests: python -m pytest -q tests/test_finetune.py
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import model as M
+
+# -----------------------------------------------------------------------------
+# Arguments. A default of None is filled in by `resolve_args`: the paper's value on real data, a small one on the
+# built-in demo (no --data), or the pretraining checkpoint's own value.
+
+parser = argparse.ArgumentParser(description="Finetuning and linear probe (Sec. 4.2)",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+# data
+parser.add_argument("--data", default=None, help="training list file, 'path label' per line (VideoMAE format); none: the built-in demo dataset")
+parser.add_argument("--root", default="", help="folder prefixed to every path of the list files")
+parser.add_argument("--val-data", default=None, help="validation list for the per-epoch one-view top-1; none: no validation (demo: its val split)")
+parser.add_argument("--class-names", default=None, help="class names, line i = label i; only sets the number of classes K")
+parser.add_argument("--num-classes", type=int, default=None, help="K; default: from --class-names, else 1 + the largest label of the lists")
+parser.add_argument("--num-frames", type=int, default=None, help="T frames per clip; default: the checkpoint's (paper: 16; demo: 8)")
+parser.add_argument("--sampling-rate", type=int, default=None, help="frame stride; paper: 4 for K400 and the small datasets (SSv2 uses --tsn); demo: 4")
+parser.add_argument("--input-size", type=int, default=None, help="H = W; default: the checkpoint's (paper: 224; demo: 64)")
+parser.add_argument("--tsn", action="store_true", help="TSN sampling, one frame per segment (VideoMAE's SSv2 setting)")
+parser.add_argument("--no-flip", action="store_true", help="no horizontal flip; paper: flip off for SSv2, whose labels say left/right")
+parser.add_argument("--repeat-aug", type=int, default=1, help="augmented clips per decoded video (VideoMAE's num_sample): 2 for K400/UCF101/HMDB51, 1 for SSv2")
+parser.add_argument("--num-workers", type=int, default=4, help="data loader processes per training process")
+# model
+parser.add_argument("--checkpoint", default=None, help="pretrain.py checkpoint, published VideoMAE weights (.pth / HF folder), or 'none' for a random encoder (the from-scratch baseline)")
+parser.add_argument("--mode", default="finetune", choices=["finetune", "linear"], help="full finetuning (FT) or linear probe on the frozen encoder (LP)")
+parser.add_argument("--model", default=None, help="size for VideoMAE weights or --checkpoint none: vit_small|vit_base|vit_large (paper: vit_base; demo: vit_tiny)")
+parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate, finetune only; paper (VideoMAE ViT-B): 0.1")
+# optimisation
+parser.add_argument("--epochs", type=int, default=None, help="paper (VideoMAE): 100 K400, 50 SSv2, 100 UCF101, 50 HMDB51 (FT); 90 (LP, MAE); demo: 8 FT, 20 LP")
+parser.add_argument("--batch-size", type=int, default=None, help="videos per process per step; paper: 8 per GPU x 64 GPUs (FT), 16384 global (LP, MAE); demo: 16")
+parser.add_argument("--lr", type=float, default=None, help="base lr per 256 videos, lr = base * global_batch / 256; paper: 1e-3 FT (VideoMAE ViT-B K400; 5e-4 SSv2, UCF101), 0.1 LP (MAE); demo: 5e-3 FT, 0.1 LP")
+parser.add_argument("--min-lr", type=float, default=1e-6, help="base lr at the end of the cosine, per 256 videos; VideoMAE: 1e-6 (FT); LP goes to 0 as MAE")
+parser.add_argument("--warmup-epochs", type=int, default=None, help="linear warmup from 0; paper: 5 FT (VideoMAE), 10 LP (MAE); demo: 1 FT, 2 LP")
+parser.add_argument("--weight-decay", type=float, default=None, help="paper: 0.05 FT (AdamW), 0 LP (MAE)")
+parser.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay, block i gets lr * decay^(depth+1-i); paper: 0.75 (VideoMAE; 0.7 UCF101/HMDB51)")
+parser.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas (FT); paper: 0.9 0.999")
+parser.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (FT); paper: 0.8; 0 turns it off")
+parser.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (FT); paper: 1.0; 0 turns it off")
+parser.add_argument("--mixup-switch-prob", type=float, default=0.5, help="chance of cutmix instead of mixup when both are on; paper: 0.5")
+parser.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (FT); paper: 0.1")
+parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="autocast dtype; auto: bf16 on GPUs that have it, else fp32")
+# output
+parser.add_argument("--output-dir", default="runs/finetune", help="ckpt.pt (every epoch, atomic) and log.jsonl go here")
+parser.add_argument("--resume", default=None, help="a finetune ckpt.pt to continue, or 'auto': output-dir/ckpt.pt if it exists")
+parser.add_argument("--log-interval", type=int, default=10, help="steps between log lines")
+parser.add_argument("--seed", type=int, default=0)
+
+# (paper, demo) values of the flags whose default is None, per mode. The demo: 192 synthetic train videos of
+# 8 actions (data.demo_dataset); a tiny model sees them in minutes on a CPU. Its lr is higher than the
+# paper's because the demo's global batch is 16, not 512, and its runs are a few hundred steps, not 50k.
+DEFAULTS = {
+    "finetune": dict(epochs=(100, 8), batch_size=(8, 16), lr=(1e-3, 5e-3), warmup_epochs=(5, 1), weight_decay=(0.05, 0.05)),
+    "linear": dict(epochs=(90, 20), batch_size=(128, 16), lr=(0.1, 0.1), warmup_epochs=(10, 2), weight_decay=(0.0, 0.0)),
+}
+SHAPE_DEFAULTS = dict(model=("vit_base", "vit_tiny"), num_frames=(16, 8), input_size=(224, 64), sampling_rate=(4, 4))
+
+
+# -----------------------------------------------------------------------------
+# The pretrained encoder: from a pretrain.py checkpoint (its stored config) or from published VideoMAE weights
+
+def read_pretrained(path):
+    """-> (ckpt dict or None, encoder state dict with keys relative to the Encoder, stored ModelConfig or None).
+
+    Our checkpoints carry their ModelConfig ('model_cfg'); published VideoMAE weights do not, so their shape
+    comes from --model / --num-frames / --input-size. Both name the encoder 'encoder.*'.
+    """
+    ckpt = M.load_checkpoint(path) if os.path.isfile(path) else None
+    if ckpt is not None and "model_cfg" in ckpt:
+        sd, cfg = ckpt["model"], M.config_from_checkpoint(ckpt)
+    else:
+        sd, cfg, ckpt = M.videomae_state_dict(path), None, None
+    enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    if not enc:
+        raise M.CheckpointError(f"{path}: no encoder weights ('encoder.*' keys) in this checkpoint")
+    return ckpt, enc, cfg
+
+
+def load_encoder(encoder, enc_sd, path):
+    """Copy pretrained weights into an Encoder; every parameter must come from the checkpoint.
+
+    The finetuning classifier's encoder has no final LayerNorm (VideoMAE: fc_norm after pooling replaces it), so
+    the pretrained 'norm.*' is dropped there; the linear probe keeps it (MAE probes the pretrained features).
+    """
+    try:
+        missing, _ = encoder.load_state_dict(enc_sd, strict=False)
+    except RuntimeError as e:
+        raise M.CheckpointError(f"{path}: encoder weights do not fit the model ({str(e).splitlines()[-1].strip()}); "
+                                "check --model for VideoMAE weights") from None
+    if [k for k in missing if not k.startswith("norm.")]:
+        raise M.CheckpointError(f"{path}: the checkpoint lacks encoder weights {missing[:4]}...; check --model")
+    return missing  # at most the final norm: a finetuned checkpoint, which has fc_norm instead
+
+
+def build_model(args, cfg, num_classes):
+    """-> the module that trains: a VideoClassifier (finetune), or {encoder, probe} (linear, encoder frozen)."""
+    if args.mode == "finetune":
+        return M.VideoClassifier(cfg, num_classes, drop_path=args.drop_path)
+    encoder = M.Encoder(cfg, final_norm=True)
+    encoder.requires_grad_(False)                              # frozen: only the probe learns (MAE's protocol)
+    return nn.ModuleDict({"encoder": encoder, "probe": M.LinearProbe(cfg.embed_dim, num_classes)})
+
+
+def forward_logits(model, mode, video):
+    """video (B, C, T, H, W) -> logits (B, K). Linear mode: the frozen encoder runs without a graph."""
+    if mode == "finetune":
+        return model(video)
+    with torch.no_grad():
+        feats = model["encoder"](video).mean(dim=1)            # (B, N, D) -> (B, D): mean over all tokens
+    return model["probe"](feats.float())
+
+
+def resolve_args(args, pretrained_cfg=None):
+    """Fill the None defaults (paper / demo / checkpoint) and reject flag combinations that cannot work."""
+    demo = args.data is None
+    for k, (paper, small) in DEFAULTS[args.mode].items():
+        if getattr(args, k) is None:
+            setattr(args, k, small if demo else paper)
+    if pretrained_cfg is not None:
+        for flag, have in (("num_frames", pretrained_cfg.num_frames), ("input_size", pretrained_cfg.img_size)):
+            want = getattr(args, flag)
+            if want is not None and want != have:
+                raise SystemExit(f"--{flag.replace('_', '-')} {want} differs from the checkpoint's {have}: its fixed "
+                                 f"position table is laid out for that token grid; leave --{flag.replace('_', '-')} out")
+            setattr(args, flag, have)
+        if args.model is not None:
+            print(f"--model {args.model} is ignored: the checkpoint stores its own model config")
+    for k, (paper, small) in SHAPE_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, small if demo else paper)
+    if args.data is not None and args.val_data is None:
+        print("no --val-data: training without per-epoch validation")
+    if args.mode == "linear" and args.batch_size * args.repeat_aug < 2:
+        raise SystemExit("--mode linear needs at least 2 clips per step (its BatchNorm normalises over the batch); raise --batch-size")
+    if args.epochs <= args.warmup_epochs and args.epochs > 0:
+        print(f"note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr never reaches its peak")
+    return args
+
+
+# -----------------------------------------------------------------------------
+# Sec. 4.2 (VideoMAE): mixup / cutmix with label smoothing, as timm's Mixup in 'batch' mode
+
+def smooth_one_hot(y, num_classes, smoothing):
+    """(B,) labels -> (B, K) targets: 1 - smoothing + smoothing/K on the label, smoothing/K elsewhere (sum 1)."""
+    off = smoothing / num_classes
+    return torch.full((y.shape[0], num_classes), off, device=y.device).scatter_(1, y[:, None], 1.0 - smoothing + off)
+
+
+def mixup_cutmix(x, y, num_classes, mixup=0.8, cutmix=1.0, switch_prob=0.5, smoothing=0.1, rng=None):
+    """Mix each clip with the batch's reversed order. x (B, C, T, H, W), y (B,) -> (x mixed, targets (B, K)).
+
+    One lam per batch (timm's mode='batch'): with both on, cutmix with chance switch_prob, else mixup.
+    Mixup blends whole clips; cutmix pastes the same box into every frame of the partner clip (a spatial
+    tube), and lam becomes the exact unpasted area after the box is clipped at the frame border (timm's
+    correct_lam). Targets: lam * smooth(y) + (1 - lam) * smooth(y reversed), so each row sums to one.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    lam = 1.0
+    if mixup > 0 or cutmix > 0:
+        use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < switch_prob)
+        if use_cutmix:
+            lam = rng.beta(cutmix, cutmix)
+            H, W = x.shape[-2:]
+            cut_h, cut_w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))  # box area (1 - lam) H W
+            cy, cx = rng.integers(H), rng.integers(W)          # centre anywhere: the box may leave the frame
+            y0, y1 = np.clip(cy - cut_h // 2, 0, H), np.clip(cy + cut_h // 2, 0, H)
+            x0, x1 = np.clip(cx - cut_w // 2, 0, W), np.clip(cx + cut_w // 2, 0, W)
+            x = x.clone()
+            x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]  # same box in every frame
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / (H * W)        # what is left of the clip's own pixels
+        else:
+            lam = rng.beta(mixup, mixup)
+            x = x * lam + x.flip(0) * (1 - lam)
+    t = smooth_one_hot(y, num_classes, smoothing)
+    return x, lam * t + (1 - lam) * t.flip(0)
+
+
+def soft_cross_entropy(logits, target):
+    """Cross entropy against (B, K) soft targets (timm's SoftTargetCrossEntropy)."""
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+# -----------------------------------------------------------------------------
+# Schedule: linear warmup from 0, then a per-step cosine to min_lr (VideoMAE's utils.cosine_scheduler)
+
+def lr_at(step, total_steps, warmup_steps, lr, min_lr):
+    if step < warmup_steps:
+        return lr * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def set_lr(optimizer, lr):
+    """Layer-wise decay: every group runs at lr * its lr_scale (model.param_groups; 1 where absent)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+@torch.no_grad()
+def validate(model, mode, loader, device, amp):
+    """One-view top-1 / top-5 over this process's share of the val list -> (correct1, correct5, count) sums."""
+    model.eval()
+    c1 = c5 = n = 0
+    for batch in loader:
+        video, y = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
+        with amp:
+            logits = forward_logits(model, mode, video).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
+        c1 += (top[:, 0] == y).sum().item()
+        c5 += (top == y[:, None]).any(1).sum().item()
+        n += y.shape[0]
+    return c1, c5, n
+
+
+def main(args):
+    # -----------------------------------------------------------------------------
+    # Distributed setup: torchrun sets RANK; plain `python finetune.py` is one process
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    else:
+        rank, world = 0, 1
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    master = rank == 0
+
+    def print0(*a, **kw):
+        if master:
+            print(*a, **kw, flush=True)
+
+    # -----------------------------------------------------------------------------
+    # The pretrained encoder and the run's shape (from the checkpoint when it stores one)
+    resume = args.resume
+    if resume == "auto":
+        resume = os.path.join(args.output_dir, "ckpt.pt")
+        resume = resume if os.path.isfile(resume) else None
+    state = M.load_checkpoint(resume) if resume else None
+    if state is not None and "num_classes" not in state:
+        raise SystemExit(f"--resume {resume} is not a finetune.py checkpoint (no 'num_classes'); pass it as --checkpoint")
+    if state is not None:
+        args.mode = state["mode"]
+    if args.checkpoint is None and state is None:
+        raise SystemExit("finetune.py needs --checkpoint: a pretrain.py checkpoint (e.g. runs/pretrain/ckpt.pt), published "
+                         "VideoMAE weights (.pth or a Hugging Face folder), or 'none' for a randomly initialised encoder")
+    enc_sd = pretrained_cfg = None
+    if state is not None:
+        pretrained_cfg = M.config_from_checkpoint(state)
+    elif args.checkpoint != "none":
+        _, enc_sd, pretrained_cfg = read_pretrained(args.checkpoint)
+    args = resolve_args(args, pretrained_cfg)
+    cfg = pretrained_cfg or M.make_config(args.model, num_frames=args.num_frames, img_size=args.input_size)
+    if args.checkpoint == "none" and state is None:
+        print0(f"--checkpoint none: the encoder starts from random weights ({args.model}), the from-scratch baseline")
+
+    # -----------------------------------------------------------------------------
+    # Data: random-resized-crop clips to train; one centre view per video to validate
+    if args.data is None:
+        demo = data.demo_dataset()
+        args.data, args.val_data, args.root = demo["train"], args.val_data or demo["val"], demo["root"]
+        args.class_names = args.class_names or demo["class_names"]
+        print0(f"no --data: the built-in demo dataset in {demo['root']}")
+    train_ds = data.VideoDataset(args.data, args.root, mode="finetune", num_frames=args.num_frames,
+                                 sampling_rate=args.sampling_rate, input_size=args.input_size, repeat_aug=args.repeat_aug,
+                                 flip=not args.no_flip, tsn=args.tsn, seed=args.seed + rank)
+    val_ds = None
+    if args.val_data:
+        val_ds = data.VideoDataset(args.val_data, args.root, mode="val", num_frames=args.num_frames,
+                                   sampling_rate=args.sampling_rate, input_size=args.input_size, tsn=args.tsn)
+    max_label = max(lbl for ds in (train_ds, val_ds) if ds is not None for _, lbl in ds.items)
+    K = (state or {}).get("num_classes") or args.num_classes or (
+        len(data.read_class_names(args.class_names)) if args.class_names else max_label + 1)
+    if max_label >= K:
+        raise SystemExit(f"a list has label {max_label} but there are only {K} classes; fix --num-classes / --class-names")
+    global_batch = args.batch_size * world
+    if len(train_ds) < global_batch:
+        raise SystemExit(f"{args.data} has {len(train_ds)} videos, fewer than one global batch of {global_batch}; lower --batch-size")
+    train_sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=args.seed) if ddp else None
+    loader_kw = dict(num_workers=args.num_workers, collate_fn=data.collate, pin_memory=device.type == "cuda",
+                     persistent_workers=args.num_workers > 0)
+    train_loader = torch.utils.data.DataLoader(train_ds, args.batch_size, shuffle=train_sampler is None,
+                                               sampler=train_sampler, drop_last=True, **loader_kw)
+    val_loader = None
+    if val_ds is not None:
+        # every rank takes every world-th video: no padding, so the summed counts are exact
+        val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, range(rank, len(val_ds), world)),
+                                                 args.batch_size, **loader_kw)
+
+    # -----------------------------------------------------------------------------
+    # Model
+    torch.manual_seed(args.seed + rank)
+    model = build_model(args, cfg, K)
+    encoder = model.encoder if args.mode == "finetune" else model["encoder"]
+    if enc_sd is not None:
+        missing = load_encoder(encoder, enc_sd, args.checkpoint)
+        if args.mode == "linear" and missing:
+            print0(f"note: {args.checkpoint} has no final encoder LayerNorm (a finetuned model?): the probe sees un-normalised features")
+        print0(f"loaded the pretrained encoder from {args.checkpoint}")
+    model.to(device)
+    # the module that trains: the whole classifier, or only the probe (the frozen encoder needs no DDP)
+    trained = model if args.mode == "finetune" else model["probe"]
+    ddp_trained = nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None) if ddp else trained
+    n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    print0(f"{args.mode}: {cfg.embed_dim}-wide encoder, depth {cfg.depth}, grid {cfg.grid}, K={K}, {n_train / 1e6:.2f}M trained parameters")
+
+    # -----------------------------------------------------------------------------
+    # Optimizer and schedule: lr scales with the global batch (VideoMAE's linear scaling rule)
+    lr, min_lr = args.lr * global_batch / 256, args.min_lr * global_batch / 256
+    if args.mode == "finetune":
+        optimizer = torch.optim.AdamW(M.param_groups(model, args.weight_decay, args.layer_decay), lr=lr, betas=tuple(args.betas))
+    else:
+        # NOTE: differs from MAE, whose probe uses LARS: LARS's layer-wise trust ratio exists for MAE's batch of
+        # 16384; with one Linear layer and batches of hundreds it only rescales the lr, so SGD with momentum (as
+        # DINO's eval_linear) is the same method. wd 0 and a cosine to 0, as MAE.
+        optimizer = torch.optim.SGD(model["probe"].parameters(), lr=lr, momentum=0.9, weight_decay=args.weight_decay)
+        min_lr = 0.0
+    steps_per_epoch = len(train_loader)
+    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
+    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    # -----------------------------------------------------------------------------
+    # Resume
+    start_epoch, best = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best = state["epoch"], state.get("best_top1", 0.0)
+        print0(f"resumed from {resume} at epoch {start_epoch}")
+
+    # -----------------------------------------------------------------------------
+    # Training loop
+    os.makedirs(args.output_dir, exist_ok=True)
+    log_path = os.path.join(args.output_dir, "log.jsonl")
+    mix_rng = np.random.default_rng([args.seed, rank])
+
+    def log(record, line):
+        if master:
+            tqdm.write(line)                                   # above the progress bar, not through it
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    bad_total = 0
+    t_start = time.time()
+    for epoch in range(start_epoch, args.epochs):
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        model.train()
+        if args.mode == "linear":
+            model["encoder"].eval()                            # frozen features: no drop path, as at test time
+        loss_sum, n_seen, bad_epoch, t0 = 0.0, 0, 0, time.time()
+        bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not master, leave=False)
+        for i, batch in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            set_lr(optimizer, lr_at(step, total_steps, warmup_steps, lr, min_lr))
+            video, y = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
+            bad_epoch += len(batch["bad"])
+            if args.mode == "finetune":
+                video, target = mixup_cutmix(video, y, K, args.mixup, args.cutmix, args.mixup_switch_prob, args.smoothing, mix_rng)
+                with amp:
+                    loss = soft_cross_entropy(ddp_trained(video), target)
+            else:
+                with amp:
+                    feats = model["encoder"](video).mean(dim=1)  # (B, D); no graph: the encoder has no trainable weights
+                loss = F.cross_entropy(ddp_trained(feats.float()), y)
+            if not torch.isfinite(loss):
+                raise SystemExit(f"non-finite loss {loss.item()} at epoch {epoch} step {i}; the last good checkpoint "
+                                 f"is {args.output_dir}/ckpt.pt (try a lower --lr)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum, n_seen = loss_sum + loss.item(), n_seen + 1
+            if i % args.log_interval == 0:
+                cur_lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
+                rate = n_seen * global_batch * args.repeat_aug / (time.time() - t0)
+                log(dict(epoch=epoch, step=step, loss=loss.item(), lr=cur_lr, clips_per_s=rate),
+                    f"epoch {epoch} | step {step} | loss {loss.item():.4f} | lr {cur_lr:.2e} | {rate:.1f} clips/s")
+
+        # -----------------------------------------------------------------------------
+        # End of epoch: validation, then an atomic checkpoint
+        stats = torch.tensor([loss_sum, n_seen, bad_epoch, 0, 0, 0], dtype=torch.float64)
+        if val_loader is not None:
+            stats[3:] = torch.tensor(validate(model, args.mode, val_loader, device, amp), dtype=torch.float64)
+        if ddp:
+            stats = stats.to(device)
+            dist.all_reduce(stats)
+            stats = stats.cpu()
+        train_loss = (stats[0] / stats[1]).item()
+        bad_total += int(stats[2])
+        record = dict(epoch=epoch + 1, train_loss=train_loss, bad_videos=int(stats[2]), epoch_s=time.time() - t0)
+        line = f"epoch {epoch + 1}/{args.epochs} | train loss {train_loss:.4f}"
+        if val_loader is not None:
+            top1, top5 = (100.0 * stats[3] / stats[5]).item(), (100.0 * stats[4] / stats[5]).item()
+            best = max(best, top1)
+            record.update(val_top1=top1, val_top5=top5, val_videos=int(stats[5]))
+            line += f" | val top-1 {top1:.2f} | top-5 {top5:.2f} (one view, {int(stats[5])} videos)"
+        log(record, line + f" | bad videos {int(stats[2])} | {record['epoch_s']:.0f}s")
+        if master:
+            M.save_checkpoint(os.path.join(args.output_dir, "ckpt.pt"), {
+                "model": model.state_dict(), "model_cfg": M.model_config_dict(cfg), "num_classes": K, "mode": args.mode,
+                "args": vars(args), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "best_top1": best})
+
+    # -----------------------------------------------------------------------------
+    # Summary
+    if master:
+        summary = dict(done=True, mode=args.mode, epochs=args.epochs, best_val_top1=best if val_loader is not None else None,
+                       bad_videos=bad_total, train_s=time.time() - t_start)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(summary) + "\n")
+        print(f"done: {args.mode}, {args.epochs} epochs, best one-view val top-1 {best:.2f}, bad videos skipped {bad_total}, "
+              f"checkpoint {args.output_dir}/ckpt.pt; multi-view test: python evaluate.py --checkpoint {args.output_dir}/ckpt.pt")
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(parser.parse_args())

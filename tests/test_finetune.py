@@ -1,0 +1,271 @@
+"""
+Tests of finetune.py (Sec. 4.2): mixup/cutmix targets, layer-wise lr decay, the schedule, the linear probe with a
+frozen encoder, finetuning with resume, loading pretrained encoders, and the start-up errors. CPU, tiny shapes,
+no network.
+
+    python -m pytest -q tests/test_finetune.py
+"""
+import json
+import os
+from dataclasses import asdict
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import finetune as FT
+import model as M
+
+# a tiny encoder: 4 frames of 32x32 -> grid (2, 2, 2), N = 8 tokens
+TINY = dict(depth=2, img_size=32, num_frames=4)
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]  # class k is tinted COLOURS[k]
+
+
+# -----------------------------------------------------------------------------
+# helpers shared with tests/test_evaluate.py
+
+def write_video(path, frames):
+    """uint8 (T, H, W, 3) -> a lossless H.264 (libx264rgb, crf 0) file: decoded pixels equal the array exactly."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264rgb", rate=25)
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt = "rgb24"
+        s.options = {"crf": "0", "g": "8", "bf": "0"}
+        for a in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")))
+        c.mux(s.encode())
+
+
+def write_colour_dataset(folder, per_class, seed, num_classes=len(COLOURS), frames=24, size=(32, 48)):
+    """A list file of videos whose class is their tint (plus noise and a moving square): learnable from frozen
+    random features, so a probe on them must beat chance. -> path of the list (relative paths, root = folder)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for k in range(num_classes):
+        for j in range(per_class):
+            x = rng.normal(0, 25, size=(frames, *size, 3)) + np.array(COLOURS[k]) * rng.uniform(0.7, 1.0)
+            for f in range(frames):                            # a grey square drifting right, as a distractor
+                x[f, 8:16, (f + j) % 40:(f + j) % 40 + 8] = 128
+            rel = f"v{seed}_{k}_{j}.mp4"
+            write_video(os.path.join(folder, rel), np.clip(x, 0, 255).astype(np.uint8))
+            lines.append(f"{rel} {k}\n")
+    path = os.path.join(folder, f"list{seed}.txt")
+    with open(path, "w") as f:
+        f.writelines(lines)
+    return path
+
+
+def save_pretrain_checkpoint(path, seed=0, **cfg_overrides):
+    """A checkpoint as pretrain.py writes it (VideoMAE state dict + model_cfg + args) -> the VideoMAE."""
+    torch.manual_seed(seed)
+    cfg = M.make_config("vit_tiny", **{**TINY, **cfg_overrides})
+    mae = M.VideoMAE(cfg)
+    with torch.no_grad():                                      # non-trivial norms and biases, so nothing hides
+        for p in mae.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    M.save_checkpoint(path, {"model": mae.state_dict(), "model_cfg": asdict(cfg), "optimizer": {}, "step": 1, "epoch": 1,
+                             "args": {"clip_model": "ViT-B-32-quickgelu", "clip_pretrained": "none", "mask": "tube",
+                                      "mask_ratio": 0.75, "sampling_rate": 2}})
+    return mae
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    return dict(root=str(folder), train=write_colour_dataset(folder, 6, seed=1), val=write_colour_dataset(folder, 3, seed=2))
+
+
+def run_args(colour_data, out, *extra):
+    return FT.parser.parse_args(["--data", colour_data["train"], "--val-data", colour_data["val"], "--root", colour_data["root"],
+                                 "--sampling-rate", "2", "--num-workers", "0", "--output-dir", str(out), *extra])
+
+
+def read_log(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# -----------------------------------------------------------------------------
+# mixup / cutmix
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 1.0), (0.8, 0.0), (0.0, 1.0), (0.0, 0.0)])
+def test_mixup_cutmix_targets_sum_to_one_and_match_the_pixels(mixup, cutmix):
+    """Each clip is a constant 1 + i: after mixing, the share of a clip's own pixels is its target weight."""
+    B, K = 4, 6
+    y = torch.tensor([0, 3, 1, 5])
+    for seed in range(20):
+        x = (1.0 + torch.arange(B, dtype=torch.float32)).view(B, 1, 1, 1, 1).expand(B, 3, 4, 16, 24).clone()
+        xm, target = FT.mixup_cutmix(x, y, K, mixup, cutmix, 0.5, smoothing=0.0, rng=np.random.default_rng(seed))
+        torch.testing.assert_close(target.sum(1), torch.ones(B))
+        own, other = 1.0 + torch.arange(B), (1.0 + torch.arange(B)).flip(0)
+        for i in range(B):
+            if own[i] == other[i]:
+                continue
+            # mixup: every pixel is lam*own + (1-lam)*other; cutmix: a fraction lam of pixels is own
+            share = ((xm[i] - other[i]) / (own[i] - other[i])).mean()
+            assert abs(share.item() - target[i, y[i]].item()) < 1e-5
+        if mixup == 0 and cutmix == 0:
+            assert torch.equal(xm, x) and torch.equal(target, torch.nn.functional.one_hot(y, K).float())
+
+
+def test_label_smoothing_spreads_mass_and_keeps_sum():
+    y = torch.tensor([2, 0])
+    t = FT.smooth_one_hot(y, 5, 0.1)
+    torch.testing.assert_close(t.sum(1), torch.ones(2))
+    assert t[0, 2] == t.max() and torch.allclose(t[0, [0, 1, 3, 4]], torch.full((4,), 0.1 / 5))
+
+
+# -----------------------------------------------------------------------------
+# the optimiser: layer-wise lr decay and the schedule
+
+def test_layer_decay_gives_expected_lr_per_block():
+    """One AdamW step from zero moments moves every weight by lr * g / (|g| + eps) = lr of its group (wd 0, eps
+    negligible), so the measured step size per parameter is the lr it trains at: lr * decay^(depth+1-layer)."""
+    depth, decay, lr = 3, 0.75, 1e-3
+    torch.manual_seed(0)
+    clf = M.VideoClassifier(M.make_config("vit_tiny", depth=depth, img_size=32, num_frames=4), 5, drop_path=0.0)
+    opt = torch.optim.AdamW(M.param_groups(clf, 0.0, decay), lr=lr, eps=1e-30)
+    FT.set_lr(opt, lr)
+    before = {n: p.detach().clone() for n, p in clf.named_parameters()}
+    clf(torch.randn(2, 3, 4, 32, 32)).square().sum().backward()
+    opt.step()
+
+    def layer(name):
+        if name.startswith("encoder.patch_embed"):
+            return 0
+        if name.startswith("encoder.blocks."):
+            return int(name.split(".")[2]) + 1
+        return depth + 1                                       # fc_norm and head: the top
+    for n, p in clf.named_parameters():
+        moved = (p.detach() - before[n]).abs()
+        moved = moved[p.grad.abs() > 1e-12]                    # parameters with a gradient
+        if moved.numel():
+            torch.testing.assert_close(moved.max(), torch.tensor(lr * decay ** (depth + 1 - layer(n))), rtol=1e-3, atol=0)
+    # the head trains at the full lr, the patch embedding at the most decayed one
+    assert {g["lr"] for g in opt.param_groups} >= {lr, lr * decay ** (depth + 1)}
+
+
+def test_schedule_warms_up_linearly_then_cosine_to_min_lr():
+    total, warm, lr, min_lr = 100, 10, 1.0, 0.01
+    lrs = [FT.lr_at(s, total, warm, lr, min_lr) for s in range(total + 1)]
+    assert lrs[0] == 0 and lrs[warm] == pytest.approx(lr)
+    assert np.allclose(np.diff(lrs[:warm + 1]), lr / warm)     # linear ramp
+    assert all(a >= b for a, b in zip(lrs[warm:], lrs[warm + 1:]))  # then never rises
+    assert lrs[total] == pytest.approx(min_lr)
+    assert lrs[warm + (total - warm) // 2] == pytest.approx((lr + min_lr) / 2)  # cosine midpoint
+
+
+# -----------------------------------------------------------------------------
+# loading pretrained encoders: pretrain.py checkpoints and published VideoMAE weights
+
+def check_encoder_equals(encoder, mae, with_norm):
+    src = {k[len("encoder."):]: v for k, v in mae.state_dict().items() if k.startswith("encoder.")}
+    got = encoder.state_dict()
+    assert set(got) == {k for k in src if with_norm or not k.startswith("norm.")}
+    for k in got:
+        torch.testing.assert_close(got[k], src[k], rtol=0, atol=0)
+
+
+def test_loads_pretrain_checkpoint_into_classifier_and_probe(tmp_path):
+    mae = save_pretrain_checkpoint(tmp_path / "ckpt.pt")
+    ckpt, enc_sd, cfg = FT.read_pretrained(str(tmp_path / "ckpt.pt"))
+    assert cfg == mae.cfg                                      # the model is rebuilt from the checkpoint alone
+    for mode in ("finetune", "linear"):
+        args = FT.parser.parse_args(["--mode", mode])
+        model = FT.build_model(args, cfg, 7)
+        encoder = model.encoder if mode == "finetune" else model["encoder"]
+        assert FT.load_encoder(encoder, enc_sd, "ckpt.pt") == []
+        # finetune: VideoMAE drops the pretrained final norm for fc_norm; the probe reads the normed features
+        check_encoder_equals(encoder, mae, with_norm=mode == "linear")
+
+
+def test_loads_videomae_weights_official_and_hugging_face(tmp_path):
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+
+    cfg = M.make_config("vit_tiny", **TINY)
+    hf_cfg = VideoMAEConfig(image_size=32, patch_size=16, num_frames=4, tubelet_size=2, hidden_size=cfg.embed_dim,
+                            num_hidden_layers=2, num_attention_heads=cfg.num_heads, intermediate_size=4 * cfg.embed_dim,
+                            decoder_hidden_size=cfg.decoder_embed_dim, decoder_num_hidden_layers=1,
+                            decoder_num_attention_heads=cfg.decoder_num_heads, decoder_intermediate_size=4 * cfg.decoder_embed_dim,
+                            use_mean_pooling=False, layer_norm_eps=1e-6)
+    torch.manual_seed(0)
+    hf = VideoMAEForPreTraining(hf_cfg)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(tmp_path / "hf")
+    reference = M.VideoMAE(cfg)                                # the importer of model.py is the reference here
+    M.load_videomae_weights(reference, tmp_path / "hf")
+    torch.save({"model": reference.state_dict()}, tmp_path / "official.pth")  # the official repo's format
+    for path in (tmp_path / "hf", tmp_path / "official.pth"):
+        ckpt, enc_sd, stored_cfg = FT.read_pretrained(str(path))
+        assert ckpt is None and stored_cfg is None             # no stored config: --model / flags give the shape
+        clf = M.VideoClassifier(cfg, 3)
+        FT.load_encoder(clf.encoder, enc_sd, str(path))
+        check_encoder_equals(clf.encoder, reference, with_norm=False)
+    # and a mismatched --model says so instead of a traceback
+    with pytest.raises(M.CheckpointError, match="check --model"):
+        FT.load_encoder(M.Encoder(M.make_config("vit_small", **TINY)), enc_sd, "official.pth")
+
+
+# -----------------------------------------------------------------------------
+# whole runs: the linear probe and finetuning, with resume
+
+def test_linear_probe_learns_above_chance_and_the_encoder_stays_frozen(colour_data, tmp_path):
+    mae = save_pretrain_checkpoint(tmp_path / "pre.pt")
+    out = tmp_path / "lp"
+    FT.main(run_args(colour_data, out, "--checkpoint", str(tmp_path / "pre.pt"), "--mode", "linear", "--epochs", "3",
+                     "--batch-size", "8", "--lr", "16", "--warmup-epochs", "1"))
+    log = read_log(out)
+    epochs = [r for r in log if "val_top1" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]   # one validation line per epoch
+    chance = 100.0 / len(COLOURS)
+    assert epochs[-1]["val_top1"] >= 2 * chance, epochs        # 12 val videos of 4 classes
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    ckpt = M.load_checkpoint(out / "ckpt.pt")
+    assert ckpt["mode"] == "linear" and ckpt["num_classes"] == len(COLOURS)
+    src = mae.state_dict()
+    for k, v in ckpt["model"].items():                         # frozen: bit-identical to the pretrained encoder
+        if k.startswith("encoder."):
+            assert torch.equal(v, src[k]), k
+    torch.manual_seed(0)
+    fresh = M.LinearProbe(mae.cfg.embed_dim, len(COLOURS))
+    assert not torch.equal(ckpt["model"]["probe.head.weight"], fresh.head.weight)  # the probe did train
+
+
+def test_finetune_logs_validation_and_resumes(colour_data, tmp_path):
+    save_pretrain_checkpoint(tmp_path / "pre.pt")
+    out = tmp_path / "ft"
+    common = ["--checkpoint", str(tmp_path / "pre.pt"), "--batch-size", "8", "--warmup-epochs", "1"]
+    FT.main(run_args(colour_data, out, *common, "--epochs", "1"))
+    first = M.load_checkpoint(out / "ckpt.pt")
+    assert first["epoch"] == 1 and first["mode"] == "finetune"
+    FT.main(run_args(colour_data, out, *common, "--epochs", "2", "--resume", "auto"))
+    second = M.load_checkpoint(out / "ckpt.pt")
+    assert second["epoch"] == 2
+    assert [r["epoch"] for r in read_log(out) if "val_top1" in r] == [1, 2]  # epoch 1 not repeated
+    assert any(not torch.equal(second["model"][k], first["model"][k]) for k in first["model"])
+    # the stored config rebuilds the classifier without the pretraining checkpoint
+    clf = M.VideoClassifier(M.config_from_checkpoint(second), second["num_classes"])
+    clf.load_state_dict(second["model"])
+
+
+# -----------------------------------------------------------------------------
+# start-up errors: one sentence, before any training
+
+def test_bad_flag_combinations_stop_with_a_sentence(colour_data, tmp_path):
+    save_pretrain_checkpoint(tmp_path / "pre.pt")
+    cases = [
+        ([], "needs --checkpoint"),
+        (["--checkpoint", str(tmp_path / "pre.pt"), "--num-frames", "8"], "differs from the checkpoint"),
+        (["--checkpoint", str(tmp_path / "pre.pt"), "--mode", "linear", "--batch-size", "1"], "at least 2 clips"),
+        (["--checkpoint", str(tmp_path / "pre.pt"), "--num-classes", "2"], "only 2 classes"),
+        (["--checkpoint", str(tmp_path / "pre.pt"), "--batch-size", "64"], "fewer than one global batch"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            FT.main(run_args(colour_data, tmp_path / "bad", *extra))
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(M.CheckpointError, match="cannot be read"):
+        FT.main(run_args(colour_data, tmp_path / "bad", "--checkpoint", str(tmp_path / "broken.pt")))

@@ -1,0 +1,481 @@
+"""
+Sec. 4.2, 4.5, 4.7: evaluation of pretrained and finetuned models.
+
+  multi-view test (Tables 1, 2, 4 and the LP columns of Table 3), the default: a finetune.py checkpoint, every
+      video seen as 5 temporal windows x 3 crops along the long side (K400, UCF101, HMDB51, Diving48,
+      Epic-Kitchens), or with --tsn 2 interleaved TSN samplings x 3 crops (SSv2); softmax per view, the mean over
+      views, top-1 and top-5 (VideoMAE's final_test + merge).
+  --retrieval (Table 3, R@1 / R@5): zero-shot video -> text retrieval with a pretrain.py checkpoint: the encoder
+      over all tokens, the contrastive head (Sec. 3.4), against CLIP's text embeddings of the class names or of
+      the captions; a video's positives are its class's name or its own captions.
+  --visualize (Fig. 3): for a few videos, one PNG each with the input frames, the mask, the reconstruction and
+      the last block's attention for the centre patch of the centre frame.
+
+One CPU process on the built-in demo (its val split; finetune.py and pretrain.py demo checkpoints first):
+    python evaluate.py --checkpoint runs/demo_ft/ckpt.pt
+    python evaluate.py --retrieval --checkpoint runs/demo_pretrain/ckpt.pt
+    python evaluate.py --visualize --checkpoint runs/demo_pretrain/ckpt.pt --mask tube
+The paper's tests, distributed (views of one video are merged across ranks by video index):
+    torchrun --nproc_per_node=8 evaluate.py --checkpoint runs/k400_ft/ckpt.pt --data lists/k400/val.csv --root /data/k400
+    torchrun --nproc_per_node=8 evaluate.py --checkpoint runs/ssv2_ft/ckpt.pt --data lists/ssv2/val.csv --root /data/ssv2 --tsn
+    torchrun --nproc_per_node=8 evaluate.py --retrieval --checkpoint runs/k400_tgm/ckpt.pt \\
+        --data lists/ucf101/test_split1.csv --root /data/ucf101 --class-names lists/ucf101/classes.txt
+Results go to --output-dir (default: the checkpoint's folder) as results.json / retrieval.json / vis_*.png.
+Tests: python -m pytest -q tests/test_evaluate.py
+"""
+import argparse
+import contextlib
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+import data
+import masking
+import model as M
+
+# -----------------------------------------------------------------------------
+# Arguments. A default of None is taken from the checkpoint (its stored args), then from the paper.
+
+parser = argparse.ArgumentParser(description="Multi-view test, zero-shot retrieval and pictures (Sec. 4.2, 4.5, 4.7)",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+# data
+parser.add_argument("--data", default=None, help="list file to evaluate, 'path label' per line; none: the demo's val split")
+parser.add_argument("--root", default="", help="folder prefixed to every path of the list")
+parser.add_argument("--captions", default=None, help="captions JSONL; --retrieval against captions, --visualize --mask tgm queries")
+parser.add_argument("--class-names", default=None, help="class names, line i = label i; --retrieval against them (the default when given)")
+parser.add_argument("--num-frames", type=int, default=None, help="T; default: the checkpoint's (paper: 16)")
+parser.add_argument("--sampling-rate", type=int, default=None, help="frame stride of a test window; default: the finetuning run's (paper: 4)")
+parser.add_argument("--input-size", type=int, default=None, help="crop side, also the short side the 3 crops are cut from; default: the checkpoint's (paper: 224)")
+parser.add_argument("--tsn", action=argparse.BooleanOptionalAction, default=None, help="SSv2's 2 interleaved TSN samplings x 3 crops instead of 5 x 3; default: as finetuned")
+parser.add_argument("--test-num-segment", type=int, default=5, help="temporal windows per video; paper: 5 (with --tsn always 2)")
+parser.add_argument("--test-num-crop", type=int, default=3, help="spatial crops per window along the long side; paper: 3")
+parser.add_argument("--batch-size", type=int, default=4, help="videos per process per step; each brings all its views (15, or 6 with --tsn)")
+parser.add_argument("--num-workers", type=int, default=4, help="data loader processes per process")
+# model
+parser.add_argument("--checkpoint", default=None, help="finetune.py checkpoint (test); pretrain.py checkpoint (--retrieval, --visualize)")
+parser.add_argument("--model", default="vit_base", help="size when --visualize reads published VideoMAE weights (no stored config)")
+parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="autocast dtype; auto: bf16 on GPUs that have it, else fp32")
+# retrieval (Table 3)
+parser.add_argument("--retrieval", action="store_true", help="zero-shot video->text retrieval R@1, R@5 (Table 3) instead of the test")
+parser.add_argument("--text", default=None, choices=["classes", "captions"], help="retrieval gallery: class names (default when --class-names is given) or captions")
+parser.add_argument("--clip-model", default=None, help="CLIP for the text side; default: the pretraining run's (paper: ViT-B-32-quickgelu)")
+parser.add_argument("--clip-pretrained", default=None, help="openai | a local weights file | none (random: numbers mean nothing); default: the pretraining run's")
+# pictures (Fig. 3)
+parser.add_argument("--visualize", action="store_true", help="write Fig. 3-style pictures instead of the test")
+parser.add_argument("--num-videos", type=int, default=4, help="videos to draw, spread over the list")
+parser.add_argument("--mask", default=None, choices=["tube", "random", "mgm", "tgm"], help="mask to draw; default: the pretraining run's (paper's Fig. 3: tgm)")
+parser.add_argument("--mask-ratio", type=float, default=None, help="default: the pretraining run's, else 0.9 tube/random, 0.75 mgm, 0.6 tgm (paper)")
+parser.add_argument("--tgm-features", default="patch", choices=["patch", "dense"], help="CLIP patch features for --mask tgm (Sec. 3.3: patch)")
+# output
+parser.add_argument("--output-dir", default=None, help="where results.json / retrieval.json / vis_*.png go; default: the checkpoint's folder")
+parser.add_argument("--seed", type=int, default=0)
+
+MASK_RATIOS = {"tube": 0.9, "random": 0.9, "mgm": 0.75, "tgm": 0.6}  # Sec. 4.2 / DESIGN.md
+
+
+# -----------------------------------------------------------------------------
+# Rebuilding models from checkpoints
+
+def load_classifier(ckpt):
+    """A finetune.py checkpoint -> (module, mode) in eval mode: a VideoClassifier, or {encoder, probe} (linear)."""
+    if "num_classes" not in ckpt:
+        raise SystemExit("this is a pretraining checkpoint (no classifier): finetune it first with finetune.py, "
+                         "or use it with --retrieval / --visualize")
+    cfg, K, mode = M.config_from_checkpoint(ckpt), ckpt["num_classes"], ckpt.get("mode", "finetune")
+    if mode == "finetune":
+        model = M.VideoClassifier(cfg, K, drop_path=0.0)
+    else:
+        model = nn.ModuleDict({"encoder": M.Encoder(cfg, final_norm=True), "probe": M.LinearProbe(cfg.embed_dim, K)})
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), mode
+
+
+def classify(model, mode, video):
+    """video (B, C, T, H, W) -> logits (B, K), for either kind of finetune.py model."""
+    if mode == "finetune":
+        return model(video)
+    return model["probe"](model["encoder"](video).mean(dim=1).float())  # frozen encoder, mean over tokens
+
+
+def load_pretrained(path, args):
+    """A pretrain.py checkpoint (or published VideoMAE weights, for pictures) -> (VideoMAE in eval mode, its args)."""
+    ckpt = M.load_checkpoint(path) if os.path.isfile(path) else None
+    if ckpt is not None and "num_classes" in ckpt:
+        raise SystemExit(f"{path} is a finetune.py checkpoint; --retrieval and --visualize need the pretraining "
+                         "checkpoint (its decoder and contrastive head)")
+    if ckpt is not None and "model_cfg" in ckpt:
+        model = M.VideoMAE(M.config_from_checkpoint(ckpt))
+        model.load_state_dict(ckpt["model"])
+        return model.eval(), ckpt.get("args", {})
+    cfg = M.make_config(args.model, num_frames=args.num_frames or 16, img_size=args.input_size or 224)
+    model = M.VideoMAE(cfg)
+    missing, _ = M.load_videomae_weights(model, path)
+    if [k for k in missing if not k.startswith("projector.")]:
+        raise M.CheckpointError(f"{path}: not a VideoMAE pretraining checkpoint (missing {missing[:3]}...)")
+    if args.retrieval:
+        raise SystemExit(f"{path} has no contrastive head (published VideoMAE weights): retrieval needs a pretrain.py "
+                         "checkpoint trained with --contrastive")
+    return model.eval(), {}
+
+
+# -----------------------------------------------------------------------------
+# Distributed helpers: every rank evaluates a share; rows come together by video index
+
+def gather_rows(rows, world):
+    """A dict of numpy arrays (one row per clip) from every rank -> the same dict concatenated, on every rank."""
+    if world == 1:
+        return rows
+    parts = [None] * world
+    dist.all_gather_object(parts, rows)
+    return {k: np.concatenate([p[k] for p in parts]) for k in rows}
+
+
+def merge_views(index, view, probs):
+    """Sec. 4.2 multi-view: rows (video index (n,), view id (n,), softmax probs (n, K)) from any ranks, in any order
+    -> (videos (m,), mean probs over each video's views (m, K), views per video (m,)).
+
+    A (video, view) pair seen twice counts once: DistributedSampler pads the last ranks with repeated videos, and
+    VideoMAE's merge() skips those repeats the same way.
+    """
+    index, view, probs = np.asarray(index), np.asarray(view), np.asarray(probs, dtype=np.float64)
+    _, first = np.unique(np.stack([index, view], 1), axis=0, return_index=True)
+    index, probs = index[first], probs[first]
+    videos, inv, counts = np.unique(index, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(videos), probs.shape[1]))
+    np.add.at(sums, inv, probs)                                # sum each video's views
+    return videos, sums / counts[:, None], counts
+
+
+def topk_accuracy(scores, labels, ks=(1, 5)):
+    """scores (m, K), labels (m,) -> {k: % of rows whose label is among the k highest scores}."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    hit = order == np.asarray(labels)[:, None]                 # (m, K): where the label sits in the ranking
+    return {k: 100.0 * hit[:, :k].any(1).mean() for k in ks}
+
+
+# -----------------------------------------------------------------------------
+# Table 3: zero-shot video -> text retrieval
+
+def text_gallery(labels, video_captions=None, class_names=None):
+    """The texts to retrieve from and which are right for each video -> (texts (S,), positives (V, S) bool).
+
+    With class names: S = K, a video's positive is its class's name. With captions: every distinct caption of the
+    listed videos, a video's positives are its own captions.
+    """
+    if class_names is not None:
+        positives = np.zeros((len(labels), len(class_names)), dtype=bool)
+        positives[np.arange(len(labels)), labels] = True
+        return list(class_names), positives
+    texts = list(dict.fromkeys(c for caps in video_captions for c in caps))
+    where = {t: i for i, t in enumerate(texts)}
+    positives = np.zeros((len(video_captions), len(texts)), dtype=bool)
+    for v, caps in enumerate(video_captions):
+        positives[v, [where[c] for c in caps]] = True
+    return texts, positives
+
+
+def recall_at_k(sim, positives, ks=(1, 5)):
+    """sim (V, S) video-text similarities, positives (V, S) bool -> {k: % of videos with a positive in the top k}.
+
+    A video's rank is the number of wrong texts scored above its best right one; videos without a right text
+    are left out.
+    """
+    sim, positives = np.asarray(sim, dtype=np.float64), np.asarray(positives, dtype=bool)
+    keep = positives.any(1)
+    sim, positives = sim[keep], positives[keep]
+    best = np.where(positives, sim, -np.inf).max(1)            # (V,) score of the best right text
+    rank = (np.where(positives, -np.inf, sim) > best[:, None]).sum(1)  # wrong texts ahead of it
+    return {k: 100.0 * (rank < k).mean() for k in ks}
+
+
+# -----------------------------------------------------------------------------
+# Fig. 3: input, mask, reconstruction, attention
+
+def reconstruct(model, video, mask):
+    """Pixels in [0, 1] (B, C, T, H, W): visible patches as they are, hidden ones from the decoder.
+
+    mask (B, N) bool, True = masked. With the norm-pixel target the decoder predicts each hidden token normalised
+    per channel, so, as VideoMAE's run_videomae_vis.py does, the prediction is shown with the hidden patch's TRUE
+    mean and std: the picture borrows those two numbers per patch and channel from the hidden pixels.
+    """
+    cfg = model.cfg
+    t, p = cfg.tubelet_size, cfg.patch_size
+    _, pred, _ = model(video, mask)                            # (B, N_mask, P), hidden tokens in raster order
+    pixels = M.pixel_target(video, t, p, norm_pix_loss=False)  # (B, N, P) in [0, 1]
+    B, N, P = pixels.shape
+    C = video.shape[1]
+    x = pixels.view(B, N, P // C, C)                           # (B, N, t*p*p, C): channel fastest
+    pred = pred.float().view(B, -1, P // C, C)                 # (B, N_mask, t*p*p, C)
+    if cfg.norm_pix_loss:
+        mean = x.mean(dim=-2, keepdim=True)[mask].view_as(pred[:, :, :1])
+        std = x.var(dim=-2, unbiased=True, keepdim=True).sqrt()[mask].view_as(pred[:, :, :1])
+        pred = pred * (std + 1e-6) + mean                      # undo the target's per-token normalisation
+    out = x.clone()
+    out[mask] = pred.reshape(-1, P // C, C)                    # hidden tokens replaced, visible ones kept
+    return M.unpatchify(out.view(B, N, P), t, p, cfg.grid).clamp(0, 1)
+
+
+def centre_attention(model, video):
+    """Last block's attention of the centre token of the centre time slice, mean over heads -> (B, T', h, w).
+
+    All tokens are visible here (no mask), as for a finetuned encoder; the query is token (T'/2, h/2, w/2).
+    """
+    T_, h, w = model.cfg.grid
+    q = (T_ // 2) * h * w + (h // 2) * w + w // 2              # raster index (t, h, w)
+    attn = model.encoder.last_attention(video)                 # (B, nh, N, N)
+    return attn[:, :, q].mean(dim=1).view(-1, T_, h, w)        # (B, T', h, w)
+
+
+def heat(v):
+    """Values in [0, 1] (H, W) -> an RGB 'hot' colour map (H, W, 3) in [0, 1]: black, red, yellow, white."""
+    return torch.stack([(3 * v).clamp(0, 1), (3 * v - 1).clamp(0, 1), (3 * v - 2).clamp(0, 1)], dim=-1)
+
+
+def picture(rows, labels, title, cell=112):
+    """rows: list of (T', H, W, 3) float [0, 1] arrays, one per figure row -> a PIL image with a label column."""
+    font = ImageFont.load_default(size=12)
+    ncol, label_w, top = rows[0].shape[0], 230, 24
+    img = Image.new("RGB", (label_w + ncol * (cell + 4), top + len(rows) * (cell + 4)), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((6, 6), title, fill="black", font=font)
+    for r, (row, label) in enumerate(zip(rows, labels)):
+        y = top + r * (cell + 4)
+        draw.multiline_text((6, y + 8), label, fill="black", font=font, spacing=3)
+        for c in range(ncol):
+            tile = Image.fromarray((np.asarray(row[c]) * 255).round().astype(np.uint8))
+            img.paste(tile.resize((cell, cell * tile.height // tile.width), Image.NEAREST), (label_w + c * (cell + 4), y))
+    return img
+
+
+def visualize(model, sample, mask, caption, mask_name, ratio):
+    """One video's Fig. 3 picture. sample: a data.VideoDataset item; mask (1, N) bool, True = masked."""
+    cfg = model.cfg
+    video = sample["video"][None]                              # (1, C, T, H, W)
+    t, p = cfg.tubelet_size, cfg.patch_size
+    T_, h, w = cfg.grid
+    mean = torch.tensor(M.IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(M.IMAGENET_STD).view(1, 3, 1, 1, 1)
+    frames = (video * std + mean).clamp(0, 1)[0, :, ::t].permute(1, 2, 3, 0)  # (T', H, W, 3): first frame of each tubelet
+    # the mask: hidden patches dimmed to a quarter, on the first frame of each tubelet
+    m = mask.view(T_, h, w).float().repeat_interleave(p, 1).repeat_interleave(p, 2)[..., None]  # (T', H, W, 1)
+    masked = frames * (1 - 0.75 * m)
+    recon = reconstruct(model, video, mask)[0, :, ::t].permute(1, 2, 3, 0)  # (T', H, W, 3)
+    attn = centre_attention(model, video)[0]                   # (T', h, w)
+    attn = (attn / attn.max()).repeat_interleave(p, 1).repeat_interleave(p, 2)  # one scale for the whole clip
+    overlay = 0.35 * frames + 0.65 * heat(attn)
+    # outline the query patch on the centre slice
+    y0, x0 = (h // 2) * p, (w // 2) * p
+    box = torch.zeros(overlay.shape[1:3], dtype=torch.bool)
+    box[y0:y0 + p, x0:x0 + p] = True
+    box[y0 + 1:y0 + p - 1, x0 + 1:x0 + p - 1] = False
+    overlay[T_ // 2][box] = torch.tensor([0.0, 0.8, 1.0])
+    norm_note = "predicted norm-pixels shown with\nthe hidden patches' TRUE mean/std" if cfg.norm_pix_loss else "predicted pixels"
+    labels = ["input (1st frame\nof each tubelet)", f"mask: {mask_name}, {ratio:.0%} hidden\n(dimmed = hidden)",
+              f"reconstruction: visible as is,\nhidden = {norm_note}", "attention, last block,\nquery = centre patch (cyan)\nof the centre frame"]
+    return picture([frames, masked, recon, overlay], labels, caption[:110])
+
+
+def main(args):
+    # -----------------------------------------------------------------------------
+    # Distributed setup: torchrun sets RANK; plain `python evaluate.py` is one process
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    else:
+        rank, world = 0, 1
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    master = rank == 0
+
+    def print0(*a):
+        if master:
+            print(*a, flush=True)
+
+    if args.checkpoint is None:
+        raise SystemExit("evaluate.py needs --checkpoint: a finetune.py checkpoint for the multi-view test, or a "
+                         "pretrain.py checkpoint with --retrieval or --visualize")
+    if args.retrieval and args.visualize:
+        raise SystemExit("--retrieval and --visualize are separate runs; pass one of them")
+    out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    os.makedirs(out_dir, exist_ok=True)
+    if args.data is None:
+        demo = data.demo_dataset()
+        args.data, args.root = demo["val"], demo["root"]
+        args.captions, args.class_names = args.captions or demo["captions"], args.class_names or demo["class_names"]
+        print0(f"no --data: the demo dataset's val split in {demo['root']}")
+    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    torch.manual_seed(args.seed)
+
+    def write_json(name, obj):
+        path = os.path.join(out_dir, name)
+        with open(path + ".tmp", "w") as f:                   # temp file, then rename: never half-written
+            json.dump(obj, f, indent=1)
+        os.replace(path + ".tmp", path)
+        return path
+
+    if args.visualize or args.retrieval:
+        # -----------------------------------------------------------------------------
+        # The pretrained model, and the shape of its clips
+        model, pre_args = load_pretrained(args.checkpoint, args)
+        model.to(device)
+        cfg = model.cfg
+        clip_model = args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu")
+        clip_pretrained = args.clip_pretrained or pre_args.get("clip_pretrained", "openai")
+        ds_kw = dict(num_frames=cfg.num_frames, input_size=cfg.img_size,
+                     sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4), tsn=bool(args.tsn))
+
+    if args.visualize:
+        # -----------------------------------------------------------------------------
+        # Fig. 3 pictures (rank 0 only)
+        mask_name = args.mask or pre_args.get("mask", "tube")
+        ratio = args.mask_ratio or (pre_args.get("mask_ratio") if mask_name == pre_args.get("mask") else None) or MASK_RATIOS[mask_name]
+        if master:
+            ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", motion=mask_name == "mgm", **ds_kw)
+            class_names = data.read_class_names(args.class_names) if args.class_names else None
+            if mask_name == "tgm":
+                torch.manual_seed(args.seed)                   # random CLIP ('none') is then the same every run
+                clip, tok = masking.load_clip(clip_model, clip_pretrained, device)
+                tgm, embed = masking.TextGuidedMasker(clip, args.tgm_features, ratio), masking.TextEmbedder(clip, tok)
+            gen = torch.Generator().manual_seed(args.seed)
+            model.cpu().float()                                # a few videos: pictures are drawn on the CPU
+            for j, i in enumerate(np.linspace(0, len(ds) - 1, min(args.num_videos, len(ds))).round().astype(int)):
+                sample = ds[int(i)][0]
+                label = sample["label"]
+                caption = (sample["captions"] or [class_names[label] if class_names else f"label {label}"])[0]
+                if mask_name == "tube":
+                    mask = masking.tube_mask(1, cfg.grid, ratio, gen)
+                elif mask_name == "random":
+                    mask = masking.random_mask(1, cfg.grid, ratio, gen)
+                elif mask_name == "mgm":
+                    mask = masking.MotionMasker(cfg.grid, ratio)(sample)[None]
+                else:
+                    mask = tgm(sample["video"][None].to(device), embed([caption]), gen).cpu()
+                with torch.no_grad():
+                    img = visualize(model, sample, mask, f"{os.path.basename(ds.items[i][0])}: {caption}", mask_name, ratio)
+                path = os.path.join(out_dir, f"vis_{j:02d}_{mask_name}.png")
+                img.save(path)
+                print(f"wrote {path}")
+        if ddp:
+            dist.destroy_process_group()
+        return
+
+    if args.retrieval:
+        # -----------------------------------------------------------------------------
+        # Table 3: embed every video (one centre view), then rank the texts
+        ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", **ds_kw)
+        text = args.text or ("classes" if args.class_names else "captions")
+        if text == "classes" and not args.class_names:
+            raise SystemExit("--text classes needs --class-names FILE")
+        if text == "captions" and not args.captions:
+            raise SystemExit("--text captions needs --captions FILE (or pass --class-names to retrieve class names)")
+        sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if ddp else None
+        loader = torch.utils.data.DataLoader(ds, args.batch_size * 4, sampler=sampler, num_workers=args.num_workers,
+                                             collate_fn=data.collate)
+        rows, bad = {"index": [], "emb": []}, []
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="embed videos", disable=not master):
+                with amp:
+                    latent = model.encoder(batch["video"].to(device))  # (B, N, D): all tokens, no mask
+                    emb = model.video_embedding(latent)       # (B, E) L2-normalised
+                rows["index"].append(batch["index"].numpy())
+                rows["emb"].append(emb.float().cpu().numpy())
+                bad += batch["bad"]
+        rows = gather_rows({k: np.concatenate(v) for k, v in rows.items()}, world)
+        if master:
+            index, first = np.unique(rows["index"], return_index=True)  # padding repeats counted once
+            emb = torch.from_numpy(rows["emb"][first])
+            labels = np.array([ds.items[i][1] for i in index])
+            if text == "classes":
+                texts, positives = text_gallery(labels, class_names=data.read_class_names(args.class_names))
+            else:
+                texts, positives = text_gallery(labels, video_captions=[ds.captions.get(ds.rel[i], []) for i in index])
+            if clip_pretrained == "none":
+                print("warning: --clip-pretrained none: random text embeddings; recall is meaningful only against the "
+                      "same random CLIP the pretraining used (seeded identically)")
+            torch.manual_seed(args.seed)                       # random CLIP ('none') is then the same every run
+            clip, tok = masking.load_clip(clip_model, clip_pretrained, device)
+            text_emb = masking.TextEmbedder(clip, tok)(texts).float().cpu()  # (S, E) L2-normalised
+            if text_emb.shape[1] != emb.shape[1]:
+                raise SystemExit(f"{clip_model} embeds text in {text_emb.shape[1]} dims but the contrastive head gives "
+                                 f"{emb.shape[1]}; pass the --clip-model the pretraining used")
+            r = recall_at_k((emb @ text_emb.T).numpy(), positives)
+            res = dict(checkpoint=args.checkpoint, data=args.data, text=text, num_texts=len(texts),
+                       num_videos=int(positives.any(1).sum()), num_listed=len(ds), clip_model=clip_model,
+                       clip_pretrained=clip_pretrained, R1=r[1], R5=r[5], bad_videos=bad)
+            path = write_json("retrieval.json", res)
+            print(f"\n| zero-shot video->text ({text}) | videos | texts | R@1 | R@5 |\n|---|---|---|---|---|\n"
+                  f"| {os.path.basename(args.data)} | {res['num_videos']} | {len(texts)} | {r[1]:.1f} | {r[5]:.1f} |\n"
+                  f"(written to {path}; bad videos skipped: {len(bad)})")
+        if ddp:
+            dist.destroy_process_group()
+        return
+
+    # -----------------------------------------------------------------------------
+    # Sec. 4.2 multi-view test: a finetune.py checkpoint, every view of every video
+    ckpt = M.load_checkpoint(args.checkpoint)
+    model, mode = load_classifier(ckpt)
+    model.to(device)
+    cfg, ft_args = M.config_from_checkpoint(ckpt), ckpt.get("args", {})
+    for flag, have in (("num_frames", cfg.num_frames), ("input_size", cfg.img_size)):
+        if getattr(args, flag) not in (None, have):
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(args, flag)} differs from the checkpoint's {have}; leave it out")
+    tsn = ft_args.get("tsn", False) if args.tsn is None else args.tsn
+    sampling_rate = args.sampling_rate or ft_args.get("sampling_rate", 4)
+    ds = data.VideoDataset(args.data, args.root, mode="test", num_frames=cfg.num_frames, sampling_rate=sampling_rate,
+                           input_size=cfg.img_size, tsn=tsn, test_num_segment=args.test_num_segment,
+                           test_num_crop=args.test_num_crop)
+    n_seg, n_crop = ds.test_num_segment, ds.test_num_crop
+    if max(lbl for _, lbl in ds.items) >= ckpt["num_classes"]:
+        raise SystemExit(f"{args.data} has labels beyond the checkpoint's {ckpt['num_classes']} classes: wrong list?")
+    # DistributedSampler pads the last ranks with repeats of the first videos; merge_views counts them once
+    sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if ddp else None
+    loader = torch.utils.data.DataLoader(ds, args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                                         collate_fn=data.collate)
+    print0(f"multi-view test: {len(ds)} videos x {n_seg} {'TSN samplings' if tsn else 'windows'} x {n_crop} crops, "
+           f"{mode} checkpoint {args.checkpoint}, {world} process(es)")
+    rows, bad, t0 = {"index": [], "view": [], "probs": []}, [], time.time()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="test", disable=not master):
+            with amp:
+                logits = classify(model, mode, batch["video"].to(device))  # (B * views, K)
+            rows["probs"].append(F.softmax(logits.float(), dim=-1).cpu().numpy())  # softmax per view
+            rows["index"].append(batch["index"].numpy())
+            rows["view"].append(np.array([tw * n_crop + c for tw, c in batch["view"]]))  # window-major view id
+            bad += batch["bad"]
+    rows = gather_rows({k: np.concatenate(v) for k, v in rows.items()}, world)
+    bad_all = gather_rows({"bad": np.array([f"{p}: {r}" for p, r in bad], dtype=object)}, world)["bad"]
+    if master:
+        videos, probs, counts = merge_views(rows["index"], rows["view"], rows["probs"])
+        labels = np.array([ds.items[i][1] for i in videos])
+        acc = topk_accuracy(probs, labels)
+        one = topk_accuracy(rows["probs"], np.array([ds.items[i][1] for i in rows["index"]]))  # each view alone
+        bad_paths = sorted(set(bad_all.tolist()))
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+        per_video = [dict(video=ds.rel[v], label=int(labels[j]), top5=top[j].tolist(),
+                          top5_prob=probs[j, top[j]].round(6).tolist()) for j, v in enumerate(videos)]
+        res = dict(checkpoint=args.checkpoint, mode=mode, data=args.data, num_videos=len(videos), num_listed=len(ds),
+                   views=f"{n_seg}x{n_crop}", tsn=tsn, top1=acc[1], top5=acc[5], single_view_top1=one[1],
+                   incomplete_videos=int((counts != n_seg * n_crop).sum()), bad_videos=bad_paths, test_s=time.time() - t0,
+                   per_video=per_video)
+        path = write_json("results.json", res)
+        print(f"\n| checkpoint | mode | videos | views | top-1 | top-5 | one view top-1 |\n|---|---|---|---|---|---|---|\n"
+              f"| {args.checkpoint} | {mode} | {len(videos)}/{len(ds)} | {n_seg}x{n_crop} | {acc[1]:.2f} | {acc[5]:.2f} | {one[1]:.2f} |\n"
+              f"(written to {path}; bad videos skipped: {len(bad_paths)})")
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(parser.parse_args())

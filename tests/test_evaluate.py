@@ -1,0 +1,243 @@
+"""
+Tests of evaluate.py (Sec. 4.2, 4.5, 4.7): the test views (5x3 and SSv2's 2x3) on hand-worked videos, the merge
+over views and over ranks, top-k, retrieval recall on a constructed case, the reconstruction picture, and whole
+runs (one process against two Gloo ranks). CPU, tiny shapes, no network.
+
+    python -m pytest -q tests/test_evaluate.py
+"""
+import json
+import os
+import socket
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import evaluate as EV
+import model as M
+from test_finetune import TINY, save_pretrain_checkpoint, write_colour_dataset, write_video
+
+
+# -----------------------------------------------------------------------------
+# test views: a video whose pixels say which frame and which column they come from
+
+def coded_video(path, frames=40, H=32, W=64):
+    """Red = 6 * frame index, green = 4 * column: every decoded pixel tells where it came from (lossless file)."""
+    x = np.zeros((frames, H, W, 3), np.uint8)
+    x[..., 0] = (6 * np.arange(frames))[:, None, None]
+    x[..., 1] = (4 * np.arange(W))[None, None, :]
+    write_video(path, x)
+
+
+def decode_view(sample):
+    """A test view -> (frame indices it holds, first source column of its crop)."""
+    mean, std = torch.tensor(M.IMAGENET_MEAN).view(3, 1, 1, 1), torch.tensor(M.IMAGENET_STD).view(3, 1, 1, 1)
+    px = ((sample["video"] * std + mean) * 255).round()        # (C, T, H, W) back to 0..255
+    frames = (px[0, :, 0, 0] / 6).round().int().tolist()
+    column = int((px[1, 0, 0, 0] / 4).round())
+    return frames, column
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("coded")
+    coded_video(folder / "v.mp4")
+    with open(folder / "list.txt", "w") as f:
+        f.write("v.mp4 0\n")
+    return str(folder / "list.txt"), str(folder)
+
+
+def test_kinetics_views_5x3_positions(coded):
+    """40 frames at stride 2 -> 20 candidates; 5 windows of 4 start every (20 - 4) / 4 = 4 candidates, i.e. at frames
+    0, 8, 16, 24, 32. A 32x64 frame at crop 32: 3 crops along the long side at columns 0, 16, 32."""
+    ds = data.VideoDataset(coded[0], coded[1], mode="test", num_frames=4, sampling_rate=2, input_size=32)
+    views = ds[0]
+    assert len(views) == 15
+    assert sorted(v["view"] for v in views) == [(t, c) for t in range(5) for c in range(3)]
+    for v in views:
+        t, c = v["view"]
+        frames, column = decode_view(v)
+        assert frames == [8 * t + 2 * i for i in range(4)], v["view"]
+        assert column == 16 * c, v["view"]
+
+
+def test_ssv2_tsn_views_2x3_positions(coded):
+    """TSN, 4 segments of 40 frames (tick 10): view 0 takes the segment starts 0, 10, 20, 30, view 1 the mid-points
+    5, 15, 25, 35 (VideoMAE's interleaved list); the same 3 crops."""
+    ds = data.VideoDataset(coded[0], coded[1], mode="test", num_frames=4, input_size=32, tsn=True)
+    views = ds[0]
+    assert len(views) == 6
+    assert sorted(v["view"] for v in views) == [(t, c) for t in range(2) for c in range(3)]
+    for v in views:
+        t, c = v["view"]
+        frames, column = decode_view(v)
+        assert frames == [10 * i + 5 * t for i in range(4)]
+        assert column == 16 * c
+
+
+# -----------------------------------------------------------------------------
+# merging views, over ranks
+
+def test_merge_over_views_and_ranks_equals_one_process():
+    """5 videos x 15 views split over 2 ranks as DistributedSampler does (rank 1 gets video 0 again as padding),
+    rows shuffled: the merge equals one process's, which equals the plain mean of each video's views."""
+    rng = np.random.default_rng(0)
+    V, views, K = 5, 15, 7
+    probs = rng.dirichlet(np.ones(K), size=(V, views))         # (V, views, K) softmax outputs
+    one_index, one_view = np.repeat(np.arange(V), views), np.tile(np.arange(views), V)
+    one = EV.merge_views(one_index, one_view, probs.reshape(-1, K))
+
+    sampler = [list(torch.utils.data.DistributedSampler(range(V), 2, r, shuffle=False)) for r in (0, 1)]
+    assert sorted(sum(sampler, [])) == [0, 0, 1, 2, 3, 4]     # the padding repeat this test is about
+    rows = [(v, w) for r in (0, 1) for v in sampler[r] for w in range(views)]
+    order = rng.permutation(len(rows))
+    index = np.array([rows[i][0] for i in order])
+    view = np.array([rows[i][1] for i in order])
+    two = EV.merge_views(index, view, probs[index, view])
+
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b)
+    np.testing.assert_array_equal(one[0], np.arange(V))
+    np.testing.assert_allclose(one[1], probs.mean(1))
+    np.testing.assert_array_equal(one[2], np.full(V, views))  # the repeat did not count twice
+
+
+def test_topk_accuracy_hand_case():
+    scores = np.array([[0.1, 0.5, 0.2, 0.15, 0.05, 0.0],     # label 1: first
+                       [0.3, 0.1, 0.2, 0.25, 0.1, 0.05],     # label 2: third
+                       [0.05, 0.1, 0.15, 0.2, 0.22, 0.28]])  # label 0: last
+    acc = EV.topk_accuracy(scores, np.array([1, 2, 0]), ks=(1, 3, 5))
+    assert acc[1] == pytest.approx(100 / 3) and acc[3] == pytest.approx(200 / 3) and acc[5] == pytest.approx(200 / 3)
+
+
+# -----------------------------------------------------------------------------
+# Table 3: retrieval recall
+
+def test_recall_on_a_constructed_case():
+    """Video i's best right text sits behind exactly i wrong ones: R@1 counts video 0, R@5 videos 0..4."""
+    V, S = 8, 10
+    positives = np.zeros((V, S), dtype=bool)
+    positives[np.arange(V), np.arange(V)] = True               # text i is right for video i
+    sim = np.zeros((V, S))
+    for i in range(V):
+        sim[i, i] = 1.0
+        wrong = [j for j in range(S) if j != i][:i]
+        sim[i, wrong] = 2.0                                    # i wrong texts outrank the right one
+    r = EV.recall_at_k(sim, positives, ks=(1, 5))
+    assert r[1] == pytest.approx(100 * 1 / V) and r[5] == pytest.approx(100 * 5 / V)
+
+
+def test_text_gallery_classes_and_captions():
+    texts, pos = EV.text_gallery(np.array([2, 0, 2]), class_names=["a", "b", "c"])
+    assert texts == ["a", "b", "c"] and pos.tolist() == [[0, 0, 1], [1, 0, 0], [0, 0, 1]]
+    texts, pos = EV.text_gallery(np.array([0, 1]), video_captions=[["x", "y"], ["y", "z"]])
+    assert texts == ["x", "y", "z"]                            # a shared caption is one text, right for both
+    assert pos.tolist() == [[1, 1, 0], [0, 1, 1]]
+    # a caption shared by two videos is a hit for either
+    r = EV.recall_at_k(np.array([[0.0, 1.0, 0.5], [0.0, 1.0, 0.5]]), pos, ks=(1,))
+    assert r[1] == 100.0
+
+
+# -----------------------------------------------------------------------------
+# Fig. 3: reconstruction and picture
+
+class PerfectDecoder(M.VideoMAE):
+    """A VideoMAE whose prediction is the true norm-pixel target: its reconstruction must give the input back."""
+
+    def forward(self, video, mask):
+        target = M.pixel_target(video, self.cfg.tubelet_size, self.cfg.patch_size, self.cfg.norm_pix_loss)
+        pred = target[mask].reshape(video.shape[0], -1, target.shape[-1])
+        return torch.zeros(()), pred, None
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_reconstruction_of_a_perfect_prediction_is_the_input(norm_pix_loss):
+    cfg = M.make_config("vit_tiny", **TINY, norm_pix_loss=norm_pix_loss)
+    model = PerfectDecoder(cfg).eval()
+    torch.manual_seed(0)
+    pixels = torch.rand(2, 3, 4, 32, 32)                       # [0, 1]
+    mean, std = torch.tensor(M.IMAGENET_MEAN).view(1, 3, 1, 1, 1), torch.tensor(M.IMAGENET_STD).view(1, 3, 1, 1, 1)
+    mask = torch.tensor([[1, 0, 1, 1, 0, 1, 0, 1], [0, 1, 1, 0, 1, 1, 1, 0]], dtype=torch.bool)  # True = masked
+    out = EV.reconstruct(model, (pixels - mean) / std, mask)
+    torch.testing.assert_close(out, pixels, rtol=0, atol=1e-4)  # hidden patches rebuilt with their true mean/std
+
+
+def test_visualize_draws_four_rows_of_time_slices(tmp_path):
+    mae = save_pretrain_checkpoint(tmp_path / "pre.pt").eval()
+    T_, h, w = mae.cfg.grid
+    sample = {"video": torch.randn(3, mae.cfg.num_frames, 32, 32)}
+    mask = torch.zeros(1, mae.cfg.num_patches, dtype=torch.bool)
+    mask[0, ::2] = True
+    with torch.no_grad():
+        img = EV.visualize(mae, sample, mask, "a caption", "tube", 0.5)
+    cell = 112
+    assert img.size[0] > T_ * cell and img.size[1] > 4 * cell  # 4 rows (input, mask, recon, attention) x T' columns
+    img.save(tmp_path / "vis.png")
+    att = EV.centre_attention(mae, sample["video"][None])
+    torch.testing.assert_close(att.sum(dim=(1, 2, 3)), torch.ones(1))  # one softmax row over all N tokens
+
+
+# -----------------------------------------------------------------------------
+# whole runs: one process, and two Gloo ranks that must agree with it
+
+def save_finetune_checkpoint(path, num_classes):
+    torch.manual_seed(0)
+    cfg = M.make_config("vit_tiny", **TINY)
+    clf = M.VideoClassifier(cfg, num_classes, head_init_scale=1.0)  # a large head: views disagree, so merging matters
+    M.save_checkpoint(path, {"model": clf.state_dict(), "model_cfg": asdict(cfg), "num_classes": num_classes,
+                             "mode": "finetune", "args": {"sampling_rate": 2, "tsn": False}, "epoch": 1})
+
+
+def _rank_worker(rank, world, port, argv):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    EV.main(EV.parser.parse_args(argv))
+
+
+def test_two_ranks_give_the_one_process_result(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    lst = write_colour_dataset(str(folder), 1, seed=3, num_classes=3)  # 3 videos over 2 ranks: one padding repeat
+    save_finetune_checkpoint(tmp_path / "ft.pt", 3)
+    argv = ["--checkpoint", str(tmp_path / "ft.pt"), "--data", lst, "--root", str(folder), "--num-workers", "0",
+            "--batch-size", "1", "--test-num-segment", "2", "--test-num-crop", "2"]
+    EV.main(EV.parser.parse_args(argv + ["--output-dir", str(tmp_path / "one")]))
+    with socket.socket() as s:                                 # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_rank_worker, args=(2, port, argv + ["--output-dir", str(tmp_path / "two")]), nprocs=2)
+    one, two = (json.load(open(tmp_path / d / "results.json")) for d in ("one", "two"))
+    assert one["num_videos"] == two["num_videos"] == 3 and one["views"] == "2x2"
+    assert one["incomplete_videos"] == two["incomplete_videos"] == 0
+    for k in ("top1", "top5", "single_view_top1"):
+        assert one[k] == pytest.approx(two[k]), k
+    assert [v["video"] for v in one["per_video"]] == [v["video"] for v in two["per_video"]]
+    for a, b in zip(one["per_video"], two["per_video"]):
+        assert a["top5"] == b["top5"]
+        np.testing.assert_allclose(a["top5_prob"], b["top5_prob"], atol=1e-5)
+    # and the merged scores are the plain mean of each video's softmaxed views, computed here directly
+    ckpt = M.load_checkpoint(tmp_path / "ft.pt")
+    model, mode = EV.load_classifier(ckpt)
+    ds = data.VideoDataset(lst, str(folder), mode="test", num_frames=4, sampling_rate=2, input_size=32,
+                           test_num_segment=2, test_num_crop=2)
+    for i, got in enumerate(one["per_video"]):
+        batch = data.collate([ds[i]])
+        assert len(batch["view"]) == 4
+        with torch.no_grad():
+            p = EV.classify(model, mode, batch["video"]).softmax(-1).mean(0)
+        np.testing.assert_allclose(p[got["top5"]].numpy(), got["top5_prob"], atol=1e-5)
+        assert got["top5"][0] == int(p.argmax())
+
+
+def test_evaluate_rejects_the_wrong_checkpoint_kind(tmp_path):
+    save_pretrain_checkpoint(tmp_path / "pre.pt")
+    save_finetune_checkpoint(tmp_path / "ft.pt", 3)
+    with pytest.raises(SystemExit, match="finetune it first"):
+        EV.load_classifier(M.load_checkpoint(tmp_path / "pre.pt"))
+    args = EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "ft.pt")])
+    with pytest.raises(SystemExit, match="need the pretraining checkpoint"):
+        EV.load_pretrained(args.checkpoint, args)
+    with pytest.raises(SystemExit, match="needs --checkpoint"):
+        EV.main(EV.parser.parse_args([]))

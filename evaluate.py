@@ -62,7 +62,7 @@ parser.add_argument("--num-workers", type=int, default=4, help="data loader proc
 # model
 parser.add_argument("--checkpoint", default=None, help="finetune.py checkpoint (test); pretrain.py checkpoint (--retrieval, --visualize)")
 parser.add_argument("--model", default="vit_base", help="size when --visualize reads published VideoMAE weights (no stored config)")
-parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="autocast dtype; auto: bf16 on GPUs that have it, else fp32")
+parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="autocast dtype; bf16 falls back to fp32 on GPUs without it (as pretrain.py)")
 # retrieval (Table 3)
 parser.add_argument("--retrieval", action="store_true", help="zero-shot video->text retrieval R@1, R@5 (Table 3) instead of the test")
 parser.add_argument("--text", default=None, choices=["classes", "captions"], help="retrieval gallery: class names (default when --class-names is given) or captions")
@@ -72,7 +72,7 @@ parser.add_argument("--clip-pretrained", default=None, help="openai | a local we
 parser.add_argument("--visualize", action="store_true", help="write Fig. 3-style pictures instead of the test")
 parser.add_argument("--num-videos", type=int, default=4, help="videos to draw, spread over the list")
 parser.add_argument("--mask", default=None, choices=["tube", "random", "mgm", "tgm"], help="mask to draw; default: the pretraining run's (paper's Fig. 3: tgm)")
-parser.add_argument("--mask-ratio", type=float, default=None, help="default: the pretraining run's, else 0.9 tube/random, 0.75 mgm, 0.6 tgm (paper)")
+parser.add_argument("--ratio", type=float, default=None, help="mask ratio gamma of the picture; default: the pretraining run's, else 0.9 tube/random, 0.75 mgm, 0.6 tgm (paper)")
 parser.add_argument("--tgm-features", default="patch", choices=["patch", "dense"], help="CLIP patch features for --mask tgm (Sec. 3.3: patch)")
 # output
 parser.add_argument("--output-dir", default=None, help="where results.json / retrieval.json / vis_*.png go; default: the checkpoint's folder")
@@ -124,6 +124,18 @@ def load_pretrained(path, args):
         raise SystemExit(f"{path} has no contrastive head (published VideoMAE weights): retrieval needs a pretrain.py "
                          "checkpoint trained with --contrastive")
     return model.eval(), {}
+
+
+def load_clip(name, pretrained, device, fallback):
+    """masking.load_clip -> (clip, tokenizer, the weights used), with a sentence instead of a traceback when the
+    weights cannot be had. fallback (the demo, no --clip-pretrained typed): a random CLIP, as pretrain.py's demo."""
+    try:
+        return (*masking.load_clip(name, pretrained, device), pretrained)
+    except masking.ClipWeightsError as e:
+        if not fallback:
+            raise SystemExit(f"evaluate.py: {e}")
+        print("the demo found no CLIP weights (offline, not cached): it goes on with a random CLIP")
+        return (*masking.load_clip(name, "none", device), "none")
 
 
 # -----------------------------------------------------------------------------
@@ -309,12 +321,13 @@ def main(args):
         raise SystemExit("--retrieval and --visualize are separate runs; pass one of them")
     out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
+    clip_fallback = args.data is None and args.clip_pretrained is None
     if args.data is None:
         demo = data.demo_dataset()
         args.data, args.root = demo["val"], demo["root"]
         args.captions, args.class_names = args.captions or demo["captions"], args.class_names or demo["class_names"]
         print0(f"no --data: the demo dataset's val split in {demo['root']}")
-    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    use_bf16 = args.precision == "bf16" and not (device.type == "cuda" and not torch.cuda.is_bf16_supported())
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     torch.manual_seed(args.seed)
 
@@ -340,13 +353,13 @@ def main(args):
         # -----------------------------------------------------------------------------
         # Fig. 3 pictures (rank 0 only)
         mask_name = args.mask or pre_args.get("mask", "tube")
-        ratio = args.mask_ratio or (pre_args.get("mask_ratio") if mask_name == pre_args.get("mask") else None) or MASK_RATIOS[mask_name]
+        ratio = args.ratio or (pre_args.get("ratio") if mask_name == pre_args.get("mask") else None) or MASK_RATIOS[mask_name]
         if master:
             ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", motion=mask_name == "mgm", **ds_kw)
             class_names = data.read_class_names(args.class_names) if args.class_names else None
             if mask_name == "tgm":
                 torch.manual_seed(args.seed)                   # random CLIP ('none') is then the same every run
-                clip, tok = masking.load_clip(clip_model, clip_pretrained, device)
+                clip, tok, _ = load_clip(clip_model, clip_pretrained, device, clip_fallback)
                 tgm, embed = masking.TextGuidedMasker(clip, args.tgm_features, ratio), masking.TextEmbedder(clip, tok)
             gen = torch.Generator().manual_seed(args.seed)
             model.cpu().float()                                # a few videos: pictures are drawn on the CPU
@@ -393,6 +406,7 @@ def main(args):
                 rows["emb"].append(emb.float().cpu().numpy())
                 bad += batch["bad"]
         rows = gather_rows({k: np.concatenate(v) for k, v in rows.items()}, world)
+        bad = sorted(set(gather_rows({"bad": np.array([f"{p}: {r}" for p, r in bad], dtype=object)}, world)["bad"].tolist()))
         if master:
             index, first = np.unique(rows["index"], return_index=True)  # padding repeats counted once
             emb = torch.from_numpy(rows["emb"][first])
@@ -401,11 +415,11 @@ def main(args):
                 texts, positives = text_gallery(labels, class_names=data.read_class_names(args.class_names))
             else:
                 texts, positives = text_gallery(labels, video_captions=[ds.captions.get(ds.rel[i], []) for i in index])
-            if clip_pretrained == "none":
-                print("warning: --clip-pretrained none: random text embeddings; recall is meaningful only against the "
-                      "same random CLIP the pretraining used (seeded identically)")
             torch.manual_seed(args.seed)                       # random CLIP ('none') is then the same every run
-            clip, tok = masking.load_clip(clip_model, clip_pretrained, device)
+            clip, tok, clip_pretrained = load_clip(clip_model, clip_pretrained, device, clip_fallback)
+            if clip_pretrained == "none":
+                print("warning: a random CLIP gives random text embeddings: recall means something only against the "
+                      "same random CLIP the pretraining used (seeded identically)")
             text_emb = masking.TextEmbedder(clip, tok)(texts).float().cpu()  # (S, E) L2-normalised
             if text_emb.shape[1] != emb.shape[1]:
                 raise SystemExit(f"{clip_model} embeds text in {text_emb.shape[1]} dims but the contrastive head gives "

@@ -80,7 +80,7 @@ parser.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (FT); 
 parser.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (FT); paper: 1.0; 0 turns it off")
 parser.add_argument("--mixup-switch-prob", type=float, default=0.5, help="chance of cutmix instead of mixup when both are on; paper: 0.5")
 parser.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (FT); paper: 0.1")
-parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="autocast dtype; auto: bf16 on GPUs that have it, else fp32")
+parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="autocast dtype; bf16 falls back to fp32 on GPUs without it (as pretrain.py)")
 # output
 parser.add_argument("--output-dir", default="runs/finetune", help="ckpt.pt (every epoch, atomic) and log.jsonl go here")
 parser.add_argument("--resume", default=None, help="a finetune ckpt.pt to continue, or 'auto': output-dir/ckpt.pt if it exists")
@@ -360,7 +360,7 @@ def main(args):
         min_lr = 0.0
     steps_per_epoch = len(train_loader)
     total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
-    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    use_bf16 = args.precision == "bf16" and not (device.type == "cuda" and not torch.cuda.is_bf16_supported())
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
     # -----------------------------------------------------------------------------

@@ -202,7 +202,7 @@ def test_two_ranks_give_the_one_process_result(tmp_path):
     lst = write_colour_dataset(str(folder), 1, seed=3, num_classes=3)  # 3 videos over 2 ranks: one padding repeat
     save_finetune_checkpoint(tmp_path / "ft.pt", 3)
     argv = ["--checkpoint", str(tmp_path / "ft.pt"), "--data", lst, "--root", str(folder), "--num-workers", "0",
-            "--batch-size", "1", "--test-num-segment", "2", "--test-num-crop", "2"]
+            "--batch-size", "1", "--test-num-segment", "2", "--test-num-crop", "2", "--precision", "fp32"]
     EV.main(EV.parser.parse_args(argv + ["--output-dir", str(tmp_path / "one")]))
     with socket.socket() as s:                                 # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))

@@ -37,11 +37,9 @@ def silence(lm_head, ids):
         lm_head.weight[ids] = 0
 
 
-@pytest.fixture(scope="module")
-def tiny_blip2(tmp_path_factory):
-    """A random BLIP-2 (ViT, Q-Former, OPT; 32 px images, 4 query tokens) saved as a local --captioner folder."""
+def make_tiny_blip2(path):
+    """A random BLIP-2 (ViT, Q-Former, OPT; 32 px images, 4 query tokens) saved to `path` as a --captioner folder."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
-    path = str(tmp_path_factory.mktemp("blip2"))
     tok = word_tokenizer()
     processor = Blip2Processor(BlipImageProcessor(size={"height": 32, "width": 32}), tok, num_query_tokens=4)  # adds <image>
     image_id = tok.convert_tokens_to_ids("<image>")
@@ -60,11 +58,9 @@ def tiny_blip2(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory):
-    """A random GPT-2 (1 layer, width 32) and the word tokenizer, saved as a local --llm folder."""
+def make_tiny_llm(path):
+    """A random GPT-2 (1 layer, width 32) and the word tokenizer saved to `path` as a --llm folder."""
     from transformers import GPT2Config, GPT2LMHeadModel
-    path = str(tmp_path_factory.mktemp("llm"))
     tok = word_tokenizer()
     torch.manual_seed(0)
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128,
@@ -73,6 +69,16 @@ def tiny_llm(tmp_path_factory):
     lm.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_blip2(tmp_path_factory):
+    return make_tiny_blip2(str(tmp_path_factory.mktemp("blip2")))
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    return make_tiny_llm(str(tmp_path_factory.mktemp("llm")))
 
 
 @pytest.fixture

@@ -76,21 +76,22 @@ def tube_mask(batch, grid, ratio, generator=None):
 
 
 class RandomMasker:
-    """mask_fn for data.VideoDataset: sample -> (N,) bool, True = masked. Draws from torch's global generator,
-    which the DataLoader seeds differently in every worker, so masks differ between workers and epochs."""
+    """mask_fn for data.VideoDataset: (sample, generator=None) -> (N,) bool, True = masked. Without a generator
+    it draws from torch's global one, which data.VideoDataset seeds per (seed, epoch, video) around the call,
+    so a mask does not depend on the worker that made it (exact resume)."""
 
     def __init__(self, grid, ratio):
         self.grid, self.ratio = tuple(grid), ratio
 
-    def __call__(self, sample):
-        return random_mask(1, self.grid, self.ratio)[0]
+    def __call__(self, sample, generator=None):
+        return random_mask(1, self.grid, self.ratio, generator)[0]
 
 
 class TubeMasker(RandomMasker):
-    """mask_fn for data.VideoDataset: sample -> (N,) bool tube mask, True = masked (same generator note)."""
+    """mask_fn for data.VideoDataset: (sample, generator=None) -> (N,) bool tube mask, True = masked."""
 
-    def __call__(self, sample):
-        return tube_mask(1, self.grid, self.ratio)[0]
+    def __call__(self, sample, generator=None):
+        return tube_mask(1, self.grid, self.ratio, generator)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,22 +138,20 @@ def motion_scores(motion, frame_size, crop, grid, num_frames, size):
     return x.view(T_, t, h, p_h, w, p_w).sum(dim=(1, 3, 5))
 
 
-class MotionMasker:
-    """mask_fn for data.VideoDataset(motion=True): sample -> (N,) bool, True = masked: the top-k tokens of every
-    time slice by codec motion (MGM). A video without motion vectors gets a tube mask and
-    sample['mask_fallback'] = True, so that the count reaches the main process with the batch."""
+class MotionMasker(RandomMasker):
+    """mask_fn for data.VideoDataset(motion=True): (sample, generator=None) -> (N,) bool, True = masked: the
+    top-k tokens of every time slice by codec motion (MGM). A video without motion vectors gets a tube mask and
+    sample['mask_fallback'] = True: the sample dict is what travels to the main process (collate keeps the
+    flag), so the training loop can count the fallbacks."""
 
-    def __init__(self, grid, ratio):
-        self.grid, self.ratio = tuple(grid), ratio
-
-    def __call__(self, sample):
+    def __call__(self, sample, generator=None):
         C, T, H, W = sample["video"].shape
         scores = motion_scores(sample["motion"], sample["frame_size"], sample["crop"], self.grid, T, (H, W))
         sample["mask_fallback"] = scores is None
         if scores is None:
-            return tube_mask(1, self.grid, self.ratio)[0]
-        # still regions all score 0: topk_mask orders those ties at random (global generator, seeded per worker)
-        return topk_mask(scores.flatten(1)[None], self.ratio)[0]  # (N,)
+            return tube_mask(1, self.grid, self.ratio, generator)[0]
+        # still regions all score 0: topk_mask orders those ties at random (generator note: RandomMasker)
+        return topk_mask(scores.flatten(1)[None], self.ratio, generator=generator)[0]  # (N,)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,12 +256,17 @@ class TextGuidedMasker:
         return topk_mask(self.scores(video, text_emb), self.ratio, self.order, generator).to(video.device)
 
     def _to_clip_input(self, x, size):
-        """x (n, C, h_in, w_in) ImageNet-normalised -> (n, C, *size) as CLIP's preprocessing would give."""
-        mean, std = torch.tensor(IMAGENET_MEAN, device=x.device), torch.tensor(IMAGENET_STD, device=x.device)
-        x = x * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)  # undo ImageNet normalisation: [0, 1] pixels
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)  # Sec. 3.3
-        x = x.clamp_(0, 1)  # bicubic overshoots; CLIP's PIL resize of 8-bit pixels clips the same way
-        return (x - self.clip_mean.to(x.device)) / self.clip_std.to(x.device)  # CLIP normalisation
+        """x (n, C, h_in, w_in) ImageNet-normalised -> (n, C, *size) as CLIP's preprocessing would give it."""
+        imagenet_mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        imagenet_std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        mean, std = self.clip_mean.to(x.device), self.clip_std.to(x.device)
+        # both normalisations are affine per channel, so they commute with the (linear) resize: apply them to
+        # the small input, and do only the clamp on the big output (one pass over it instead of three)
+        x = ((x * imagenet_std + imagenet_mean) - mean) / std  # [0, 1] pixels, then CLIP's mean/std
+        # bicubic to CLIP's input size (Sec. 3.3); antialias=True is PIL's bicubic kernel, which CLIP was fed
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+        # bicubic overshoots: clamp to the normalised image of [0, 1], as PIL's 8-bit resize clips pixels
+        return x.clamp_(-mean / std, (1 - mean) / std)
 
     @torch.no_grad()
     def scores(self, video, text_emb):

@@ -276,9 +276,9 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
     mean = torch.tensor(M.IMAGENET_MEAN).view(1, 3, 1, 1, 1)
     std = torch.tensor(M.IMAGENET_STD).view(1, 3, 1, 1, 1)
     frames = (video * std + mean).clamp(0, 1)[0, :, ::t].permute(1, 2, 3, 0)  # (T', H, W, 3): first frame of each tubelet
-    # the mask: hidden patches dimmed to a quarter, on the first frame of each tubelet
+    # the mask: hidden patches light grey with a trace of the pixels, as masking.draw_mask shades them
     m = mask.view(T_, h, w).float().repeat_interleave(p, 1).repeat_interleave(p, 2)[..., None]  # (T', H, W, 1)
-    masked = frames * (1 - 0.75 * m)
+    masked = frames * (1 - 0.8 * m) + 0.8 * m * (170 / 255)
     recon = reconstruct(model, video, mask)[0, :, ::t].permute(1, 2, 3, 0)  # (T', H, W, 3)
     attn = centre_attention(model, video)[0]                   # (T', h, w)
     attn = (attn / attn.max()).repeat_interleave(p, 1).repeat_interleave(p, 2)  # one scale for the whole clip
@@ -290,7 +290,7 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
     box[y0 + 1:y0 + p - 1, x0 + 1:x0 + p - 1] = False
     overlay[T_ // 2][box] = torch.tensor([0.0, 0.8, 1.0])
     norm_note = "predicted norm-pixels shown with\nthe hidden patches' TRUE mean/std" if cfg.norm_pix_loss else "predicted pixels"
-    labels = ["input (1st frame\nof each tubelet)", f"mask: {mask_name}, {ratio:.0%} hidden\n(dimmed = hidden)",
+    labels = ["input (1st frame\nof each tubelet)", f"mask: {mask_name}, {ratio:.0%} hidden\n(grey = hidden)",
               f"reconstruction: visible as is,\nhidden = {norm_note}", "attention, last block,\nquery = centre patch (cyan)\nof the centre frame"]
     return picture([frames, masked, recon, overlay], labels, caption[:110])
 

@@ -151,7 +151,7 @@ def forward_logits(model, mode, video):
     return model["probe"](feats.float())
 
 
-def resolve_args(args, pretrained_cfg=None):
+def resolve_args(args, pretrained_cfg=None, say=print):
     """Fill the None defaults (paper / demo / checkpoint) and reject flag combinations that cannot work."""
     demo = args.data is None
     for k, (paper, small) in DEFAULTS[args.mode].items():
@@ -165,16 +165,16 @@ def resolve_args(args, pretrained_cfg=None):
                                  f"position table is laid out for that token grid; leave --{flag.replace('_', '-')} out")
             setattr(args, flag, have)
         if args.model is not None:
-            print(f"--model {args.model} is ignored: the checkpoint stores its own model config")
+            say(f"--model {args.model} is ignored: the checkpoint stores its own model config")
     for k, (paper, small) in SHAPE_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, small if demo else paper)
     if args.data is not None and args.val_data is None:
-        print("no --val-data: training without per-epoch validation")
+        say("no --val-data: training without per-epoch validation")
     if args.mode == "linear" and args.batch_size * args.repeat_aug < 2:
         raise SystemExit("--mode linear needs at least 2 clips per step (its BatchNorm normalises over the batch); raise --batch-size")
     if args.epochs <= args.warmup_epochs and args.epochs > 0:
-        print(f"note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr never reaches its peak")
+        say(f"note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr never reaches its peak")
     return args
 
 
@@ -292,7 +292,7 @@ def main(args):
         pretrained_cfg = M.config_from_checkpoint(state)
     elif args.checkpoint != "none":
         _, enc_sd, pretrained_cfg = read_pretrained(args.checkpoint)
-    args = resolve_args(args, pretrained_cfg)
+    args = resolve_args(args, pretrained_cfg, print0)
     cfg = pretrained_cfg or M.make_config(args.model, num_frames=args.num_frames, img_size=args.input_size)
     if args.checkpoint == "none" and state is None:
         print0(f"--checkpoint none: the encoder starts from random weights ({args.model}), the from-scratch baseline")
@@ -345,7 +345,7 @@ def main(args):
     trained = model if args.mode == "finetune" else model["probe"]
     ddp_trained = nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None) if ddp else trained
     n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    print0(f"{args.mode}: {cfg.embed_dim}-wide encoder, depth {cfg.depth}, grid {cfg.grid}, K={K}, {n_train / 1e6:.2f}M trained parameters")
+    print0(f"{args.mode}: {cfg.embed_dim}-wide encoder, depth {cfg.depth}, grid {cfg.grid}, K={K}, {n_train:,} trained parameters")
 
     # -----------------------------------------------------------------------------
     # Optimizer and schedule: lr scales with the global batch (VideoMAE's linear scaling rule)

@@ -14,6 +14,7 @@ tgm runs on the GPU in the training loop, since CLIP is too heavy for a worker.
 """
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import socket
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import IMAGENET_MEAN, IMAGENET_STD, patchify
+from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, patchify
 
 # Notation: B clips, C channels, T frames of H x W pixels, tubelet t, patch p, grid (T', h, w) = (T/t, H/p, W/p),
 # N = T' * h * w tokens, k tokens masked per time slice, E the CLIP embedding width.
@@ -191,7 +192,11 @@ def _cached_or_reachable(name, tag, cache_dir):
 def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cache_dir=None):
     """-> (clip, tokenizer): a frozen open_clip model in eval mode and its tokenizer.
     pretrained: an open_clip tag ('openai': download or cache), a local weights file, or 'none' (random
-    weights). Use the -quickgelu name with 'openai': plain ViT-B-32 would silently build GELU (DESIGN.md)."""
+    weights). Use the -quickgelu name with 'openai': plain ViT-B-32 would silently build GELU (DESIGN.md).
+    name may also be the path of an open_clip model config (.json), for a CLIP open_clip does not list."""
+    if name.endswith(".json") and os.path.isfile(name):
+        open_clip.add_model_config(name)  # registers the config under the file's stem
+        name = os.path.splitext(os.path.basename(name))[0]
     if pretrained == "none":
         print(f"CLIP {name} has random weights (--clip-pretrained none): text-guided masks carry no meaning")
         source = None
@@ -350,11 +355,33 @@ def draw_mask(frames, mask, grid, title=""):
     cols = min(T, 8)
     rows = -(-T // cols)
     pad, top = 2, 18
-    img = Image.new("RGB", (cols * (W + pad) + pad, rows * (H + pad) + pad + top), "white")
+    width = max(cols * (W + pad) + pad, int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title)) + 2 * pad)
+    img = Image.new("RGB", (width, rows * (H + pad) + pad + top), "white")
     for i in range(T):
         img.paste(Image.fromarray(shaded[i]), (pad + (i % cols) * (W + pad), top + pad + (i // cols) * (H + pad)))
     ImageDraw.Draw(img).text((pad, 3), title, fill="black")
     return img
+
+
+def save_mask_picture(video, mask, cfg, path, title="", max_clips=4):
+    """video (B, C, T, H, W) ImageNet-normalised, mask (B, N) bool (True = masked), cfg a model.ModelConfig (its
+    tubelet and patch size) -> a PNG at `path` of the first max_clips clips, one draw_mask block per clip."""
+    from PIL import Image
+
+    B, C, T, H, W = video.shape
+    grid = (T // cfg.tubelet_size, H // cfg.patch_size, W // cfg.patch_size)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    blocks = []
+    for x, m in zip(video[:max_clips].float().cpu(), mask[:max_clips].cpu()):
+        pixels = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)  # (T, H, W, C)
+        blocks.append(draw_mask(pixels.numpy(), m, grid, title if not blocks else ""))
+    img = Image.new("RGB", (blocks[0].width, sum(b.height for b in blocks)), "white")
+    for i, b in enumerate(blocks):
+        img.paste(b, (0, sum(b.height for b in blocks[:i])))
+    tmp = path + ".tmp"
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)  # never a half-written picture
 
 
 PAPER_RATIO = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm": 0.6}  # ST-MAE, VideoMAE, MGM, Table 5a
@@ -403,7 +430,8 @@ def main(args):
     T, S, t, p = args.num_frames, args.input_size, args.tubelet_size, args.patch_size
     if T % t or S % p:
         sys.exit(f"error: --num-frames {T} and --input-size {S} must be multiples of {t} and {p}")
-    grid = (T // t, S // p, S // p)
+    cfg = ModelConfig(img_size=S, num_frames=T, tubelet_size=t, patch_size=p)
+    grid = cfg.grid  # (T', h, w)
 
     # the clip as the validation loader cuts it: the centre window, the centre square, optionally flipped
     try:
@@ -414,7 +442,7 @@ def main(args):
     except data.VideoError as e:
         sys.exit(f"error: {args.video}: {e}")
     crop = data.uniform_crop(info.height, info.width, S, 0, num_crops=1)
-    crop = data.Crop(crop.top, crop.left, crop.height, crop.width, args.flip)
+    crop = dataclasses.replace(crop, flip=args.flip)
     pixels = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), crop, S)  # (T, C, S, S)
     pixels = pixels.permute(0, 2, 3, 1)  # (T, S, S, C) in [0, 255]
     video = data.normalize(pixels)  # (C, T, S, S) ImageNet-normalised
@@ -425,9 +453,8 @@ def main(args):
     elif args.mask == "tube":
         mask = tube_mask(1, grid, ratio, g)[0]
     elif args.mask == "mgm":
-        torch.manual_seed(args.seed)  # MotionMasker draws its tie-breaks from the global generator, like a worker
         sample = {"video": video, "motion": motion, "frame_size": (info.height, info.width), "crop": crop}
-        mask = MotionMasker(grid, ratio)(sample)
+        mask = MotionMasker(grid, ratio)(sample, g)
         if sample["mask_fallback"]:
             print(f"{args.video} carries no motion vectors: fell back to a tube mask")
     else:
@@ -444,10 +471,7 @@ def main(args):
     title = f"{name}, ratio {ratio}: {int(mask.sum())} of {mask.numel()} tokens masked"
     title += f" ({k} per time slice)" if args.mask != "random" else ""
     title += f' | "{caption}"' if args.mask == "tgm" else ""
-    img = draw_mask(pixels.round().clamp(0, 255).to(torch.uint8).numpy(), mask, grid, title)
-    tmp = args.out + ".tmp"
-    img.save(tmp, format="PNG")
-    os.replace(tmp, args.out)  # never a half-written picture
+    save_mask_picture(video[None], mask[None], cfg, args.out, title)
     print(f"{title}\nwrote {args.out}")
 
 

@@ -360,3 +360,37 @@ def test_tgm_rejects_a_clip_that_does_not_tile(tiny_clip):
     clip, _ = tiny_clip
     with pytest.raises(ValueError, match="does not divide"):
         masking.TextGuidedMasker(clip, "patch").scores(torch.zeros(1, 3, 3, 32, 32), torch.zeros(1, 16))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the picture and the command line
+
+def test_draw_mask_shades_exactly_the_masked_tokens():
+    frames = np.zeros((4, 32, 48, 3), np.uint8)  # black clip, grid (2, 2, 3) with t = 2, p = 16
+    mask = torch.zeros(2, 2, 3, dtype=torch.bool)
+    mask[0, 1, 2] = mask[1, 0, 0] = True
+    img = np.asarray(masking.draw_mask(frames, mask.flatten(), (2, 2, 3), "title"))
+    pad, top = 2, 18
+    for f in range(4):
+        x0 = pad + f * (48 + pad)
+        tile = img[top + pad:top + pad + 32, x0:x0 + 48]  # frame f as drawn
+        shaded = (tile != 0).any(-1)  # a black pixel stays black unless its token is masked
+        want = mask[f // 2].repeat_interleave(16, 0).repeat_interleave(16, 1).numpy()
+        assert (shaded == want).all()
+
+
+def test_command_line_writes_a_picture_for_each_mask(videos, tiny_clip, tmp_path, capsys):
+    from PIL import Image
+
+    for mask in ("random", "tube", "mgm", "tgm"):
+        out = tmp_path / f"{mask}.png"
+        masking.main(masking.get_args([
+            "--video", videos[0], "--mask", mask, "--num-frames", "4", "--sampling-rate", "1", "--input-size", "32",
+            "--caption", "a textured square", "--clip-model", "tgm-test-tiny", "--clip-pretrained", "none",
+            "--out", str(out)]))
+        assert Image.open(out).format == "PNG" and Image.open(out).height == 18 + 32 + 2 * 2
+    assert "4 of 8 tokens masked" in capsys.readouterr().out  # the default ratios: tgm 0.6 of 4 = 2 per slice
+    with pytest.raises(SystemExit, match="needs --caption"):
+        masking.main(masking.get_args(["--video", videos[0], "--mask", "tgm"]))
+    with pytest.raises(SystemExit, match="file not found"):
+        masking.main(masking.get_args(["--video", str(tmp_path / "nothing.mp4"), "--mask", "tube"]))

@@ -231,6 +231,22 @@ def test_two_ranks_give_the_one_process_result(tmp_path):
         assert got["top5"][0] == int(p.argmax())
 
 
+def test_a_bad_video_is_skipped_and_reported(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    lst = write_colour_dataset(str(folder), 1, seed=4, num_classes=3)
+    (folder / "broken.mp4").write_bytes(b"\x00" * 100)       # not a video
+    with open(lst, "a") as f:
+        f.write("broken.mp4 1\n")
+    save_finetune_checkpoint(tmp_path / "ft.pt", 3)
+    EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "ft.pt"), "--data", lst, "--root", str(folder),
+                                  "--num-workers", "0", "--test-num-segment", "1", "--test-num-crop", "1"]))
+    res = json.load(open(tmp_path / "results.json"))
+    assert res["num_listed"] == 4 and res["num_videos"] == 3   # the three readable ones, each once
+    assert len(res["bad_videos"]) == 1 and "broken.mp4" in res["bad_videos"][0]
+    assert "broken.mp4" not in [v["video"] for v in res["per_video"]]
+
+
 def test_evaluate_rejects_the_wrong_checkpoint_kind(tmp_path):
     save_pretrain_checkpoint(tmp_path / "pre.pt")
     save_finetune_checkpoint(tmp_path / "ft.pt", 3)

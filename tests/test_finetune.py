@@ -73,11 +73,18 @@ def save_pretrain_checkpoint(path, seed=0, **cfg_overrides):
 @pytest.fixture(scope="module")
 def colour_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("videos")
-    return dict(root=str(folder), train=write_colour_dataset(folder, 6, seed=1), val=write_colour_dataset(folder, 3, seed=2))
+    train = write_colour_dataset(folder, 6, seed=1)
+    # the same list with its last video swapped for an empty file: 24 lines, so batches of 8 drop none
+    (folder / "broken.mp4").write_bytes(b"")
+    with open(train) as f:
+        lines = f.readlines()[:-1] + ["broken.mp4 0\n"]
+    with open(folder / "with_bad.txt", "w") as f:
+        f.writelines(lines)
+    return dict(root=str(folder), train=train, val=write_colour_dataset(folder, 3, seed=2), with_bad=str(folder / "with_bad.txt"))
 
 
-def run_args(colour_data, out, *extra):
-    return FT.parser.parse_args(["--data", colour_data["train"], "--val-data", colour_data["val"], "--root", colour_data["root"],
+def run_args(colour_data, out, *extra, train="train"):
+    return FT.parser.parse_args(["--data", colour_data[train], "--val-data", colour_data["val"], "--root", colour_data["root"],
                                  "--sampling-rate", "2", "--num-workers", "0", "--output-dir", str(out), *extra])
 
 
@@ -234,17 +241,20 @@ def test_linear_probe_learns_above_chance_and_the_encoder_stays_frozen(colour_da
     assert not torch.equal(ckpt["model"]["probe.head.weight"], fresh.head.weight)  # the probe did train
 
 
-def test_finetune_logs_validation_and_resumes(colour_data, tmp_path):
+def test_finetune_skips_a_bad_video_logs_validation_and_resumes(colour_data, tmp_path):
     save_pretrain_checkpoint(tmp_path / "pre.pt")
     out = tmp_path / "ft"
     common = ["--checkpoint", str(tmp_path / "pre.pt"), "--batch-size", "8", "--warmup-epochs", "1"]
-    FT.main(run_args(colour_data, out, *common, "--epochs", "1"))
+    FT.main(run_args(colour_data, out, *common, "--epochs", "1", train="with_bad"))
     first = M.load_checkpoint(out / "ckpt.pt")
     assert first["epoch"] == 1 and first["mode"] == "finetune"
-    FT.main(run_args(colour_data, out, *common, "--epochs", "2", "--resume", "auto"))
+    FT.main(run_args(colour_data, out, *common, "--epochs", "2", "--resume", "auto", train="with_bad"))
     second = M.load_checkpoint(out / "ckpt.pt")
     assert second["epoch"] == 2
-    assert [r["epoch"] for r in read_log(out) if "val_top1" in r] == [1, 2]  # epoch 1 not repeated
+    log = read_log(out)
+    assert [r["epoch"] for r in log if "val_top1" in r] == [1, 2]  # epoch 1 not repeated
+    assert [r["bad_videos"] for r in log if "val_top1" in r] == [1, 1]  # the empty file, skipped once an epoch
+    assert log[-1]["done"] and log[-1]["bad_videos"] == 1
     assert any(not torch.equal(second["model"][k], first["model"][k]) for k in first["model"])
     # the stored config rebuilds the classifier without the pretraining checkpoint
     clf = M.VideoClassifier(M.config_from_checkpoint(second), second["num_classes"])

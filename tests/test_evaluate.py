@@ -207,7 +207,9 @@ def test_two_ranks_give_the_one_process_result(tmp_path):
     with socket.socket() as s:                                 # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_rank_worker, args=(2, port, argv + ["--output-dir", str(tmp_path / "two")]), nprocs=2)
+    # fork: the ranks inherit the imports (spawn would re-import torch and open_clip in each)
+    torch.multiprocessing.start_processes(_rank_worker, args=(2, port, argv + ["--output-dir", str(tmp_path / "two")]),
+                                          nprocs=2, start_method="fork")
     one, two = (json.load(open(tmp_path / d / "results.json")) for d in ("one", "two"))
     assert one["num_videos"] == two["num_videos"] == 3 and one["views"] == "2x2"
     assert one["incomplete_videos"] == two["incomplete_videos"] == 0
@@ -245,6 +247,70 @@ def test_a_bad_video_is_skipped_and_reported(tmp_path):
     assert res["num_listed"] == 4 and res["num_videos"] == 3   # the three readable ones, each once
     assert len(res["bad_videos"]) == 1 and "broken.mp4" in res["bad_videos"][0]
     assert "broken.mp4" not in [v["video"] for v in res["per_video"]]
+
+
+# a tiny random open_clip model, registered from a config file and saved, so that load_clip builds it offline
+TINY_CLIP = {"embed_dim": 16, "quick_gelu": True,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    import masking
+    folder = tmp_path_factory.mktemp("clip")
+    (folder / "tgm-eval-tiny.json").write_text(json.dumps(TINY_CLIP))
+    torch.manual_seed(0)
+    clip, tokenizer = masking.load_clip(str(folder / "tgm-eval-tiny.json"), "none")
+    torch.save(clip.state_dict(), folder / "weights.pt")
+    return str(folder / "tgm-eval-tiny.json"), str(folder / "weights.pt"), clip, tokenizer
+
+
+def test_retrieval_run_matches_its_definition(tmp_path, tiny_clip):
+    """The --retrieval run (videos embedded by encoder + head, class names by CLIP) gives the recall of
+    recall_at_k on those embeddings: the wiring of texts, positives and video order is right."""
+    import masking
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    lst = write_colour_dataset(str(folder), 2, seed=5, num_classes=3)
+    (folder / "classes.txt").write_text("red\ngreen\nblue\n")
+    mae = save_pretrain_checkpoint(tmp_path / "pre.pt", head_out_dim=TINY_CLIP["embed_dim"]).eval()
+    clip_cfg, clip_weights, clip, tokenizer = tiny_clip
+    EV.main(EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
+                                  "--root", str(folder), "--class-names", str(folder / "classes.txt"),
+                                  "--clip-model", clip_cfg, "--clip-pretrained", clip_weights,
+                                  "--num-workers", "0", "--precision", "fp32"]))
+    res = json.load(open(tmp_path / "retrieval.json"))
+    assert res["text"] == "classes" and res["num_texts"] == 3 and res["num_videos"] == 6
+
+    ds = data.VideoDataset(lst, str(folder), mode="val", num_frames=4, sampling_rate=2, input_size=32)
+    batch = data.collate([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        v = mae.video_embedding(mae.encoder(batch["video"]))   # all tokens, no mask
+    t = masking.TextEmbedder(clip, tokenizer)(["red", "green", "blue"])
+    positives = np.eye(3, dtype=bool)[batch["label"].numpy()]
+    want = EV.recall_at_k((v @ t.T).numpy(), positives)
+    assert res["R1"] == pytest.approx(want[1]) and res["R5"] == pytest.approx(want[5])
+    assert res["R5"] == 100.0                                  # 3 texts: the right one is always in the top 5
+
+
+def test_visualize_run_with_a_text_guided_mask(tmp_path, tiny_clip):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    lst = write_colour_dataset(str(folder), 1, seed=6, num_classes=2)
+    with open(folder / "captions.jsonl", "w") as f:
+        for line in open(lst):
+            f.write(json.dumps({"video": line.split()[0], "captions": ["a tinted clip with a grey square"]}) + "\n")
+    save_pretrain_checkpoint(tmp_path / "pre.pt", head_out_dim=TINY_CLIP["embed_dim"])
+    clip_cfg, clip_weights, _, _ = tiny_clip
+    EV.main(EV.parser.parse_args(["--visualize", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
+                                  "--root", str(folder), "--captions", str(folder / "captions.jsonl"),
+                                  "--mask", "tgm", "--clip-model", clip_cfg, "--clip-pretrained", clip_weights,
+                                  "--num-videos", "2", "--output-dir", str(tmp_path / "vis")]))
+    from PIL import Image
+    pictures = sorted(os.listdir(tmp_path / "vis"))
+    assert pictures == ["vis_00_tgm.png", "vis_01_tgm.png"]
+    assert Image.open(tmp_path / "vis" / pictures[0]).size[1] > 4 * 112  # four rows
 
 
 def test_evaluate_rejects_the_wrong_checkpoint_kind(tmp_path):

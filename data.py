@@ -411,7 +411,7 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def __init__(self, list_file, root="", captions=None, mode="pretrain", num_frames=16, sampling_rate=4,
                  input_size=224, repeat_aug=1, flip=True, tsn=False, motion=False, mask_fn=None, seed=0,
-                 test_num_segment=5, test_num_crop=3, short_side=None):
+                 test_num_segment=5, test_num_crop=3, short_side=None, require_captions=False):
         if mode not in ("pretrain", "finetune", "val", "test"):
             raise ValueError(f"mode must be pretrain, finetune, val or test, not {mode!r}")
         self.list_file = list_file
@@ -423,6 +423,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self.mode, self.num_frames, self.sampling_rate = mode, num_frames, sampling_rate
         self.input_size, self.repeat_aug, self.flip, self.tsn = input_size, repeat_aug, flip, tsn
         self.motion, self.mask_fn, self.seed, self.short_side = motion, mask_fn, seed, short_side
+        self.require_captions = require_captions
         self.test_num_segment = 2 if tsn else test_num_segment  # SSv2: the two interleaved samplings
         self.test_num_crop = test_num_crop
         self.bad = {}  # index -> reason, per process (each DataLoader worker keeps its own)
@@ -467,6 +468,9 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def _load(self, index, rng):
         path, label = self.items[index]
+        if self.require_captions and not self.captions.get(self.rel[index]):
+            # a video caption.py could not caption: text-guided masks and L_NCE have nothing to use
+            raise VideoError("no caption for it in the captions file")
         frames, mvs, _, info = read_clip(path, lambda info: self._indices(info, rng), self.motion, self.short_side)
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W) uint8
         T = self.num_frames

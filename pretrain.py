@@ -198,12 +198,25 @@ class SkipSampler(torch.utils.data.Sampler):
 def pick_captions(captions, indices, seed, step):
     """Sec. 3.2: one of the video's captions at random, per sample; it serves the mask and the loss alike.
     Seeded by (seed, step, video index), so a resumed run draws the same captions."""
-    out = []
-    for caps, i in zip(captions, indices.tolist()):
-        if not caps:
-            raise SystemExit(f"pretrain.py: video #{i} of --data has no caption in --captions; caption it with caption.py")
-        out.append(caps[random.Random(hash((seed, step, i))).randrange(len(caps))])
-    return out
+    # a video without captions only arrives here when nothing needs its text (the NCE probe is then skipped)
+    return [caps[random.Random(hash((seed, step, i))).randrange(len(caps))] if caps else None
+            for caps, i in zip(captions, indices.tolist())]
+
+
+def save_mask_picture(video, mask, grid, captions, path, max_clips=4):
+    """The first batch's masks (masked tokens shaded, as Fig. 3's second row), one clip per row of frames."""
+    from PIL import Image
+    mean = torch.tensor(M.IMAGENET_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(M.IMAGENET_STD).view(3, 1, 1, 1)
+    rows = []
+    for i in range(min(max_clips, len(video))):
+        frames = ((video[i] * std + mean) * 255).round().clamp(0, 255).byte().permute(1, 2, 3, 0)  # (T, H, W, C)
+        rows.append(masking.draw_mask(frames.numpy(), mask[i], grid, title=captions[i] or ""))
+    img = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
+    for i, r in enumerate(rows):
+        img.paste(r, (0, sum(x.height for x in rows[:i])))
+    img.save(path + ".tmp.png")
+    os.replace(path + ".tmp.png", path)
 
 
 def main(args):
@@ -251,6 +264,7 @@ def main(args):
             args.data, args.root, captions=args.captions, mode="pretrain", num_frames=args.num_frames,
             sampling_rate=args.sampling_rate, input_size=args.input_size, repeat_aug=args.repeat_aug,
             flip=not args.no_flip, motion=args.mask == "mgm", seed=args.seed,
+            require_captions=args.mask == "tgm" or args.contrastive,
             mask_fn=mask_fn(cfg.grid, args.ratio) if mask_fn else None)
     except ValueError as e:  # a malformed list or captions line: file, line and reason
         raise SystemExit(f"pretrain.py: {e}")
@@ -263,16 +277,7 @@ def main(args):
     total_steps = steps_per_epoch * args.epochs
 
     # -------------------------------------------------------------------------
-    # model, CLIP (for tgm masks and the text side of L_NCE), optimizer and schedule
-    mae = M.VideoMAE(cfg).to(device)
-    raw_model = mae
-    # without --contrastive the head only runs under no_grad for the Fig. 4 probe: freeze it, so DDP does not
-    # wait for gradients that never come
-    raw_model.projector.requires_grad_(args.contrastive)
-    if args.compile:
-        mae = torch.compile(mae)
-    if ddp:
-        mae = DDP(mae, device_ids=[device.index] if device.type == "cuda" else None)
+    # CLIP (for tgm masks and the text side of L_NCE), model, optimizer and schedule
     # captions feed the tgm mask, L_NCE, and the NCE probe logged for pure MAE (Fig. 4) when there are captions
     need_text = args.mask == "tgm" or args.contrastive or bool(args.captions)
     embed_text, tgm = None, None
@@ -285,12 +290,26 @@ def main(args):
             print0("the demo found no OpenAI CLIP weights (offline, not cached): it goes on with a random CLIP")
             clip, tokenizer = masking.load_clip(args.clip_model, "none", device)
         embed_text = masking.TextEmbedder(clip, tokenizer)
-        if embed_text(["a"]).shape[1] != cfg.head_out_dim:
-            raise SystemExit(f"pretrain.py: {args.clip_model} embeds text in {embed_text(['a']).shape[1]} dims "
-                             f"but the contrastive head outputs {cfg.head_out_dim}")
+        # Every distinct caption of the list is embedded once, up front, in a fixed order and fixed chunks: a text
+        # target then never depends on which captions shared its CLIP batch (bit for bit, so --resume is exact).
+        # The cache holds E floats per caption on the CPU (K400, 3 captions per video: about 1.5 GB).
+        distinct = sorted({c for rel in dataset.rel for c in dataset.captions.get(rel, [])})
+        for i in tqdm(range(0, len(distinct), 256), desc="embedding captions", disable=not master, leave=False):
+            embed_text(distinct[i:i + 256])
+        # the head's output E must be CLIP's text width (512 for ViT-B/32), so video and text meet in one space
+        cfg.head_out_dim = embed_text(["a video"]).shape[1]
         if args.mask == "tgm":
             tgm = masking.TextGuidedMasker(clip, args.tgm_features, args.ratio, args.tgm_order, cfg.patch_size,
                                            cfg.tubelet_size)
+    mae = M.VideoMAE(cfg).to(device)
+    raw_model = mae
+    # without --contrastive the head only runs under no_grad for the Fig. 4 probe: freeze it, so DDP does not
+    # wait for gradients that never come
+    raw_model.projector.requires_grad_(args.contrastive)
+    if args.compile:
+        mae = torch.compile(mae)
+    if ddp:
+        mae = DDP(mae, device_ids=[device.index] if device.type == "cuda" else None)
     global_batch = args.batch_size * world
     lr, min_lr = args.blr * global_batch / 256, args.min_blr * global_batch / 256
     optimizer = torch.optim.AdamW(M.param_groups(raw_model, args.weight_decay), lr=lr, betas=(0.9, 0.95))
@@ -354,8 +373,8 @@ def main(args):
             for path, reason in batch["bad"]:
                 print0(f"skipped bad video {path}: {reason}")
             video = batch["video"].to(device, non_blocking=True)                      # (B, C, T, H, W)
-            captions = pick_captions(batch["captions"], batch["index"], args.seed, step) if need_text else None
-            text = embed_text(captions) if need_text else None                        # (B, E), frozen CLIP
+            captions = pick_captions(batch["captions"], batch["index"], args.seed, step) if need_text else [None]
+            text = embed_text(captions) if None not in captions else None             # (B, E), frozen CLIP
             if tgm is not None:
                 gen = torch.Generator().manual_seed(hash((args.seed, step, rank)) % 2**63)
                 mask = tgm(video, text, generator=gen)                                 # (B, N), True = masked
@@ -363,7 +382,7 @@ def main(args):
                 mask = batch["mask"].to(device, non_blocking=True)                    # made in the loader workers
                 mask_fallbacks += sum(batch.get("mask_fallback", []))
             if step == 0 and master:
-                masking.save_mask_picture(batch["video"], mask.cpu(), cfg, os.path.join(args.output_dir, "masks.png"))
+                save_mask_picture(batch["video"], mask.cpu(), cfg.grid, captions, os.path.join(args.output_dir, "masks.png"))
 
             with autocast_for(device, args.precision):
                 loss_mse, _, latent = mae(video, mask)                                 # Sec. 3.1, Eq. (3)

@@ -1,0 +1,146 @@
+"""
+Tests of pretrain.py (Sec. 3.5, 4.2): every mask with and without the contrastive loss, two Gloo processes,
+exact resume, a planted NaN, start-up checks. CPU, tiny model and a tiny random CLIP, the demo videos.
+
+    python -m pytest -q tests/test_pretrain.py
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import model as M
+import pretrain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# a tiny CLIP in open_clip's config format (random weights): the real loading path, a thousandth of the cost
+TINY_CLIP = {"embed_dim": 32, "quick_gelu": True,
+             "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 32, "head_width": 32},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def small_list(demo, tmp_path_factory):
+    """32 demo videos (4 per class): 4 steps per epoch at batch 8."""
+    lines = open(demo["train"]).read().splitlines()
+    path = tmp_path_factory.mktemp("lists") / "small.txt"
+    path.write_text("\n".join(lines[:: len(lines) // 32][:32]) + "\n")
+    return str(path)
+
+
+def flags(demo, clip, out, data=None):
+    return ["--data", data or demo["train"], "--root", demo["root"], "--captions", demo["captions"],
+            "--model", "vit_tiny", "--num-frames", "4", "--input-size", "32", "--batch-size", "8",
+            "--epochs", "2", "--warmup-epochs", "0", "--blr", "0.02", "--num-workers", "0", "--precision", "fp32",
+            "--clip-model", clip, "--clip-pretrained", "none", "--log-interval", "1", "--output-dir", str(out)]
+
+
+def out_flag(path):
+    return ["--output-dir", str(path)]
+
+
+def read_log(out):
+    return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+
+
+@pytest.mark.parametrize("mask,extra", [
+    ("random", []),
+    ("tube", ["--contrastive"]),
+    ("mgm", []),
+    ("tgm", ["--contrastive", "--tgm-features", "dense"]),
+    ("tgm", ["--tgm-features", "patch", "--tgm-order", "bottom"]),
+])
+def test_each_mask_trains(demo, tiny_clip, tmp_path, mask, extra):
+    args = pretrain.parse_args(flags(demo, tiny_clip, tmp_path) + ["--mask", mask, "--max-steps", "10"] + extra)
+    pretrain.main(args)
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log] == list(range(1, 11))
+    for field in ("step", "epoch", "loss_mse", "loss_nce", "lr", "data_ms", "step_ms", "clips_per_s"):
+        assert field in log[0]
+    assert all(torch.isfinite(torch.tensor([r["loss_mse"], r["loss_nce"]])).all() for r in log)
+    first, last = sum(r["loss_mse"] for r in log[:3]) / 3, sum(r["loss_mse"] for r in log[-3:]) / 3
+    assert last < first
+    assert log[0]["nce_optimised"] == ("--contrastive" in extra)  # Fig. 4: logged either way
+    assert os.path.isfile(tmp_path / "masks.png") and os.path.isfile(tmp_path / "ckpt.pt")
+    ckpt = M.load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == 10 and M.config_from_checkpoint(ckpt).head_out_dim == TINY_CLIP["embed_dim"]
+
+
+def test_resume_is_exact(demo, tiny_clip, small_list, tmp_path):
+    common = flags(demo, tiny_clip, None, small_list) + ["--mask", "tube", "--contrastive", "--num-workers", "2"]
+    pretrain.main(pretrain.parse_args(common + out_flag(tmp_path / "straight")))
+    # the same run stopped mid-epoch (step 3 of 8), then resumed
+    pretrain.main(pretrain.parse_args(common + out_flag(tmp_path / "resumed") + ["--max-steps", "3"]))
+    assert M.load_checkpoint(tmp_path / "resumed" / "ckpt.pt")["step"] == 3
+    pretrain.main(pretrain.parse_args(common + out_flag(tmp_path / "resumed") + ["--resume", "auto"]))
+    a = M.load_checkpoint(tmp_path / "straight" / "ckpt.pt")
+    b = M.load_checkpoint(tmp_path / "resumed" / "ckpt.pt")
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_planted_nan_stops_and_keeps_last_checkpoint(demo, tiny_clip, small_list, tmp_path, monkeypatch):
+    calls = []
+    original = M.VideoMAE.forward_loss
+
+    def poisoned(self, video, pred, mask):
+        calls.append(1)
+        loss = original(self, video, pred, mask)
+        return loss * float("nan") if len(calls) == 6 else loss   # the 6th step (step 5), in epoch 1
+
+    monkeypatch.setattr(M.VideoMAE, "forward_loss", poisoned)
+    args = pretrain.parse_args(flags(demo, tiny_clip, tmp_path, small_list) + ["--mask", "tube", "--save-every", "1"])
+    with pytest.raises(SystemExit, match="at step 5"):
+        pretrain.main(args)
+    assert M.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 4     # the end of epoch 0, intact
+
+
+def test_two_processes_see_the_global_batch(demo, tiny_clip, small_list, tmp_path):
+    common = flags(demo, tiny_clip, None, small_list) + ["--mask", "tube", "--contrastive", "--max-steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           os.path.join(ROOT, "pretrain.py")] + common + out_flag(tmp_path / "ddp")
+    cmd[cmd.index("--batch-size") + 1] = "4"                         # 2 x 4 = the same global batch of 8
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert os.listdir(tmp_path / "ddp") and M.load_checkpoint(tmp_path / "ddp" / "ckpt.pt")["step"] == 2
+    pretrain.main(pretrain.parse_args(common + out_flag(tmp_path / "one")))
+    ddp, one = read_log(tmp_path / "ddp"), read_log(tmp_path / "one")
+    # step 1: same weights, same 8 clips, masks and captions, split over two ranks: the same global InfoNCE
+    assert ddp[0]["loss_nce"] == pytest.approx(one[0]["loss_nce"], rel=1e-4)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (["--ratio", "1.2"], "strictly between 0 and 1"),
+    (["--num-frames", "5"], "multiple of the tubelet"),
+    (["--input-size", "40"], "multiple of the patch"),
+    (["--mse-weight", "0"], "add --contrastive"),
+])
+def test_bad_flags_stop_with_a_sentence(demo, bad, message):
+    with pytest.raises(SystemExit, match=message):
+        pretrain.parse_args(["--data", demo["train"], "--captions", demo["captions"]] + bad)
+
+
+def test_tgm_without_captions_says_how_to_fix(demo):
+    with pytest.raises(SystemExit, match="pass --captions"):
+        pretrain.parse_args(["--data", demo["train"], "--mask", "tgm"])
+    with pytest.raises(SystemExit, match="pass --captions"):
+        pretrain.parse_args(["--data", demo["train"], "--mask", "tube", "--contrastive"])
+
+
+def test_demo_defaults_fill_only_untyped_flags():
+    args = pretrain.parse_args(["--mask", "tgm", "--epochs", "7"])
+    assert args.demo and args.epochs == 7 and args.model == pretrain.DEMO_DEFAULTS["model"]
+    assert "epochs" not in args.demo_filled and args.demo_filled["tgm_features"] == "dense"

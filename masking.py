@@ -76,20 +76,25 @@ def tube_mask(batch, grid, ratio, generator=None):
     return mask.repeat(1, T_)  # (B, T'*h*w): time is the slowest axis of the raster order, so repeat = tube
 
 
-class RandomMasker:
-    """mask_fn for data.VideoDataset: (sample, generator=None) -> (N,) bool, True = masked. Without a generator
-    it draws from torch's global one, which data.VideoDataset seeds per (seed, epoch, video) around the call,
-    so a mask does not depend on the worker that made it (exact resume)."""
+class LoaderMasker:
+    """A mask_fn for data.VideoDataset, called in the loader workers: (sample, generator=None) -> (N,) bool,
+    True = masked, for a token grid (T', h, w) and a mask ratio. Without a generator it draws from torch's global
+    one, which data.VideoDataset seeds per (seed, epoch, video) around the call, so a mask does not depend on the
+    worker that made it (exact resume)."""
 
     def __init__(self, grid, ratio):
         self.grid, self.ratio = tuple(grid), ratio
+
+
+class RandomMasker(LoaderMasker):
+    """mask_fn: (sample, generator=None) -> (N,) bool random mask (ST-MAE), True = masked."""
 
     def __call__(self, sample, generator=None):
         return random_mask(1, self.grid, self.ratio, generator)[0]
 
 
-class TubeMasker(RandomMasker):
-    """mask_fn for data.VideoDataset: (sample, generator=None) -> (N,) bool tube mask, True = masked."""
+class TubeMasker(LoaderMasker):
+    """mask_fn: (sample, generator=None) -> (N,) bool tube mask (VideoMAE), True = masked."""
 
     def __call__(self, sample, generator=None):
         return tube_mask(1, self.grid, self.ratio, generator)[0]
@@ -124,10 +129,10 @@ def motion_scores(motion, frame_size, crop, grid, num_frames, size):
     """The clip's motion per token -> (T', h, w), or None when no frame of the clip carries vectors.
     motion: num_frames entries (PyAV structured array or None) as data.read_frames returns them; frame_size (H, W)
     of the coded frames; crop: the clip's data.Crop; size (H_out, W_out): the clip's pixel size."""
+    assert len(motion) == num_frames, f"{len(motion)} motion entries for a {num_frames}-frame clip"
     has = [i for i, v in enumerate(motion) if v is not None and len(v) > 0]
     if not has:
         return None  # no vectors at all: all-intra video, or a codec that exports none; the caller falls back
-    assert len(motion) == num_frames, f"{len(motion)} motion entries for a {num_frames}-frame clip"
     maps = {i: paint_motion(motion[i], frame_size) for i in has}
     # frames without vectors (I-frames) borrow the nearest frame that has them (the earlier one on a tie)
     x = torch.stack([maps[min(has, key=lambda j: abs(j - i))] for i in range(num_frames)])  # (T, H, W)
@@ -139,7 +144,7 @@ def motion_scores(motion, frame_size, crop, grid, num_frames, size):
     return x.view(T_, t, h, p_h, w, p_w).sum(dim=(1, 3, 5))
 
 
-class MotionMasker(RandomMasker):
+class MotionMasker(LoaderMasker):
     """mask_fn for data.VideoDataset(motion=True): (sample, generator=None) -> (N,) bool, True = masked: the
     top-k tokens of every time slice by codec motion (MGM). A video without motion vectors gets a tube mask and
     sample['mask_fallback'] = True: the sample dict is what travels to the main process (collate keeps the
@@ -151,7 +156,7 @@ class MotionMasker(RandomMasker):
         sample["mask_fallback"] = scores is None
         if scores is None:
             return tube_mask(1, self.grid, self.ratio, generator)[0]
-        # still regions all score 0: topk_mask orders those ties at random (generator note: RandomMasker)
+        # still regions all score 0: topk_mask orders those ties at random (generator note: LoaderMasker)
         return topk_mask(scores.flatten(1)[None], self.ratio, generator=generator)[0]  # (N,)
 
 

@@ -355,8 +355,11 @@ def main(args):
         mask_name = args.mask or pre_args.get("mask", "tube")
         ratio = args.ratio or (pre_args.get("ratio") if mask_name == pre_args.get("mask") else None) or MASK_RATIOS[mask_name]
         if master:
-            ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", motion=mask_name == "mgm", **ds_kw)
-            class_names = data.read_class_names(args.class_names) if args.class_names else None
+            try:  # a missing list or a malformed line (file:line: reason) stops here
+                ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", motion=mask_name == "mgm", **ds_kw)
+                class_names = data.read_class_names(args.class_names) if args.class_names else None
+            except (ValueError, OSError) as e:
+                raise SystemExit(f"evaluate.py: {e}")
             if mask_name == "tgm":
                 torch.manual_seed(args.seed)                   # random CLIP ('none') is then the same every run
                 clip, tok, _ = load_clip(clip_model, clip_pretrained, device, clip_fallback)
@@ -387,7 +390,13 @@ def main(args):
     if args.retrieval:
         # -----------------------------------------------------------------------------
         # Table 3: embed every video (one centre view), then rank the texts
-        ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", **ds_kw)
+        try:  # a missing list or a malformed line (file:line: reason) stops here
+            ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", **ds_kw)
+            class_names = data.read_class_names(args.class_names) if args.class_names else None
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"evaluate.py: {e}")
+        if class_names is not None and max(lbl for _, lbl in ds.items) >= len(class_names):
+            raise SystemExit(f"{args.data} has labels beyond the {len(class_names)} names of {args.class_names}: wrong file?")
         text = args.text or ("classes" if args.class_names else "captions")
         if text == "classes" and not args.class_names:
             raise SystemExit("--text classes needs --class-names FILE")
@@ -412,7 +421,7 @@ def main(args):
             emb = torch.from_numpy(rows["emb"][first])
             labels = np.array([ds.items[i][1] for i in index])
             if text == "classes":
-                texts, positives = text_gallery(labels, class_names=data.read_class_names(args.class_names))
+                texts, positives = text_gallery(labels, class_names=class_names)
             else:
                 texts, positives = text_gallery(labels, video_captions=[ds.captions.get(ds.rel[i], []) for i in index])
             torch.manual_seed(args.seed)                       # random CLIP ('none') is then the same every run
@@ -447,9 +456,12 @@ def main(args):
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(args, flag)} differs from the checkpoint's {have}; leave it out")
     tsn = ft_args.get("tsn", False) if args.tsn is None else args.tsn
     sampling_rate = args.sampling_rate or ft_args.get("sampling_rate", 4)
-    ds = data.VideoDataset(args.data, args.root, mode="test", num_frames=cfg.num_frames, sampling_rate=sampling_rate,
-                           input_size=cfg.img_size, tsn=tsn, test_num_segment=args.test_num_segment,
-                           test_num_crop=args.test_num_crop)
+    try:  # a missing list or a malformed line (file:line: reason) stops here
+        ds = data.VideoDataset(args.data, args.root, mode="test", num_frames=cfg.num_frames, sampling_rate=sampling_rate,
+                               input_size=cfg.img_size, tsn=tsn, test_num_segment=args.test_num_segment,
+                               test_num_crop=args.test_num_crop)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"evaluate.py: {e}")
     n_seg, n_crop = ds.test_num_segment, ds.test_num_crop
     if max(lbl for _, lbl in ds.items) >= ckpt["num_classes"]:
         raise SystemExit(f"{args.data} has labels beyond the checkpoint's {ckpt['num_classes']} classes: wrong list?")

@@ -304,16 +304,19 @@ def main(args):
         args.data, args.val_data, args.root = demo["train"], args.val_data or demo["val"], demo["root"]
         args.class_names = args.class_names or demo["class_names"]
         print0(f"no --data: the built-in demo dataset in {demo['root']}")
-    train_ds = data.VideoDataset(args.data, args.root, mode="finetune", num_frames=args.num_frames,
-                                 sampling_rate=args.sampling_rate, input_size=args.input_size, repeat_aug=args.repeat_aug,
-                                 flip=not args.no_flip, tsn=args.tsn, seed=args.seed + rank)
-    val_ds = None
-    if args.val_data:
-        val_ds = data.VideoDataset(args.val_data, args.root, mode="val", num_frames=args.num_frames,
-                                   sampling_rate=args.sampling_rate, input_size=args.input_size, tsn=args.tsn)
+    try:  # a missing list, or a malformed line (file:line: reason), stops here and not mid-run
+        train_ds = data.VideoDataset(args.data, args.root, mode="finetune", num_frames=args.num_frames,
+                                     sampling_rate=args.sampling_rate, input_size=args.input_size, repeat_aug=args.repeat_aug,
+                                     flip=not args.no_flip, tsn=args.tsn, seed=args.seed + rank)
+        val_ds = None
+        if args.val_data:
+            val_ds = data.VideoDataset(args.val_data, args.root, mode="val", num_frames=args.num_frames,
+                                       sampling_rate=args.sampling_rate, input_size=args.input_size, tsn=args.tsn)
+        class_names = data.read_class_names(args.class_names) if args.class_names else None
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"finetune.py: {e}")
     max_label = max(lbl for ds in (train_ds, val_ds) if ds is not None for _, lbl in ds.items)
-    K = (state or {}).get("num_classes") or args.num_classes or (
-        len(data.read_class_names(args.class_names)) if args.class_names else max_label + 1)
+    K = (state or {}).get("num_classes") or args.num_classes or (len(class_names) if class_names else max_label + 1)
     if max_label >= K:
         raise SystemExit(f"a list has label {max_label} but there are only {K} classes; fix --num-classes / --class-names")
     global_batch = args.batch_size * world

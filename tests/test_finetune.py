@@ -309,6 +309,11 @@ def test_bad_flag_combinations_stop_with_a_sentence(colour_data, tmp_path):
     for extra, message in cases:
         with pytest.raises(SystemExit, match=message):
             FT.main(run_args(colour_data, tmp_path / "bad", *extra))
+    # list files: a malformed line names the file and line; a missing file says so
+    (tmp_path / "malformed.txt").write_text("v1_0_0.mp4 0\nv1_0_1.mp4\n")
+    for val, message in ((tmp_path / "malformed.txt", "malformed.txt:2: expected"), (tmp_path / "missing.txt", "No such file")):
+        with pytest.raises(SystemExit, match=message):
+            FT.main(run_args(colour_data, tmp_path / "bad", "--checkpoint", str(tmp_path / "pre.pt"), "--val-data", str(val)))
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(M.CheckpointError, match="cannot be read"):
         FT.main(run_args(colour_data, tmp_path / "bad", "--checkpoint", str(tmp_path / "broken.pt")))

@@ -236,9 +236,11 @@ def main(args):
     else:
         rank, world = 0, 1
     master = rank == 0
-    torch.manual_seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    random.seed(args.seed + rank)
+    # the same seed on every rank: the model (and a random CLIP) start identical everywhere; the data draws are
+    # seeded per (seed, epoch, video) in data.py, and the tgm tie-breaks per (seed, step, rank) below
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
     if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         print0("this GPU has no bf16: training in fp32 (pass --precision fp16 for half precision)")
         args.precision = "fp32"
@@ -312,7 +314,8 @@ def main(args):
         mae = DDP(mae, device_ids=[device.index] if device.type == "cuda" else None)
     global_batch = args.batch_size * world
     lr, min_lr = args.blr * global_batch / 256, args.min_blr * global_batch / 256
-    optimizer = torch.optim.AdamW(M.param_groups(raw_model, args.weight_decay), lr=lr, betas=(0.9, 0.95))
+    # fused: one kernel for all parameters (2-3x faster than the per-tensor loop on a CPU, and on GPUs)
+    optimizer = torch.optim.AdamW(M.param_groups(raw_model, args.weight_decay), lr=lr, betas=(0.9, 0.95), fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
 
     # -------------------------------------------------------------------------

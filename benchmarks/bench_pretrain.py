@@ -1,0 +1,360 @@
+"""
+Sec. 3.1, 3.3, 3.5: the cost of one pretraining step, ours against transformers' VideoMAEForPreTraining.
+
+In one process, on the same clips, masks, batch size and precision, it times a full training step (forward,
+backward, AdamW) of our ViT-B (model.VideoMAE) and of transformers.VideoMAEForPreTraining with its default
+attention (config matched: use_mean_pooling=False, layer_norm_eps=1e-6, norm_pix_loss=True, same sizes, and the
+same weights, so the first losses agree), for each precision and tube-mask ratio. The two models alternate step
+by step (the order swapped every repeat), after a warm-up; it prints medians. It also measures the machine's
+matmul rate (large square matmuls) for each precision, counts the step's FLOPs analytically from the config and
+the visible/masked token counts (forward matmuls; backward = 2x forward, except the patch embedding whose input
+needs no gradient), and the peak memory of each model in a subprocess of its own (CPU: the growth of the
+process's peak RSS; GPU: torch.cuda.max_memory_allocated). Last, the per-step cost of text-guided masks (TGM,
+Sec. 3.3, features 'dense' and 'patch') with a random CLIP ViT-B-32-quickgelu, against a tube step.
+
+    python benchmarks/bench_pretrain.py                                   # CPU defaults: batch 2, 16x224, 2 threads
+    python benchmarks/bench_pretrain.py --num-frames 8 --input-size 112   # smaller, quicker
+    python benchmarks/bench_pretrain.py --device cuda --batch-size 32     # one GPU, 16x224 ViT-B
+    python benchmarks/bench_pretrain.py --profile --precisions bf16 --ratios 0.9   # where the time goes
+    python benchmarks/bench_pretrain.py --compile --precisions bf16       # does torch.compile pay?
+
+Machines are shared and noisy: compare only the ratio (their/our) from one run, and rerun when `uptime` is high.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model as M  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# data
+parser.add_argument("--batch-size", type=int, default=None, help="clips per step B (default: 2 on CPU, 32 on GPU)")
+parser.add_argument("--num-frames", type=int, default=16, help="frames per clip T; paper: 16")
+parser.add_argument("--input-size", type=int, default=224, help="frame side H = W in pixels; paper: 224")
+parser.add_argument("--ratios", default="0.9,0.6", help="tube mask ratios; paper: 0.9 (VideoMAE), 0.6 (TGM, Table 5a)")
+# model
+parser.add_argument("--model", default="vit_base", help="model size; paper: vit_base")
+parser.add_argument("--precisions", default="bf16,fp32", help="comma list of bf16 (autocast) and fp32")
+parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours) against eager ours")
+parser.add_argument("--optimizer", choices=["fused", "foreach", "forloop"], default="fused",
+                    help="AdamW implementation, the same for both models; fused is transformers' Trainer default")
+# timing
+parser.add_argument("--device", default="cpu", help="cpu or cuda")
+parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine: 2 cores)")
+parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each model per setting")
+parser.add_argument("--repeats", type=int, default=None, help="timed steps of each model (default: 5 CPU, 20 GPU)")
+parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+parser.add_argument("--no-tgm", action="store_true", help="skip the text-guided mask timing")
+parser.add_argument("--tgm-patch-frames", type=int, default=None,
+                    help="frames whose patches the 'patch' TGM timing embeds, scaled to the batch "
+                         "(default: 2 on CPU, 16 on GPU; it costs one CLIP image per patch)")
+parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of both steps and stop")
+parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: ours|theirs, in a subprocess
+args = parser.parse_args()
+
+device = torch.device(args.device)
+cuda = device.type == "cuda"
+torch.set_num_threads(args.threads)
+B = args.batch_size or (32 if cuda else 2)
+repeats = args.repeats or (20 if cuda else 5)
+precisions = args.precisions.split(",")
+ratios = [float(r) for r in args.ratios.split(",")]
+cfg = M.make_config(args.model, num_frames=args.num_frames, img_size=args.input_size)
+
+
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def autocast(precision):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# -----------------------------------------------------------------------------
+# The two models, with the same weights
+
+def build_theirs():
+    """transformers' VideoMAEForPreTraining with our config."""
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+    hf_cfg = VideoMAEConfig(
+        image_size=cfg.img_size, patch_size=cfg.patch_size, num_channels=cfg.in_chans, num_frames=cfg.num_frames,
+        tubelet_size=cfg.tubelet_size, hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads, intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio),
+        decoder_hidden_size=cfg.decoder_embed_dim, decoder_num_hidden_layers=cfg.decoder_depth,
+        decoder_num_attention_heads=cfg.decoder_num_heads,
+        decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio),
+        use_mean_pooling=False, norm_pix_loss=cfg.norm_pix_loss, layer_norm_eps=cfg.norm_eps)
+    torch.manual_seed(0)
+    theirs = VideoMAEForPreTraining(hf_cfg)
+    theirs.decoder.norm.eps = cfg.norm_eps  # HF hard-codes 1e-5 here; VideoMAE (and we) use 1e-6
+    return theirs.to(device).train()
+
+
+def build_ours(theirs=None):
+    """Our VideoMAE, with theirs' weights (through our importer) when given."""
+    import tempfile
+    ours = M.VideoMAE(cfg)
+    if theirs is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            theirs.save_pretrained(tmp)
+            M.load_videomae_weights(ours, tmp)
+    return ours.to(device).train()
+
+
+def make_step(model, kind, precision):
+    """One training step: forward under autocast, backward, AdamW (VideoMAE's betas and weight decay)."""
+    impl = {"fused": dict(fused=True), "foreach": dict(foreach=True), "forloop": dict(foreach=False)}[args.optimizer]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1.5e-4, betas=(0.9, 0.95),
+                            weight_decay=0.05, **impl)
+
+    def step(video, mask):
+        with autocast(precision):
+            if kind == "ours":
+                loss = model(video, mask)[0]
+            else:  # HF takes (B, T, C, H, W): a transposed view, no copy (its patch embedding permutes it back)
+                loss = model(video.transpose(1, 2), bool_masked_pos=mask).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    return step
+
+
+def inputs(ratio, seed=0):
+    """Clips (B, C, T, H, W), ImageNet-normalised noise, and a tube mask (B, N), True = masked."""
+    import masking
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(B, cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size, generator=g)
+    mask = masking.tube_mask(B, cfg.grid, ratio, generator=g)
+    return video.to(device), mask.to(device)
+
+
+def step_flops(n_vis, n_mask):
+    """Analytic FLOPs of one training step (all clips): 2 per multiply-add of every matmul; backward = 2x forward
+    (input and weight gradients), the patch embedding 1x (its input, the clip, needs no gradient)."""
+    D, d, N = cfg.embed_dim, cfg.decoder_embed_dim, n_vis + n_mask
+    P = cfg.tubelet_size * cfg.patch_size ** 2 * cfg.in_chans
+    block = lambda n, w: 2 * n * (4 * w * w + 2 * w * int(w * cfg.mlp_ratio)) + 4 * n * n * w  # linears + attention
+    embed = 2 * N * P * D
+    fwd = cfg.depth * block(n_vis, D) + 2 * n_vis * D * d + cfg.decoder_depth * block(N, d) + 2 * n_mask * d * P
+    return B * (3 * fwd + 2 * embed)
+
+
+def timed(fn):
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+# -----------------------------------------------------------------------------
+# Peak memory, one model per subprocess (CPU peak RSS only grows, so one setting per process there)
+
+def peak_rss_mib():
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: that one keeps, across exec, the
+    peak of the parent that forked us."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def memory_probe(kind, settings):
+    """In a subprocess: build one model, run 2 steps per setting -> {setting: peak MiB}."""
+    import masking, transformers  # noqa: F401 (imported before the baseline, so their memory is not counted)
+    base = peak_rss_mib() if not cuda else 0.0
+    model = build_ours() if kind == "ours" else build_theirs()
+    out = {}
+    for precision, ratio in settings:
+        video, mask = inputs(ratio)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        step = make_step(model, kind, precision)
+        for _ in range(2):
+            step(video, mask)
+        sync()
+        out[f"{precision},{ratio}"] = (torch.cuda.max_memory_allocated() / 2**20 if cuda else
+                                       peak_rss_mib() - base)
+    return out
+
+
+def peak_memory(settings):
+    """{(kind, precision, ratio): MiB}, from fresh subprocesses of this script."""
+    result = {}
+    for kind in ("ours", "theirs"):
+        groups = [settings] if cuda else [[s] for s in settings]
+        for group in groups:
+            cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", kind, "--device", args.device,
+                   "--threads", str(args.threads), "--batch-size", str(B), "--num-frames", str(args.num_frames),
+                   "--input-size", str(args.input_size), "--model", args.model,
+                   "--precisions", ",".join(p for p, _ in group), "--ratios", ",".join(str(r) for _, r in group)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"memory probe failed: {out.stderr[-2000:]}")
+                continue
+            for key, mib in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                precision, ratio = key.split(",")
+                result[(kind, precision, float(ratio))] = mib
+    return result
+
+
+if args.memory_probe:
+    print(json.dumps(memory_probe(args.memory_probe, [(p, r) for p in precisions for r in ratios])))
+    sys.exit(0)
+
+
+# -----------------------------------------------------------------------------
+# The machine: matmul rate of large square matmuls
+
+def matmul_rate(dtype, n):
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = [timed(lambda: a @ b) for _ in range(5 if not cuda else 20)]
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def machine():
+    if cuda:
+        return torch.cuda.get_device_name()
+    with open("/proc/cpuinfo") as f:
+        name = next((line.split(":")[1].strip() for line in f if line.startswith("model name")), "?")
+    return f"{name}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
+
+
+print(f"device {device} ({machine()}), torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+n_mm = 8192 if cuda else 2048
+peak = {p: matmul_rate(torch.bfloat16 if p == "bf16" else torch.float32, n_mm) for p in precisions}
+print("matmul peak (" + f"{n_mm}x{n_mm}): " + ", ".join(f"{p} {r / 1e12:.3f} TFLOP/s" for p, r in peak.items()))
+print(f"model {args.model}, clips {B} x {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, tokens N = {cfg.num_patches},"
+      f" warm-up {args.warmup}, repeats {repeats} (medians), AdamW {args.optimizer}")
+
+theirs = build_theirs()
+ours = build_ours(theirs)
+
+# -----------------------------------------------------------------------------
+# Where the time goes
+
+if args.profile:
+    from torch.profiler import ProfilerActivity, profile
+    for precision in precisions:
+        for ratio in ratios:
+            video, mask = inputs(ratio)
+            for kind, model in (("ours", ours), ("theirs", theirs)):
+                step = make_step(model, kind, precision)
+                step(video, mask)
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+                with profile(activities=acts) as prof:
+                    step(video, mask)
+                    sync()
+                print(f"\n=== {kind}, {precision}, ratio {ratio} ===")
+                key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+                print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
+    sys.exit(0)
+
+# -----------------------------------------------------------------------------
+# Ours against theirs, alternated step by step
+
+rows = []
+for precision in precisions:
+    for ratio in ratios:
+        video, mask = inputs(ratio)
+        steps = {"ours": make_step(ours, "ours", precision), "theirs": make_step(theirs, "theirs", precision)}
+        first = {k: s(video, mask).item() for k, s in steps.items()}  # same weights: the same loss
+        for _ in range(args.warmup - 1):
+            for s in steps.values():
+                s(video, mask)
+        times = {"ours": [], "theirs": []}
+        for i in range(repeats):
+            for kind in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
+                times[kind].append(timed(lambda: steps[kind](video, mask)))
+        n_mask = int(mask[0].sum())
+        flops = step_flops(cfg.num_patches - n_mask, n_mask)
+        t_ours, t_theirs = statistics.median(times["ours"]), statistics.median(times["theirs"])
+        rows.append(dict(precision=precision, ratio=ratio, ours_ms=t_ours * 1e3, theirs_ms=t_theirs * 1e3,
+                         speedup=t_theirs / t_ours, mfu=flops / t_ours / peak[precision], gflop=flops / 1e9))
+        print(f"{precision} ratio {ratio}: first loss ours {first['ours']:.5f} theirs {first['theirs']:.5f}; "
+              f"ours {' '.join(f'{t * 1e3:.0f}' for t in times['ours'])} ms; "
+              f"theirs {' '.join(f'{t * 1e3:.0f}' for t in times['theirs'])} ms; load {os.getloadavg()[0]:.2f}")
+        del steps
+        if cuda:
+            torch.cuda.empty_cache()
+
+# -----------------------------------------------------------------------------
+# torch.compile: compile time against per-step gain
+
+if args.compile:
+    for precision in precisions:
+        ratio = ratios[0]
+        video, mask = inputs(ratio)
+        eager = make_step(ours, "ours", precision)
+        compiled_model = torch.compile(ours)
+        compiled = make_step(compiled_model, "ours", precision)
+        t_first = timed(lambda: compiled(video, mask))
+        compiled(video, mask)
+        eager(video, mask)
+        times = {"eager": [], "compiled": []}
+        for i in range(repeats):
+            for kind in (("eager", "compiled") if i % 2 == 0 else ("compiled", "eager")):
+                times[kind].append(timed(lambda: (eager if kind == "eager" else compiled)(video, mask)))
+        te, tc = statistics.median(times["eager"]), statistics.median(times["compiled"])
+        gain = te - tc
+        print(f"compile {precision} ratio {ratio}: first step {t_first:.1f} s (compile included), eager "
+              f"{te * 1e3:.0f} ms, compiled {tc * 1e3:.0f} ms ({te / tc:.2f}x); "
+              + (f"pays after {(t_first - tc) / gain:.0f} steps" if gain > 0 else "never pays"))
+
+# -----------------------------------------------------------------------------
+# Text-guided masks: CLIP's cost per step, against a tube step
+
+tgm_rows = []
+if not args.no_tgm:
+    import masking
+    clip, _ = masking.load_clip("ViT-B-32-quickgelu", "none", device=device)
+    video, _ = inputs(ratios[-1])
+    text = torch.nn.functional.normalize(torch.randn(B, clip.text_projection.shape[1], device=device), dim=-1)
+    for features in ("dense", "patch"):
+        tgm = masking.TextGuidedMasker(clip, features=features, ratio=ratios[-1])
+        if features == "dense":
+            tgm(video, text)  # warm-up
+            ms = statistics.median(timed(lambda: tgm(video, text)) for _ in range(max(3, repeats // 2))) * 1e3
+            note = ""
+        else:  # one CLIP image per p x p patch of every frame: time a few frames' patches, scale to the batch
+            f = min(args.tgm_patch_frames or (16 if cuda else 2), cfg.num_frames)
+            part = video[:1, :, :f]
+            tgm._patch_features(part)
+            t = statistics.median(timed(lambda: tgm._patch_features(part)) for _ in range(3 if cuda else 1))
+            ms = t * 1e3 * B * cfg.num_frames / f
+            note = f" (timed on {f} frame(s) of one clip, scaled x{B * cfg.num_frames / f:.0f})"
+        tgm_rows.append((features, ms, note))
+
+# -----------------------------------------------------------------------------
+# The table
+
+mem = {} if args.no_memory else peak_memory([(p, r) for p in precisions for r in ratios])
+unit = "MiB (peak RSS growth)" if not cuda else "MiB (max allocated)"
+print(f"\nours vs transformers.VideoMAEForPreTraining ({theirs.config._attn_implementation} attention), "
+      f"{B} clips of {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, {device}; peak memory in {unit}")
+print(f"{'precision':>9} {'ratio':>5} {'ours ms':>9} {'theirs ms':>9} {'their/our':>9} {'clips/s':>15} "
+      f"{'GFLOP':>7} {'our MFU':>7} {'mem ours':>8} {'theirs':>8}")
+for r in rows:
+    m_o = mem.get(("ours", r["precision"], r["ratio"]), float("nan"))
+    m_t = mem.get(("theirs", r["precision"], r["ratio"]), float("nan"))
+    cps = f"{B / r['ours_ms'] * 1e3:.1f}/{B / r['theirs_ms'] * 1e3:.1f}"
+    print(f"{r['precision']:>9} {r['ratio']:>5} {r['ours_ms']:>9.0f} {r['theirs_ms']:>9.0f} {r['speedup']:>8.2f}x "
+          f"{cps:>15} {r['gflop']:>7.0f} {r['mfu']:>7.1%} {m_o:>8.0f} {m_t:>8.0f}")
+tube = {r["precision"]: r["ours_ms"] for r in rows if r["ratio"] == ratios[-1]}
+for features, ms, note in tgm_rows:
+    for precision, step_ms in tube.items():
+        print(f"{precision:>9} {ratios[-1]:>5} tgm-{features}: mask {ms:.0f} ms/step = {ms / B:.0f} ms/clip; "
+              f"step + mask {(step_ms + ms):.0f} ms = {(step_ms + ms) / step_ms:.2f}x a tube step{note}")
+print("their/our: transformers' ms / ours (>1: ours faster); clips/s ours/theirs; MFU: analytic step FLOPs / "
+      "time / the matmul peak above; TGM's CLIP runs fp32 on CPU, bf16 autocast on GPU (masking.py)")

@@ -112,16 +112,17 @@ def paint_motion(vectors, frame_size):
     # (dst_x, dst_y) is the block's centre in this frame (FFmpeg's add_mb), so the block starts half a size before
     x0 = torch.from_numpy(vectors["dst_x"] - vectors["w"] // 2).long()
     y0 = torch.from_numpy(vectors["dst_y"] - vectors["h"] // 2).long()
-    sizes = np.stack([vectors["w"], vectors["h"]], 1)
-    for bw, bh in np.unique(sizes, axis=0):  # a few block sizes (16x16, 16x8, 8x16, 8x8): vectorise within each
-        sel = torch.from_numpy((sizes[:, 0] == bw) & (sizes[:, 1] == bh))
-        ys = y0[sel, None, None] + torch.arange(int(bh))[None, :, None]  # (n, bh, 1) rows of each block
-        xs = x0[sel, None, None] + torch.arange(int(bw))[None, None, :]  # (n, 1, bw) columns of each block
-        ys, xs = torch.broadcast_tensors(ys, xs)  # (n, bh, bw)
-        vals = mag[sel, None, None].expand_as(ys)
-        inside = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)  # blocks of the frame's edge may reach past it
+    # a few block sizes (16x16, 16x8, 8x16, 8x8 in H.264): vectorise over the blocks of each size
+    for bw, bh in sorted(set(zip(vectors["w"].tolist(), vectors["h"].tolist()))):
+        sel = torch.from_numpy((vectors["w"] == bw) & (vectors["h"] == bh))  # (n_vectors,) this size's blocks
+        ys = y0[sel, None] + torch.arange(bh)  # (n, bh) the rows of each block
+        xs = x0[sel, None] + torch.arange(bw)  # (n, bw) its columns
+        # blocks at the frame's edge may reach past it: their outside pixels are clamped onto the frame and
+        # painted 0, a no-op under max (cheaper than dropping them with a boolean index)
+        inside = ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]  # (n, bh, bw)
+        idx = ys.clamp(0, H - 1)[:, :, None] * W + xs.clamp(0, W - 1)[:, None, :]  # (n, bh, bw) pixel ids
         # max, not sum: a bi-predicted block of a B-frame carries two vectors (one per reference) for one area
-        flat.scatter_reduce_(0, (ys * W + xs)[inside], vals[inside], reduce="amax")
+        flat.scatter_reduce_(0, idx.flatten(), (mag[sel, None, None] * inside).flatten(), reduce="amax")
     return flat.view(H, W)
 
 

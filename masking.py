@@ -182,7 +182,8 @@ def _cached_or_reachable(name, tag, cache_dir):
         if isinstance(path, str):
             return path
     offline = huggingface_hub.constants.HF_HUB_OFFLINE
-    if not offline:
+    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if not offline and not proxied:  # behind a proxy a direct connection proves nothing: let the hub try
         try:
             socket.create_connection(("huggingface.co", 443), timeout=3).close()
         except OSError:
@@ -209,6 +210,10 @@ def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cach
     elif os.path.isfile(pretrained):
         source = pretrained
     elif open_clip.get_pretrained_cfg(name, pretrained):
+        if open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu") and not \
+                open_clip.get_model_config(name).get("quick_gelu"):
+            raise ClipWeightsError(f"the {pretrained!r} weights need QuickGELU: use --clip-model {name}-quickgelu "
+                                   f"(open_clip's {name} builds GELU and only warns)")
         source = _cached_or_reachable(name, pretrained, cache_dir)
     else:
         raise ClipWeightsError(

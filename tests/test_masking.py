@@ -239,15 +239,39 @@ def test_load_clip_offline_fails_fast(tmp_path, monkeypatch):
     import huggingface_hub
     import socket
 
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
     for offline in (True, False):  # HF_HUB_OFFLINE set, or the hub does not answer
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
-        monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("no net")))
+        for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(proxy, raising=False)
         t0 = time.time()
         with pytest.raises(masking.ClipWeightsError, match="local weights file.*none"):
             masking.load_clip("ViT-B-32-quickgelu", "openai", cache_dir=str(tmp_path))  # empty cache
         assert time.time() - t0 < 5
     with pytest.raises(masking.ClipWeightsError, match="neither a file nor a weights tag"):
         masking.load_clip("ViT-B-32-quickgelu", str(tmp_path / "missing.pt"))
+    with pytest.raises(masking.ClipWeightsError, match="use --clip-model ViT-B-32-quickgelu"):
+        masking.load_clip("ViT-B-32", "openai", cache_dir=str(tmp_path))  # OpenAI's weights under plain GELU
+
+
+def test_cached_openai_weights_are_used_without_network(tmp_path, monkeypatch):
+    import socket
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    # the Hugging Face cache layout: models--org--name/refs/main names the snapshot that holds the file
+    repo = tmp_path / "models--timm--vit_base_patch32_clip_224.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    weights = repo / "snapshots" / "abc123" / "open_clip_model.safetensors"
+    weights.write_bytes(b"")
+    assert masking._cached_or_reachable("ViT-B-32-quickgelu", "openai", str(tmp_path)) == str(weights)
 
 
 def test_load_clip_from_a_local_file(tiny_clip, tmp_path):

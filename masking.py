@@ -401,8 +401,8 @@ PAPER_RATIO = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm": 0.6}  # ST-MAE, V
 def get_args(argv=None):
     parser = argparse.ArgumentParser(description="Sec. 3.3: draw a clip's mask (masked tokens shaded) into a PNG")
     # data
-    parser.add_argument("--video", default=None, help="video file; default: the first validation video of the demo dataset")
-    parser.add_argument("--caption", default=None, help="caption for --mask tgm; default for the demo video: its first caption")
+    parser.add_argument("--video", default=None, help="video file; default: the demo dataset's first val video")
+    parser.add_argument("--caption", default=None, help="the text --mask tgm follows; demo video: its first caption")
     parser.add_argument("--num-frames", type=int, default=16, help="T frames per clip; paper: 16")
     parser.add_argument("--sampling-rate", type=int, default=4, help="frame stride; paper: 4 (K400), 2 (SSv2)")
     parser.add_argument("--input-size", type=int, default=224, help="H = W in pixels; paper: 224")
@@ -415,12 +415,13 @@ def get_args(argv=None):
     parser.add_argument("--tubelet-size", type=int, default=2, help="t frames per token; paper: 2")
     parser.add_argument("--patch-size", type=int, default=16, help="p pixels per token side; paper: 16")
     parser.add_argument("--tgm-features", default="patch", choices=["patch", "dense"],
-                        help="patch: each 16x16 patch through CLIP (the paper, Sec. 3.3); dense: CLIP's patch tokens (fast)")
+                        help="patch: each 16x16 patch through CLIP (the paper, Sec. 3.3); dense: CLIP's patch tokens")
     parser.add_argument("--tgm-order", default="top", choices=["top", "bottom"],
                         help="mask the top-k or bottom-k tokens by text similarity; paper: top (Table 5b)")
     # CLIP
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model; paper: ViT-B/32")
-    parser.add_argument("--clip-pretrained", default="openai", help="openai (download or cache) | weights file | none (random)")
+    parser.add_argument("--clip-pretrained", default="openai",
+                        help="CLIP weights: openai (download or cache) | a weights file | none (random)")
     parser.add_argument("--chunk-size", type=int, default=512, help="CLIP images per forward (tgm)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where CLIP runs")
     # output

@@ -314,7 +314,8 @@ def test_tgm_patch_scores_equal_encode_image_of_each_patch(tiny_clip):
     scores = masker.scores(video, text)  # (B, T', h*w)
     # by hand, one patch at a time: [0, 1] pixels, bicubic to CLIP's input, CLIP's mean/std, encode_image
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    cmean, cstd = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1), torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
+    cmean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)  # CLIP's statistics
+    cstd = torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
     ref = torch.zeros(2, 4, 2, 2)
     with torch.no_grad():
         for b in range(2):

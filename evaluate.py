@@ -73,7 +73,7 @@ parser.add_argument("--visualize", action="store_true", help="write Fig. 3-style
 parser.add_argument("--num-videos", type=int, default=4, help="videos to draw, spread over the list")
 parser.add_argument("--mask", default=None, choices=["tube", "random", "mgm", "tgm"], help="mask to draw; default: the pretraining run's (paper's Fig. 3: tgm)")
 parser.add_argument("--ratio", type=float, default=None, help="mask ratio gamma of the picture; default: the pretraining run's, else 0.9 tube/random, 0.75 mgm, 0.6 tgm (paper)")
-parser.add_argument("--tgm-features", default="patch", choices=["patch", "dense"], help="CLIP patch features for --mask tgm (Sec. 3.3: patch)")
+parser.add_argument("--tgm-features", default=None, choices=["patch", "dense"], help="CLIP features for --mask tgm; default: the pretraining run's (paper, Sec. 3.3: patch)")
 # output
 parser.add_argument("--output-dir", default=None, help="where results.json / retrieval.json / vis_*.png go; default: the checkpoint's folder")
 parser.add_argument("--seed", type=int, default=0)
@@ -363,7 +363,10 @@ def main(args):
             if mask_name == "tgm":
                 torch.manual_seed(args.seed)                   # random CLIP ('none') is then the same every run
                 clip, tok, _ = load_clip(clip_model, clip_pretrained, device, clip_fallback)
-                tgm, embed = masking.TextGuidedMasker(clip, args.tgm_features, ratio), masking.TextEmbedder(clip, tok)
+                features = args.tgm_features or pre_args.get("tgm_features", "patch")
+                tgm = masking.TextGuidedMasker(clip, features, ratio, pre_args.get("tgm_order", "top"), cfg.patch_size,
+                                               cfg.tubelet_size)
+                embed = masking.TextEmbedder(clip, tok)
             gen = torch.Generator().manual_seed(args.seed)
             model.cpu().float()                                # a few videos: pictures are drawn on the CPU
             for j, i in enumerate(np.linspace(0, len(ds) - 1, min(args.num_videos, len(ds))).round().astype(int)):
@@ -375,7 +378,7 @@ def main(args):
                 elif mask_name == "random":
                     mask = masking.random_mask(1, cfg.grid, ratio, gen)
                 elif mask_name == "mgm":
-                    mask = masking.MotionMasker(cfg.grid, ratio)(sample)[None]
+                    mask = masking.MotionMasker(cfg.grid, ratio)(sample, gen)[None]
                 else:
                     mask = tgm(sample["video"][None].to(device), embed([caption]), gen).cpu()
                 with torch.no_grad():

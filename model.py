@@ -159,6 +159,11 @@ def drop_path(x, p, training):
     return x * keep / (1 - p)
 
 
+def attention_weights(q, k):
+    """softmax(q k^T / sqrt(hs)): q, k (B, nh, N, hs) -> (B, nh, N, N)."""
+    return (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1)  # hs = 64: the scale 1/8 is exact
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -181,14 +186,20 @@ class Attention(nn.Module):
     def forward(self, x):
         B, N, D = x.shape
         q, k, v = self.qkv_heads(x)
-        x = F.scaled_dot_product_attention(q, k, v)            # (B, nh, N, hs); scale hs^-0.5 as VideoMAE
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+            # NOTE: torch's CPU flash kernel is slow in bf16: fwd + bwd of softmax(q k^T) v written out is 1.1x
+            # (decoder, N = 1568) to 3x (encoder, N_vis = 157) faster at our sizes (benchmarks/bench_pretrain.py).
+            # In fp32 and on GPUs the fused kernel wins, and never holds the (B, nh, N, N) weights.
+            x = attention_weights(q, k) @ v                    # (B, nh, N, hs)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)        # (B, nh, N, hs); scale hs^-0.5 as VideoMAE
         x = x.transpose(1, 2).reshape(B, N, D)                 # (B, N, D)
         return self.proj(x)
 
     def attention_map(self, x):
         """Softmax attention weights (B, nh, N, N), for pictures (Fig. 3, row 4); not used in training."""
         q, k, _ = self.qkv_heads(x)
-        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        return attention_weights(q, k)
 
 
 class MLP(nn.Module):

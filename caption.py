@@ -375,7 +375,7 @@ def main(args):
     print(f"caption.py: done | {n_ok} captioned, {n_failed} failed" + (f" (reasons in {failed_path})" if n_failed else "")
           + f", {n_done} were done before | {n_ok / max(dt, 1e-9):.2f} videos/s | {args.out}")
     if n_failed:
-        print(f"caption.py: {n_failed} videos have no caption line, and pretrain.py stops on a video without one: "
+        print(f"caption.py: {n_failed} videos have no caption line; pretrain.py skips each as a bad sample: "
               f"fix them and rerun, or drop the videos of {failed_path} from the list you pretrain on")
     else:
         os.remove(failed_path)  # no failures: no side file to wonder about

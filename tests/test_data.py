@@ -419,3 +419,18 @@ def test_demo_dataset_batches_with_masks_and_repeats(demo):
     assert test["video"].shape[0] == 15 and test["view"] == [(t, s) for t in range(5) for s in range(3)]
     tsn = data.VideoDataset(demo["val"], demo["root"], mode="test", tsn=True, num_frames=8, input_size=32)[0]
     assert len(tsn) == 6 and data.VideoDataset(demo["val"], demo["root"], mode="val", input_size=32)[0][0]["video"].shape == (3, 16, 32, 32)
+
+
+def test_uncaptioned_video_is_a_bad_sample_when_text_is_required(demo, tmp_path):
+    """pretrain.py with tgm or --contrastive needs a caption per clip: a video caption.py could not caption is
+    skipped and counted like an unreadable one, never a crash mid-run."""
+    rel = [line.split()[0] for line in open(demo["train"])][:4]
+    (tmp_path / "list.txt").write_text("".join(f"{r} 0\n" for r in rel))
+    caps = data.read_captions(demo["captions"])
+    (tmp_path / "caps.jsonl").write_text("".join(json.dumps({"video": r, "captions": caps[r]}) + "\n" for r in rel[1:]))
+    kw = dict(root=demo["root"], captions=str(tmp_path / "caps.jsonl"), num_frames=4, input_size=32)
+    ds = data.VideoDataset(str(tmp_path / "list.txt"), require_captions=True, **kw)
+    s = ds[0][0]
+    assert s["index"] != 0 and s["captions"] == caps[rel[s["index"]]]
+    assert len(s["bad"]) == 1 and "no caption" in s["bad"][0][1]
+    assert data.VideoDataset(str(tmp_path / "list.txt"), **kw)[0][0]["index"] == 0  # not required: kept

@@ -20,7 +20,7 @@ The paper's tests, distributed (views of one video are merged across ranks by vi
     torchrun --nproc_per_node=8 evaluate.py --checkpoint runs/ssv2_ft/ckpt.pt --data lists/ssv2/val.csv --root /data/ssv2 --tsn
     torchrun --nproc_per_node=8 evaluate.py --retrieval --checkpoint runs/k400_tgm/ckpt.pt \\
         --data lists/ucf101/test_split1.csv --root /data/ucf101 --class-names lists/ucf101/classes.txt
-Results go to --output-dir (default: the checkpoint's folder) as results.json / retrieval.json / vis_*.png.
+Results go to --output-dir (default: the checkpoint's folder) as results.json / retrieval_{classes,captions}.json / vis_*.png.
 Tests: python -m pytest -q tests/test_evaluate.py
 """
 import argparse
@@ -58,7 +58,7 @@ parser.add_argument("--tsn", action=argparse.BooleanOptionalAction, default=None
 parser.add_argument("--test-num-segment", type=int, default=5, help="temporal windows per video; paper: 5 (with --tsn always 2)")
 parser.add_argument("--test-num-crop", type=int, default=3, help="spatial crops per window along the long side; paper: 3")
 parser.add_argument("--batch-size", type=int, default=4, help="videos per process per step; each brings all its views (15, or 6 with --tsn)")
-parser.add_argument("--num-workers", type=int, default=4, help="data loader processes per process")
+parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per process")
 # model
 parser.add_argument("--checkpoint", default=None, help="finetune.py checkpoint (test); pretrain.py checkpoint (--retrieval, --visualize)")
 parser.add_argument("--model", default="vit_base", help="size when --visualize reads published VideoMAE weights (no stored config)")
@@ -75,7 +75,7 @@ parser.add_argument("--mask", default=None, choices=["tube", "random", "mgm", "t
 parser.add_argument("--ratio", type=float, default=None, help="mask ratio gamma of the picture; default: the pretraining run's, else 0.9 tube/random, 0.75 mgm, 0.6 tgm (paper)")
 parser.add_argument("--tgm-features", default=None, choices=["patch", "dense"], help="CLIP features for --mask tgm; default: the pretraining run's (paper, Sec. 3.3: patch)")
 # output
-parser.add_argument("--output-dir", default=None, help="where results.json / retrieval.json / vis_*.png go; default: the checkpoint's folder")
+parser.add_argument("--output-dir", default=None, help="where results.json / retrieval_*.json / vis_*.png go; default: the checkpoint's folder")
 parser.add_argument("--seed", type=int, default=0)
 
 MASK_RATIOS = {"tube": 0.9, "random": 0.9, "mgm": 0.75, "tgm": 0.6}  # Sec. 4.2 / DESIGN.md
@@ -281,7 +281,8 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
     masked = frames * (1 - 0.8 * m) + 0.8 * m * (170 / 255)
     recon = reconstruct(model, video, mask)[0, :, ::t].permute(1, 2, 3, 0)  # (T', H, W, 3)
     attn = centre_attention(model, video)[0]                   # (T', h, w)
-    attn = (attn / attn.max()).repeat_interleave(p, 1).repeat_interleave(p, 2)  # one scale for the whole clip
+    attn = (attn - attn.min()) / (attn.max() - attn.min()).clamp_min(1e-12)  # min to max of the whole clip
+    attn = attn.repeat_interleave(p, 1).repeat_interleave(p, 2)  # (T', H, W)
     overlay = 0.35 * frames + 0.65 * heat(attn)
     # outline the query patch on the centre slice
     y0, x0 = (h // 2) * p, (w // 2) * p
@@ -289,9 +290,10 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
     box[y0:y0 + p, x0:x0 + p] = True
     box[y0 + 1:y0 + p - 1, x0 + 1:x0 + p - 1] = False
     overlay[T_ // 2][box] = torch.tensor([0.0, 0.8, 1.0])
-    norm_note = "predicted norm-pixels shown with\nthe hidden patches' TRUE mean/std" if cfg.norm_pix_loss else "predicted pixels"
+    norm_note = ("predicted norm-pixels, shown\nwith the hidden patches' TRUE\nmean and std (borrowed)" if cfg.norm_pix_loss
+                 else "predicted pixels")
     labels = ["input (1st frame\nof each tubelet)", f"mask: {mask_name}, {ratio:.0%} hidden\n(grey = hidden)",
-              f"reconstruction: visible as is,\nhidden = {norm_note}", "attention, last block,\nquery = centre patch (cyan)\nof the centre frame"]
+              f"reconstruction: visible as is;\nhidden = {norm_note}", "attention, last block,\nquery = centre patch (cyan)\nof the centre frame"]
     return picture([frames, masked, recon, overlay], labels, caption[:110])
 
 
@@ -440,7 +442,7 @@ def main(args):
             res = dict(checkpoint=args.checkpoint, data=args.data, text=text, num_texts=len(texts),
                        num_videos=int(positives.any(1).sum()), num_listed=len(ds), clip_model=clip_model,
                        clip_pretrained=clip_pretrained, R1=r[1], R5=r[5], bad_videos=bad)
-            path = write_json("retrieval.json", res)
+            path = write_json(f"retrieval_{text}.json", res)
             print(f"\n| zero-shot video->text ({text}) | videos | texts | R@1 | R@5 |\n|---|---|---|---|---|\n"
                   f"| {os.path.basename(args.data)} | {res['num_videos']} | {len(texts)} | {r[1]:.1f} | {r[5]:.1f} |\n"
                   f"(written to {path}; bad videos skipped: {len(bad)})")

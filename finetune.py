@@ -61,7 +61,7 @@ parser.add_argument("--input-size", type=int, default=None, help="H = W; default
 parser.add_argument("--tsn", action="store_true", help="TSN sampling, one frame per segment (VideoMAE's SSv2 setting)")
 parser.add_argument("--no-flip", action="store_true", help="no horizontal flip; paper: flip off for SSv2, whose labels say left/right")
 parser.add_argument("--repeat-aug", type=int, default=1, help="augmented clips per decoded video (VideoMAE's num_sample): 2 for K400/UCF101/HMDB51, 1 for SSv2")
-parser.add_argument("--num-workers", type=int, default=4, help="data loader processes per training process")
+parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per training process")
 # model
 parser.add_argument("--checkpoint", default=None, help="pretrain.py checkpoint, published VideoMAE weights (.pth / HF folder), or 'none' for a random encoder (the from-scratch baseline)")
 parser.add_argument("--mode", default="finetune", choices=["finetune", "linear"], help="full finetuning (FT) or linear probe on the frozen encoder (LP)")

@@ -280,7 +280,7 @@ def test_retrieval_run_matches_its_definition(tmp_path, tiny_clip):
                                   "--root", str(folder), "--class-names", str(folder / "classes.txt"),
                                   "--clip-model", clip_cfg, "--clip-pretrained", clip_weights,
                                   "--num-workers", "0", "--precision", "fp32"]))
-    res = json.load(open(tmp_path / "retrieval.json"))
+    res = json.load(open(tmp_path / "retrieval_classes.json"))
     assert res["text"] == "classes" and res["num_texts"] == 3 and res["num_videos"] == 6
 
     ds = data.VideoDataset(lst, str(folder), mode="val", num_frames=4, sampling_rate=2, input_size=32)

@@ -224,6 +224,23 @@ def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cach
     return clip, open_clip.get_tokenizer(name)
 
 
+def encode_text(clip, tokens):
+    """CLIP's encode_text, run on the first L positions only, L = 1 + the last [EOS] of the batch.
+
+    CLIP's text tower is causal: the [EOS] output (what encode_text returns) never attends to the padding after
+    it, so cutting the 77-token context to the captions' length gives the same embedding for a fraction of the
+    work (about 5x less for a 15-token caption). Other text towers fall back to open_clip's own encode_text."""
+    if not (isinstance(clip, open_clip.CLIP) and clip.text_pool_type == "argmax" and clip.attn_mask is not None):
+        return clip.encode_text(tokens)
+    L = int(tokens.argmax(dim=-1).max()) + 1           # [EOS] has the highest id, as text_global_pool assumes
+    tokens = tokens[:, :L]
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:L].to(cast)  # (n, L, width)
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:L, :L]))
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # (n, width): the [EOS] tokens
+    return clip.text_projection(x) if isinstance(clip.text_projection, torch.nn.Linear) else x @ clip.text_projection
+
+
 class TextEmbedder:
     """captions list[str] -> (n, E) L2-normalised CLIP text embeddings (encode_text: the [EOS] token's
     activation, projected; Sec. 3.3). Each distinct caption is embedded once: a caption serves as the TGM
@@ -237,7 +254,7 @@ class TextEmbedder:
         device = next(self.clip.parameters()).device
         new = [c for c in dict.fromkeys(captions) if c not in self.cache]  # distinct and not yet embedded
         if new:
-            emb = self.clip.encode_text(self.tokenizer(new).to(device)).float()  # (n_new, E)
+            emb = encode_text(self.clip, self.tokenizer(new).to(device)).float()  # (n_new, E)
             self.cache.update(zip(new, F.normalize(emb, dim=-1).cpu()))
         return torch.stack([self.cache[c] for c in captions]).to(device)  # (n, E)
 

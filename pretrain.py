@@ -297,7 +297,8 @@ def main(args):
         # The cache holds E floats per caption on the CPU (K400, 3 captions per video: about 1.5 GB).
         distinct = sorted({c for rel in dataset.rel for c in dataset.captions.get(rel, [])})
         for i in tqdm(range(0, len(distinct), 256), desc="embedding captions", disable=not master, leave=False):
-            embed_text(distinct[i:i + 256])
+            with autocast_for(device, args.precision):  # CLIP in --precision too (bf16: ~3x faster on a CPU)
+                embed_text(distinct[i:i + 256])
         # the head's output E must be CLIP's text width (512 for ViT-B/32), so video and text meet in one space
         cfg.head_out_dim = embed_text(["a video"]).shape[1]
         if args.mask == "tgm":
@@ -380,7 +381,8 @@ def main(args):
             text = embed_text(captions) if None not in captions else None             # (B, E), frozen CLIP
             if tgm is not None:
                 gen = torch.Generator().manual_seed(hash((args.seed, step, rank)) % 2**63)
-                mask = tgm(video, text, generator=gen)                                 # (B, N), True = masked
+                with autocast_for(device, args.precision):
+                    mask = tgm(video, text, generator=gen)                             # (B, N), True = masked
             else:
                 mask = batch["mask"].to(device, non_blocking=True)                    # made in the loader workers
                 mask_fallbacks += sum(batch.get("mask_fallback", []))

@@ -282,17 +282,25 @@ def test_load_clip_from_a_local_file(tiny_clip, tmp_path):
     assert torch.equal(again.encode_image(x), clip.encode_image(x))
 
 
-def test_text_embedder_is_encode_text_normalised_and_cached(tiny_clip):
+def test_trimmed_encode_text_equals_clips_own(tiny_clip):
+    clip, tokenizer = tiny_clip
+    caps = ["a dog", "a red square moves up on a dark blue background next to a small green circle", "x " * 40]
+    tokens = tokenizer(caps)
+    with torch.no_grad():
+        assert torch.allclose(masking.encode_text(clip, tokens), clip.encode_text(tokens), rtol=1e-5, atol=1e-6)
+        # a batch of short captions runs on a short context, and still agrees
+        short = tokenizer(caps[:1])
+        assert torch.allclose(masking.encode_text(clip, short), clip.encode_text(short), rtol=1e-5, atol=1e-6)
+
+
+def test_text_embedder_is_encode_text_normalised_and_cached(tiny_clip, monkeypatch):
     clip, tokenizer = tiny_clip
     embed = masking.TextEmbedder(clip, tokenizer)
     calls = []
-    encode = clip.encode_text
-    clip.encode_text = lambda tokens: calls.append(len(tokens)) or encode(tokens)
-    try:
-        e = embed(["a dog runs", "a cat sits", "a dog runs"])
-        e2 = embed(["a cat sits"])
-    finally:
-        del clip.encode_text
+    encode = masking.encode_text
+    monkeypatch.setattr(masking, "encode_text", lambda c, tokens: calls.append(len(tokens)) or encode(c, tokens))
+    e = embed(["a dog runs", "a cat sits", "a dog runs"])
+    e2 = embed(["a cat sits"])
     with torch.no_grad():
         ref = F.normalize(clip.encode_text(tokenizer(["a dog runs", "a cat sits"])), dim=-1)
     assert calls == [2]  # two distinct captions, embedded once each, the second call hits the cache

@@ -48,7 +48,7 @@ parser.add_argument("--optimizer", choices=["fused", "foreach", "forloop"], defa
 # timing
 parser.add_argument("--device", default="cpu", help="cpu or cuda")
 parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine: 2 cores)")
-parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each model per setting")
+parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each model per setting (the first prints its loss)")
 parser.add_argument("--repeats", type=int, default=None, help="timed steps of each model (default: 5 CPU, 20 GPU)")
 parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
 parser.add_argument("--no-tgm", action="store_true", help="skip the text-guided mask timing")
@@ -138,21 +138,27 @@ def inputs(ratio, seed=0):
 
 
 def step_flops(n_vis, n_mask):
-    """Analytic FLOPs of one training step (all clips): 2 per multiply-add of every matmul; backward = 2x forward
-    (input and weight gradients), the patch embedding 1x (its input, the clip, needs no gradient)."""
+    """Analytic FLOPs of one training step (all clips): 2 per multiply-add of every matmul, attention included;
+    backward = 2x forward (input and weight gradients), the patch embedding 1x (its input, the clip, needs no
+    gradient). The patch embedding counts the visible tokens only, as ours runs it (transformers' Conv3d also
+    embeds the masked ones, then drops them)."""
     D, d, N = cfg.embed_dim, cfg.decoder_embed_dim, n_vis + n_mask
     P = cfg.tubelet_size * cfg.patch_size ** 2 * cfg.in_chans
     block = lambda n, w: 2 * n * (4 * w * w + 2 * w * int(w * cfg.mlp_ratio)) + 4 * n * n * w  # linears + attention
-    embed = 2 * N * P * D
+    embed = 2 * n_vis * P * D
     fwd = cfg.depth * block(n_vis, D) + 2 * n_vis * D * d + cfg.decoder_depth * block(N, d) + 2 * n_mask * d * P
     return B * (3 * fwd + 2 * embed)
 
 
-def timed(fn):
+def timed(fn, cpu_times=None):
+    """Wall seconds of fn(); with cpu_times, this process's CPU seconds are appended to it too (on a CPU shared
+    with other jobs, wall time counts their turns and CPU time does not; with 1 thread nothing spins)."""
     sync()
-    t = time.perf_counter()
+    c, t = time.process_time(), time.perf_counter()
     fn()
     sync()
+    if cpu_times is not None:
+        cpu_times.append(time.process_time() - c)
     return time.perf_counter() - t
 
 
@@ -215,12 +221,13 @@ if args.memory_probe:
 # The machine: matmul rate of large square matmuls
 
 def matmul_rate(dtype, n):
+    """FLOP/s of an n x n matmul, its best of several runs: the peak, with the machine's other jobs' turns left out."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    times = [timed(lambda: a @ b) for _ in range(5 if not cuda else 20)]
-    return 2 * n ** 3 / statistics.median(times)
+    times = [timed(lambda: a @ b) for _ in range(10 if not cuda else 20)]
+    return 2 * n ** 3 / min(times)
 
 
 def machine():
@@ -273,18 +280,21 @@ for precision in precisions:
         for _ in range(args.warmup - 1):
             for s in steps.values():
                 s(video, mask)
-        times = {"ours": [], "theirs": []}
+        times, cpu = {"ours": [], "theirs": []}, {"ours": [], "theirs": []}
         for i in range(repeats):
             for kind in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
-                times[kind].append(timed(lambda: steps[kind](video, mask)))
+                times[kind].append(timed(lambda: steps[kind](video, mask), cpu[kind]))
         n_mask = int(mask[0].sum())
         flops = step_flops(cfg.num_patches - n_mask, n_mask)
         t_ours, t_theirs = statistics.median(times["ours"]), statistics.median(times["theirs"])
+        c_ours, c_theirs = statistics.median(cpu["ours"]), statistics.median(cpu["theirs"])
         rows.append(dict(precision=precision, ratio=ratio, ours_ms=t_ours * 1e3, theirs_ms=t_theirs * 1e3,
-                         speedup=t_theirs / t_ours, mfu=flops / t_ours / peak[precision], gflop=flops / 1e9))
+                         speedup=t_theirs / t_ours, cpu_speedup=c_theirs / c_ours,
+                         mfu=flops / t_ours / peak[precision], gflop=flops / 1e9))
         print(f"{precision} ratio {ratio}: first loss ours {first['ours']:.5f} theirs {first['theirs']:.5f}; "
               f"ours {' '.join(f'{t * 1e3:.0f}' for t in times['ours'])} ms; "
-              f"theirs {' '.join(f'{t * 1e3:.0f}' for t in times['theirs'])} ms; load {os.getloadavg()[0]:.2f}")
+              f"theirs {' '.join(f'{t * 1e3:.0f}' for t in times['theirs'])} ms; CPU time ours {c_ours * 1e3:.0f} "
+              f"theirs {c_theirs * 1e3:.0f} ms ({c_theirs / c_ours:.2f}x); load {os.getloadavg()[0]:.2f}", flush=True)
         del steps
         if cuda:
             torch.cuda.empty_cache()
@@ -317,24 +327,33 @@ if args.compile:
 
 tgm_rows = []
 if not args.no_tgm:
+    import contextlib
+
     import masking
     clip, _ = masking.load_clip("ViT-B-32-quickgelu", "none", device=device)
     video, _ = inputs(ratios[-1])
     text = torch.nn.functional.normalize(torch.randn(B, clip.text_projection.shape[1], device=device), dim=-1)
-    for features in ("dense", "patch"):
+    # masking.py runs CLIP in fp32 on a CPU; the extra CPU row tries it under bf16 autocast
+    variants = [("dense", contextlib.nullcontext), ("patch", contextlib.nullcontext)]
+    if not cuda:
+        variants.insert(1, ("dense", lambda: torch.autocast("cpu", dtype=torch.bfloat16)))
+    for features, context in variants:
         tgm = masking.TextGuidedMasker(clip, features=features, ratio=ratios[-1])
-        if features == "dense":
-            tgm(video, text)  # warm-up
-            ms = statistics.median(timed(lambda: tgm(video, text)) for _ in range(max(3, repeats // 2))) * 1e3
-            note = ""
-        else:  # one CLIP image per p x p patch of every frame: time a few frames' patches, scale to the batch
-            f = min(args.tgm_patch_frames or (16 if cuda else 2), cfg.num_frames)
-            part = video[:1, :, :f]
-            tgm._patch_features(part)
-            t = statistics.median(timed(lambda: tgm._patch_features(part)) for _ in range(3 if cuda else 1))
-            ms = t * 1e3 * B * cfg.num_frames / f
-            note = f" (timed on {f} frame(s) of one clip, scaled x{B * cfg.num_frames / f:.0f})"
-        tgm_rows.append((features, ms, note))
+        label = features + (" (CLIP in bf16)" if context is not contextlib.nullcontext else "")
+        with context():
+            if features == "dense":
+                tgm(video, text)  # warm-up
+                ms = statistics.median(timed(lambda: tgm(video, text)) for _ in range(3)) * 1e3
+                note = ""
+            else:  # one CLIP image per p x p patch of every frame: time a few frames' patches, scale to the batch
+                f = min(args.tgm_patch_frames or (16 if cuda else 2), cfg.num_frames)
+                part = video[:1, :, :f]
+                if cuda:
+                    tgm._patch_features(part)  # warm-up
+                t = statistics.median(timed(lambda: tgm._patch_features(part)) for _ in range(3 if cuda else 1))
+                ms = t * 1e3 * B * cfg.num_frames / f
+                note = f" (CLIP timed on the {f * cfg.grid[1] * cfg.grid[2]} patches of {f} frame(s), scaled x{B * cfg.num_frames / f:.0f})"
+        tgm_rows.append((label, ms, note))
 
 # -----------------------------------------------------------------------------
 # The table
@@ -343,18 +362,19 @@ mem = {} if args.no_memory else peak_memory([(p, r) for p in precisions for r in
 unit = "MiB (peak RSS growth)" if not cuda else "MiB (max allocated)"
 print(f"\nours vs transformers.VideoMAEForPreTraining ({theirs.config._attn_implementation} attention), "
       f"{B} clips of {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, {device}; peak memory in {unit}")
-print(f"{'precision':>9} {'ratio':>5} {'ours ms':>9} {'theirs ms':>9} {'their/our':>9} {'clips/s':>15} "
+print(f"{'precision':>9} {'ratio':>5} {'ours ms':>9} {'theirs ms':>9} {'their/our':>9} {'(CPU t)':>7} {'clips/s':>15} "
       f"{'GFLOP':>7} {'our MFU':>7} {'mem ours':>8} {'theirs':>8}")
 for r in rows:
     m_o = mem.get(("ours", r["precision"], r["ratio"]), float("nan"))
     m_t = mem.get(("theirs", r["precision"], r["ratio"]), float("nan"))
     cps = f"{B / r['ours_ms'] * 1e3:.1f}/{B / r['theirs_ms'] * 1e3:.1f}"
     print(f"{r['precision']:>9} {r['ratio']:>5} {r['ours_ms']:>9.0f} {r['theirs_ms']:>9.0f} {r['speedup']:>8.2f}x "
+          f"{r['cpu_speedup']:>6.2f}x "
           f"{cps:>15} {r['gflop']:>7.0f} {r['mfu']:>7.1%} {m_o:>8.0f} {m_t:>8.0f}")
 tube = {r["precision"]: r["ours_ms"] for r in rows if r["ratio"] == ratios[-1]}
 for features, ms, note in tgm_rows:
     for precision, step_ms in tube.items():
         print(f"{precision:>9} {ratios[-1]:>5} tgm-{features}: mask {ms:.0f} ms/step = {ms / B:.0f} ms/clip; "
               f"step + mask {(step_ms + ms):.0f} ms = {(step_ms + ms) / step_ms:.2f}x a tube step{note}")
-print("their/our: transformers' ms / ours (>1: ours faster); clips/s ours/theirs; MFU: analytic step FLOPs / "
+print("their/our: transformers' ms / ours (>1: ours faster), in wall time and (CPU t) in process CPU time; clips/s ours/theirs; MFU: analytic step FLOPs / "
       "time / the matmul peak above; TGM's CLIP runs fp32 on CPU, bf16 autocast on GPU (masking.py)")

@@ -50,6 +50,9 @@ parser.add_argument("--device", default="cpu", help="cpu or cuda")
 parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (this machine: 2 cores)")
 parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each model per setting (the first prints its loss)")
 parser.add_argument("--repeats", type=int, default=None, help="timed steps of each model (default: 5 CPU, 20 GPU)")
+parser.add_argument("--keep-freed-memory", action="store_true",
+                    help="CPU, glibc: keep freed memory in the heap (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=max) instead "
+                         "of unmapping big blocks, whose pages then fault in again every step")
 parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
 parser.add_argument("--no-tgm", action="store_true", help="skip the text-guided mask timing")
 parser.add_argument("--tgm-patch-frames", type=int, default=None,
@@ -62,6 +65,12 @@ args = parser.parse_args()
 device = torch.device(args.device)
 cuda = device.type == "cuda"
 torch.set_num_threads(args.threads)
+if args.keep_freed_memory:
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+    libc.mallopt(M_MMAP_MAX, 0)             # every block from the heap, none mmap'ed (and unmapped on free)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)  # and the heap's top is not handed back to the kernel
 B = args.batch_size or (32 if cuda else 2)
 repeats = args.repeats or (20 if cuda else 5)
 precisions = args.precisions.split(",")
@@ -200,7 +209,8 @@ def peak_memory(settings):
         for group in groups:
             cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", kind, "--device", args.device,
                    "--threads", str(args.threads), "--batch-size", str(B), "--num-frames", str(args.num_frames),
-                   "--input-size", str(args.input_size), "--model", args.model,
+                   "--input-size", str(args.input_size), "--model", args.model, "--optimizer", args.optimizer,
+                   *(["--keep-freed-memory"] if args.keep_freed_memory else []),
                    "--precisions", ",".join(p for p, _ in group), "--ratios", ",".join(str(r) for _, r in group)]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
@@ -243,7 +253,8 @@ n_mm = 8192 if cuda else 2048
 peak = {p: matmul_rate(torch.bfloat16 if p == "bf16" else torch.float32, n_mm) for p in precisions}
 print("matmul peak (" + f"{n_mm}x{n_mm}): " + ", ".join(f"{p} {r / 1e12:.3f} TFLOP/s" for p, r in peak.items()))
 print(f"model {args.model}, clips {B} x {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, tokens N = {cfg.num_patches},"
-      f" warm-up {args.warmup}, repeats {repeats} (medians), AdamW {args.optimizer}")
+      f" warm-up {args.warmup}, repeats {repeats} (medians), AdamW {args.optimizer}"
+      + (", freed memory kept (mallopt)" if args.keep_freed_memory else ""))
 
 theirs = build_theirs()
 ours = build_ours(theirs)

@@ -391,9 +391,10 @@ def draw_mask(frames, mask, grid, title=""):
     return img
 
 
-def save_mask_picture(video, mask, cfg, path, title="", max_clips=4):
+def save_mask_picture(video, mask, cfg, path, titles=(), max_clips=4):
     """video (B, C, T, H, W) ImageNet-normalised, mask (B, N) bool (True = masked), cfg a model.ModelConfig (its
-    tubelet and patch size) -> a PNG at `path` of the first max_clips clips, one draw_mask block per clip."""
+    tubelet and patch size) -> a PNG at `path` of the first max_clips clips, one draw_mask block per clip, each
+    under its title (e.g. its caption)."""
     from PIL import Image
 
     B, C, T, H, W = video.shape
@@ -403,7 +404,7 @@ def save_mask_picture(video, mask, cfg, path, title="", max_clips=4):
     blocks = []
     for x, m in zip(video[:max_clips].float().cpu(), mask[:max_clips].cpu()):
         pixels = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)  # (T, H, W, C)
-        blocks.append(draw_mask(pixels.numpy(), m, grid, title if not blocks else ""))
+        blocks.append(draw_mask(pixels.numpy(), m, grid, titles[len(blocks)] if len(blocks) < len(titles) else ""))
     img = Image.new("RGB", (blocks[0].width, sum(b.height for b in blocks)), "white")
     for i, b in enumerate(blocks):
         img.paste(b, (0, sum(b.height for b in blocks[:i])))
@@ -500,7 +501,7 @@ def main(args):
     title = f"{name}, ratio {ratio}: {int(mask.sum())} of {mask.numel()} tokens masked"
     title += f" ({k} per time slice)" if args.mask != "random" else ""
     title += f' | "{caption}"' if args.mask == "tgm" else ""
-    save_mask_picture(video[None], mask[None], cfg, args.out, title)
+    save_mask_picture(video[None], mask[None], cfg, args.out, [title])
     print(f"{title}\nwrote {args.out}")
 
 

@@ -36,7 +36,6 @@ import model as M
 # -----------------------------------------------------------------------------
 # Flags. Defaults are the paper's (Sec. 4.2, VideoMAE's recipe); with no --data the demo values below apply.
 
-PAPER_RATIO = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm": 0.6}  # VideoMAE, MGM, TGM (Table 5a)
 
 
 def get_parser():
@@ -113,7 +112,7 @@ def parse_args(argv=None):
         args.demo_filled = filled
     args.clip_pretrained_typed = args.data is not None or "clip_pretrained" in user_flags(parser, argv)
     if args.ratio is None:
-        args.ratio = PAPER_RATIO[args.mask]
+        args.ratio = masking.PAPER_RATIO[args.mask]
     check_args(args)
     return args
 
@@ -201,22 +200,6 @@ def pick_captions(captions, indices, seed, step):
     # a video without captions only arrives here when nothing needs its text (the NCE probe is then skipped)
     return [caps[random.Random(hash((seed, step, i))).randrange(len(caps))] if caps else None
             for caps, i in zip(captions, indices.tolist())]
-
-
-def save_mask_picture(video, mask, grid, captions, path, max_clips=4):
-    """The first batch's masks (masked tokens shaded, as Fig. 3's second row), one clip per row of frames."""
-    from PIL import Image
-    mean = torch.tensor(M.IMAGENET_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(M.IMAGENET_STD).view(3, 1, 1, 1)
-    rows = []
-    for i in range(min(max_clips, len(video))):
-        frames = ((video[i] * std + mean) * 255).round().clamp(0, 255).byte().permute(1, 2, 3, 0)  # (T, H, W, C)
-        rows.append(masking.draw_mask(frames.numpy(), mask[i], grid, title=captions[i] or ""))
-    img = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    for i, r in enumerate(rows):
-        img.paste(r, (0, sum(x.height for x in rows[:i])))
-    img.save(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
 
 
 def main(args):
@@ -387,7 +370,8 @@ def main(args):
                 mask = batch["mask"].to(device, non_blocking=True)                    # made in the loader workers
                 mask_fallbacks += sum(batch.get("mask_fallback", []))
             if step == 0 and master:
-                save_mask_picture(batch["video"], mask.cpu(), cfg.grid, captions, os.path.join(args.output_dir, "masks.png"))
+                masking.save_mask_picture(batch["video"], mask.cpu(), cfg, os.path.join(args.output_dir, "masks.png"),
+                                          titles=[c or "" for c in captions])
 
             with autocast_for(device, args.precision):
                 loss_mse, _, latent = mae(video, mask)                                 # Sec. 3.1, Eq. (3)

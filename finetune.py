@@ -324,7 +324,7 @@ def main(args):
         raise SystemExit(f"{args.data} has {len(train_ds)} videos, fewer than one global batch of {global_batch}; lower --batch-size")
     train_sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=args.seed) if ddp else None
     loader_kw = dict(num_workers=args.num_workers, collate_fn=data.collate, pin_memory=device.type == "cuda",
-                     persistent_workers=args.num_workers > 0)
+                     persistent_workers=False)  # workers must see each epoch's train_ds.set_epoch
     train_loader = torch.utils.data.DataLoader(train_ds, args.batch_size, shuffle=train_sampler is None,
                                                sampler=train_sampler, drop_last=True, **loader_kw)
     val_loader = None
@@ -392,6 +392,7 @@ def main(args):
     for epoch in range(start_epoch, args.epochs):
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)  # new crops, flips and temporal offsets every epoch (data.py seeds per epoch)
         model.train()
         if args.mode == "linear":
             model["encoder"].eval()                            # frozen features: no drop path, as at test time

@@ -224,13 +224,6 @@ def soft_cross_entropy(logits, target):
 # -----------------------------------------------------------------------------
 # Schedule: linear warmup from 0, then a per-step cosine to min_lr (VideoMAE's utils.cosine_scheduler)
 
-def lr_at(step, total_steps, warmup_steps, lr, min_lr):
-    if step < warmup_steps:
-        return lr * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def set_lr(optimizer, lr):
     """Layer-wise decay: every group runs at lr * its lr_scale (model.param_groups; 1 where absent)."""
     for g in optimizer.param_groups:
@@ -400,7 +393,7 @@ def main(args):
         bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not master, leave=False)
         for i, batch in enumerate(bar):
             step = epoch * steps_per_epoch + i
-            set_lr(optimizer, lr_at(step, total_steps, warmup_steps, lr, min_lr))
+            set_lr(optimizer, M.lr_at(step, total_steps, warmup_steps, lr, min_lr))
             video, y = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
             bad_epoch += len(batch["bad"])
             if args.mode == "finetune":

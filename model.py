@@ -523,6 +523,15 @@ def param_groups(model, weight_decay, layer_decay=None, base_lr=None):
     return list(groups.values())
 
 
+def lr_at(step, total_steps, warmup_steps, lr, min_lr):
+    """Linear warmup from 0, then per-step cosine decay to min_lr (VideoMAE's cosine_scheduler); pretraining and
+    finetuning share it."""
+    if step < warmup_steps:
+        return lr * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
 # -----------------------------------------------------------------------------
 # Checkpoints: one plain dict, written atomically
 

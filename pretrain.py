@@ -15,7 +15,6 @@ Resume: add --resume auto (or a path): optimizer, schedule, step, sampler positi
 import argparse
 import copy
 import json
-import math
 import os
 import random
 import signal
@@ -147,14 +146,6 @@ def check_args(args):
 def print0(*a, **kw):
     if int(os.environ.get("RANK", 0)) == 0:
         print(*a, **kw, flush=True)
-
-
-def lr_at(step, total_steps, warmup_steps, lr, min_lr):
-    """Linear warmup from 0, then per-step cosine decay to min_lr (VideoMAE's cosine_scheduler)."""
-    if step < warmup_steps:
-        return lr * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def autocast_for(device, precision):
@@ -355,7 +346,7 @@ def main(args):
             data_ms = (time.perf_counter() - t_data) * 1e3
             t_step = time.perf_counter()
             for param_group in optimizer.param_groups:
-                param_group["lr"] = lr_at(step, total_steps, args.warmup_epochs * steps_per_epoch, lr, min_lr)
+                param_group["lr"] = M.lr_at(step, total_steps, args.warmup_epochs * steps_per_epoch, lr, min_lr)
             bad_videos += len(batch["bad"])
             for path, reason in batch["bad"]:
                 print0(f"skipped bad video {path}: {reason}")

@@ -155,7 +155,7 @@ def test_layer_decay_gives_expected_lr_per_block():
 
 def test_schedule_warms_up_linearly_then_cosine_to_min_lr():
     total, warm, lr, min_lr = 100, 10, 1.0, 0.01
-    lrs = [FT.lr_at(s, total, warm, lr, min_lr) for s in range(total + 1)]
+    lrs = [M.lr_at(s, total, warm, lr, min_lr) for s in range(total + 1)]
     assert lrs[0] == 0 and lrs[warm] == pytest.approx(lr)
     assert np.allclose(np.diff(lrs[:warm + 1]), lr / warm)     # linear ramp
     assert all(a >= b for a, b in zip(lrs[warm:], lrs[warm + 1:]))  # then never rises

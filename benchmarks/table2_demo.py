@@ -40,6 +40,7 @@ parser.add_argument("--ft-epochs", type=int, default=3, help="finetuning epochs"
 parser.add_argument("--clip-pretrained", default="none", help="none (offline) | a local open_clip weights file")
 parser.add_argument("--output-dir", default="runs/table2_demo")
 parser.add_argument("--num-workers", type=int, default=1, help="loader processes per script")
+parser.add_argument("--report-only", action="store_true", help="run nothing: write the table and plot of the runs done so far")
 args = parser.parse_args()
 
 
@@ -65,7 +66,7 @@ t0 = time.time()
 for seed in args.seeds:  # every row once before any row twice: a stopped run still covers the whole table
     for mask, ratio, extra, label in [r for r in ROWS if r[0] in args.rows]:
         key = f"{mask}|{label}|{seed}"
-        if key in results:  # finished in an earlier run of this script: resumable
+        if key in results or args.report_only:  # finished in an earlier run of this script: resumable
             continue
         d = os.path.join(args.output_dir, f"{mask}_{label.replace(' ', '').replace('>', '').replace('+', '_')}_s{seed}")
         common = ["--seed", str(seed), "--num-workers", str(args.num_workers)]

@@ -87,7 +87,7 @@ def get_parser():
 
 
 # With no --data, flags the user did not type get these, so the demo finishes in minutes on a CPU.
-DEMO_DEFAULTS = dict(model="vit_tiny", num_frames=8, sampling_rate=4, input_size=64, batch_size=16, epochs=2,
+DEMO_DEFAULTS = dict(model="vit_tiny", num_frames=8, sampling_rate=4, input_size=64, batch_size=16, epochs=4,
                      warmup_epochs=1, blr=1e-2, tgm_features="dense", save_every=1, log_interval=5, num_workers=1)
 
 

@@ -333,6 +333,28 @@ class Decoder(nn.Module):
         return self.head(self.norm(x[:, -num_masked:]))        # only the masked tokens are predicted
 
 
+class AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks: the gradient of a sum over ranks is the sum of the ranks' gradients.
+
+    NOTE: written here rather than torch.distributed.nn.functional.all_reduce (deprecated), whose graph node
+    keeps a reference to the process group: when a rank's last graph outlives destroy_process_group(), the
+    Gloo group is torn down during interpreter exit and the rank can die with SIGABRT after a finished run.
+    This one always uses the default group and keeps nothing.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics are those of the global batch, summed over all ranks.
 
@@ -344,10 +366,9 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # differentiable: gradients flow to every rank
         x = x.float()
         C = x.shape[1]
-        stats = all_reduce(torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])]))
+        stats = AllReduceSum.apply(torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])]))  # differentiable
         n = stats[-1]
         mean = stats[:C] / n                                   # (C,) over the global batch
         var = stats[C:2 * C] / n - mean * mean                 # biased, as BatchNorm normalises with

@@ -318,8 +318,11 @@ def _crop_from_pixels(H, W, y, x, h, w, flip):
     return Crop(float(y / H), float(x / W), float(h / H), float(w / W), bool(flip))
 
 
-def apply_crop(x, crop, size):
-    """Crop, resize (bilinear, antialiased like PIL) and flip a (..., H, W) tensor -> (..., size, size)."""
+def apply_crop(x, crop, size, dtype=None):
+    """Crop, resize (bilinear, antialiased like PIL) and flip a (..., H, W) tensor -> (..., size, size).
+
+    dtype: of the result (default x's; an integer dtype rounds). uint8 frames with dtype=torch.float32 are
+    converted after cropping, so only the crop's pixels are, not the whole frame's."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     H, W = x.shape[-2:]
     y0, x0 = min(int(round(crop.top * H)), H - 1), min(int(round(crop.left * W)), W - 1)
@@ -327,7 +330,7 @@ def apply_crop(x, crop, size):
     lead = x.shape[:-2]
     out = x[..., y0:min(y1, H), x0:min(x1, W)]
     out = out.reshape(-1, 1, *out.shape[-2:])  # (prod(...), 1, h, w): interpolate wants 4-D
-    dtype = out.dtype
+    dtype = dtype or out.dtype
     out = F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
     if not dtype.is_floating_point:
         out = out.round().to(dtype)
@@ -335,7 +338,16 @@ def apply_crop(x, crop, size):
     return out.flip(-1) if crop.flip else out
 
 
-def multiscale_crop(H, W, size, scales=(1, .875, .75, .66), flip=True, rng=None):
+MULTISCALE_SCALES = (1, .875, .75, .66)  # VideoMAE's GroupMultiScaleCrop scales, of the short side
+
+
+def multiscale_short_side(input_size, scales=MULTISCALE_SCALES):
+    """The shortest frame side at which even the smallest multi-scale crop still spans `input_size` pixels:
+    decoding a larger video at this size loses nothing the crop would keep (Sec. 5, data loading)."""
+    return math.ceil(input_size / min(scales))
+
+
+def multiscale_crop(H, W, size, scales=MULTISCALE_SCALES, flip=True, rng=None):
     """VideoMAE pretraining augmentation: transforms.py `GroupMultiScaleCrop` (max_distort=1, fix_crop,
     more_fix_crop): a crop side from `scales` x the short side, at one of 13 fixed offsets."""
     input_size = (size, size) if isinstance(size, int) else size  # (w, h) as VideoMAE
@@ -479,7 +491,7 @@ class VideoDataset(torch.utils.data.Dataset):
             # 'test' decodes all windows at once: view t is frames [t*T, (t+1)*T), crops vary fastest
             views = range(self.test_num_segment) if self.mode == "test" else [0]
             for t in views:
-                clip = apply_crop(x[t * T:(t + 1) * T].float(), crop, self.input_size)  # (T, C, S, S)
+                clip = apply_crop(x[t * T:(t + 1) * T], crop, self.input_size, torch.float32)  # (T, C, S, S)
                 s = {"video": normalize(clip.permute(0, 2, 3, 1)), "label": label, "index": index,
                      "captions": self.captions.get(self.rel[index], []), "crop": crop,
                      "frame_size": (info.height, info.width), "bad": []}

@@ -240,6 +240,8 @@ def main(args):
             args.data, args.root, captions=args.captions, mode="pretrain", num_frames=args.num_frames,
             sampling_rate=args.sampling_rate, input_size=args.input_size, repeat_aug=args.repeat_aug,
             flip=not args.no_flip, motion=args.mask == "mgm", seed=args.seed,
+            # decode no larger than the smallest crop needs (a no-op for 224 crops of 320p Kinetics)
+            short_side=data.multiscale_short_side(args.input_size),
             require_captions=args.mask == "tgm" or args.contrastive,
             mask_fn=mask_fn(cfg.grid, args.ratio) if mask_fn else None)
     except ValueError as e:  # a malformed list or captions line: file, line and reason

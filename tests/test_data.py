@@ -105,6 +105,17 @@ def test_short_side_decodes_smaller(index_videos):
     assert np.abs(small - frames).mean() < 8
 
 
+def test_pretrain_clips_decoded_at_the_crop_size_match_full_decoding(index_videos, tmp_path):
+    # what pretrain.py does: decode no larger than the smallest crop needs; the clip is the same picture
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{index_videos['mp4']} 0\n")
+    kw = dict(mode="pretrain", num_frames=4, sampling_rate=2, input_size=32, seed=3)
+    full = data.VideoDataset(str(lst), **kw)[0][0]
+    small = data.VideoDataset(str(lst), short_side=data.multiscale_short_side(32), **kw)[0][0]
+    assert small["crop"] == full["crop"] and small["video"].shape == full["video"].shape == (3, 4, 32, 32)
+    assert (small["video"] - full["video"]).abs().mean() < 0.1  # normalised units: a few grey levels
+
+
 def test_indices_past_the_end_repeat_the_last_frame(index_videos):
     frames = data.read_frames(index_videos["mp4"], np.array([196, 199, 250]))
     assert [frame_index(a) for a in frames] == [196, 199, 199]
@@ -213,6 +224,26 @@ def test_apply_crop_moves_pixels_and_maps_alike():
     m = torch.arange(W * 2, dtype=torch.float32).expand(H * 2, W * 2) / 2
     assert torch.allclose(data.apply_crop(m, crop, (4, 8)), out[0, 0], atol=0.5)
     assert data.apply_crop(torch.zeros(5, 7, dtype=torch.uint8), crop, 3).dtype == torch.uint8
+
+
+def test_apply_crop_of_uint8_frames_to_float_equals_the_float_frames():
+    # the clip path converts only the crop to float: bit-identical to converting the whole frame first
+    x = torch.randint(0, 256, (3, 3, 40, 56), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    crop = data.Crop(0.1, 0.2, 0.66, 0.5, flip=True)
+    got = data.apply_crop(x, crop, 16, torch.float32)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, data.apply_crop(x.float(), crop, 16))
+
+
+def test_multiscale_short_side_keeps_every_crop_at_least_input_size():
+    for size in (64, 112, 224):
+        side = data.multiscale_short_side(size)
+        rng = np.random.default_rng(0)
+        W = side * 16 // 9
+        for _ in range(50):
+            c = data.multiscale_crop(side, W, size, rng=rng)
+            assert round(c.height * side) >= size and round(c.width * W) >= size
+    assert data.multiscale_short_side(224) > 320  # Kinetics at 320p is decoded at full size for 224 crops
 
 
 def test_normalize():

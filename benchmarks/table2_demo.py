@@ -137,7 +137,7 @@ def plot_fig4(path):
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     sx = lambda s: pad + (s - x0) / max(x1 - x0, 1) * (W - 2 * pad)
     sy = lambda y: H - pad - (y - y0) / max(y1 - y0, 1e-9) * (H - 2 * pad)
-    img = Image.new("RGB", (W, H), "white")
+    img = Image.new("RGB", (W, H + 14 * len(curves) + 10), "white")  # the legend goes under the plot
     draw = ImageDraw.Draw(img)
     draw.rectangle([pad, pad, W - pad, H - pad], outline="black")
     colours = {"tube": (40, 90, 200), "mgm": (40, 160, 60), "tgm": (210, 50, 40)}
@@ -148,13 +148,14 @@ def plot_fig4(path):
                 draw.line([a, b], fill=colours[mask], width=2)
         else:
             draw.line(pts, fill=colours[mask], width=2)
-        draw.text((W - pad - 190, pad + 6 + 14 * i), f"{mask} {label}" + (" (dashed)" if label == "MAE" else ""),
+        draw.text((pad, H + 14 * i), f"{mask} {label}" + (" (dashed: measured, not optimised)" if label == "MAE" else ""),
                   fill=colours[mask])
     draw.text((pad, 15), "Fig. 4 (demo): loss_nce vs pretraining step; dashed = not optimised", fill="black")
     for v, y in ((y0, H - pad), (y1, pad)):
         draw.text((5, y - 6), f"{v:.2f}", fill="black")
     for v, x in ((x0, pad), (x1, W - pad)):
         draw.text((x - 10, H - pad + 8), f"{v}", fill="black")
+    draw.text((W // 2 - 40, H - pad + 8), "pretraining step", fill="black")
     img.save(path)
 
 

@@ -405,7 +405,7 @@ def save_mask_picture(video, mask, cfg, path, titles=(), max_clips=4):
     for x, m in zip(video[:max_clips].float().cpu(), mask[:max_clips].cpu()):
         pixels = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)  # (T, H, W, C)
         blocks.append(draw_mask(pixels.numpy(), m, grid, titles[len(blocks)] if len(blocks) < len(titles) else ""))
-    img = Image.new("RGB", (blocks[0].width, sum(b.height for b in blocks)), "white")
+    img = Image.new("RGB", (max(b.width for b in blocks), sum(b.height for b in blocks)), "white")
     for i, b in enumerate(blocks):
         img.paste(b, (0, sum(b.height for b in blocks[:i])))
     tmp = path + ".tmp"
@@ -473,7 +473,7 @@ def main(args):
         sys.exit(f"error: {args.video}: {e}")
     crop = data.uniform_crop(info.height, info.width, S, 0, num_crops=1)
     crop = dataclasses.replace(crop, flip=args.flip)
-    pixels = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), crop, S)  # (T, C, S, S)
+    pixels = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), crop, S, torch.float32)  # (T, C, S, S)
     pixels = pixels.permute(0, 2, 3, 1)  # (T, S, S, C) in [0, 255]
     video = data.normalize(pixels)  # (C, T, S, S) ImageNet-normalised
     g = torch.Generator().manual_seed(args.seed)

@@ -411,6 +411,24 @@ def test_draw_mask_shades_exactly_the_masked_tokens():
         assert (shaded == want).all()
 
 
+def test_mask_picture_stacks_one_block_per_clip_each_under_its_title(tmp_path):
+    from PIL import Image
+
+    from model import ModelConfig
+
+    cfg = ModelConfig(img_size=32, num_frames=4, tubelet_size=2, patch_size=16)
+    video = torch.zeros(3, 3, 4, 32, 32)  # ImageNet-normalised 0 = the mean grey
+    mask = torch.zeros(3, cfg.num_patches, dtype=torch.bool)
+    titles = ["a", "a much longer caption that is wider than the four frames of its clip", ""]
+    masking.save_mask_picture(video, mask, cfg, str(tmp_path / "m.png"), titles=titles, max_clips=2)
+    img = Image.open(tmp_path / "m.png")
+    blocks = [masking.draw_mask(np.zeros((4, 32, 32, 3), np.uint8), mask[0], cfg.grid, t) for t in titles[:2]]
+    # two clips (max_clips), stacked; the picture is as wide as the widest block, so no title is cut off
+    assert img.size == (max(b.width for b in blocks), sum(b.height for b in blocks))
+    assert blocks[1].width > blocks[0].width
+    assert not any(f.name.endswith(".tmp") for f in tmp_path.iterdir())  # written atomically
+
+
 def test_command_line_writes_a_picture_for_each_mask(videos, tiny_clip, tmp_path, capsys):
     from PIL import Image
 

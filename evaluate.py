@@ -78,7 +78,6 @@ parser.add_argument("--tgm-features", default=None, choices=["patch", "dense"], 
 parser.add_argument("--output-dir", default=None, help="where results.json / retrieval_*.json / vis_*.png go; default: the checkpoint's folder")
 parser.add_argument("--seed", type=int, default=0)
 
-MASK_RATIOS = {"tube": 0.9, "random": 0.9, "mgm": 0.75, "tgm": 0.6}  # Sec. 4.2 / DESIGN.md
 
 
 # -----------------------------------------------------------------------------
@@ -329,7 +328,7 @@ def main(args):
         args.data, args.root = demo["val"], demo["root"]
         args.captions, args.class_names = args.captions or demo["captions"], args.class_names or demo["class_names"]
         print0(f"no --data: the demo dataset's val split in {demo['root']}")
-    use_bf16 = args.precision == "bf16" and not (device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    use_bf16 = args.precision == "bf16" and (device.type != "cuda" or torch.cuda.is_bf16_supported())
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     torch.manual_seed(args.seed)
 
@@ -355,7 +354,7 @@ def main(args):
         # -----------------------------------------------------------------------------
         # Fig. 3 pictures (rank 0 only)
         mask_name = args.mask or pre_args.get("mask", "tube")
-        ratio = args.ratio or (pre_args.get("ratio") if mask_name == pre_args.get("mask") else None) or MASK_RATIOS[mask_name]
+        ratio = args.ratio or (pre_args.get("ratio") if mask_name == pre_args.get("mask") else None) or masking.PAPER_RATIO[mask_name]
         if master:
             try:  # a missing list or a malformed line (file:line: reason) stops here
                 ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", motion=mask_name == "mgm", **ds_kw)

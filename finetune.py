@@ -222,7 +222,7 @@ def soft_cross_entropy(logits, target):
 
 
 # -----------------------------------------------------------------------------
-# Schedule: linear warmup from 0, then a per-step cosine to min_lr (VideoMAE's utils.cosine_scheduler)
+# Schedule: model.lr_at (linear warmup, per-step cosine, shared with pretrain.py), scaled per layer group
 
 def set_lr(optimizer, lr):
     """Layer-wise decay: every group runs at lr * its lr_scale (model.param_groups; 1 where absent)."""
@@ -356,7 +356,7 @@ def main(args):
         min_lr = 0.0
     steps_per_epoch = len(train_loader)
     total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
-    use_bf16 = args.precision == "bf16" and not (device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    use_bf16 = args.precision == "bf16" and (device.type != "cuda" or torch.cuda.is_bf16_supported())
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
     # -----------------------------------------------------------------------------

@@ -36,7 +36,6 @@ import model as M
 # Flags. Defaults are the paper's (Sec. 4.2, VideoMAE's recipe); with no --data the demo values below apply.
 
 
-
 def get_parser():
     parser = argparse.ArgumentParser(description="TGM pretraining (Sec. 3.5)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # data

@@ -1,4 +1,6 @@
-"""Shared pytest setup: the repo root on sys.path, one thread per test process, no network."""
+"""Shared pytest setup: the repo root on sys.path, one thread per test process, no network; the demo dataset and
+a tiny random CLIP, shared by the test files."""
+import json
 import os
 import sys
 
@@ -16,3 +18,26 @@ def demo(tmp_path_factory):
     dict(root, train, val, class_names, captions) of paths."""
     import data
     return data.demo_dataset(cache_dir=str(tmp_path_factory.mktemp("tgm-cache")))
+
+
+# A tiny open_clip model in open_clip's config format, random weights: the real loading path (masking.load_clip of
+# a .json registers it under the file's stem, TINY_CLIP_NAME), a thousandth of ViT-B/32's cost. 32 px images in 8 px
+# patches (a 4 x 4 token grid), 16-dim joint embedding.
+TINY_CLIP_NAME = "tgm-test-tiny"
+TINY_CLIP = {"embed_dim": 16, "quick_gelu": True,
+             "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config(tmp_path_factory):
+    """The path of TINY_CLIP's config file, for --clip-model and masking.load_clip."""
+    path = tmp_path_factory.mktemp("clip") / f"{TINY_CLIP_NAME}.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dim():
+    """TINY_CLIP's embedding width E: the contrastive head's output must match it."""
+    return TINY_CLIP["embed_dim"]

@@ -249,24 +249,18 @@ def test_a_bad_video_is_skipped_and_reported(tmp_path):
     assert "broken.mp4" not in [v["video"] for v in res["per_video"]]
 
 
-# a tiny random open_clip model, registered from a config file and saved, so that load_clip builds it offline
-TINY_CLIP = {"embed_dim": 16, "quick_gelu": True,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
+def tiny_clip(tiny_clip_config, tmp_path_factory):
+    """conftest's tiny random CLIP, with its weights saved, so that --clip-pretrained FILE loads exactly it."""
     import masking
-    folder = tmp_path_factory.mktemp("clip")
-    (folder / "tgm-eval-tiny.json").write_text(json.dumps(TINY_CLIP))
     torch.manual_seed(0)
-    clip, tokenizer = masking.load_clip(str(folder / "tgm-eval-tiny.json"), "none")
-    torch.save(clip.state_dict(), folder / "weights.pt")
-    return str(folder / "tgm-eval-tiny.json"), str(folder / "weights.pt"), clip, tokenizer
+    clip, tokenizer = masking.load_clip(tiny_clip_config, "none")
+    weights = tmp_path_factory.mktemp("clip-weights") / "weights.pt"
+    torch.save(clip.state_dict(), weights)
+    return tiny_clip_config, str(weights), clip, tokenizer
 
 
-def test_retrieval_run_matches_its_definition(tmp_path, tiny_clip):
+def test_retrieval_run_matches_its_definition(tmp_path, tiny_clip, tiny_clip_dim):
     """The --retrieval run (videos embedded by encoder + head, class names by CLIP) gives the recall of
     recall_at_k on those embeddings: the wiring of texts, positives and video order is right."""
     import masking
@@ -274,7 +268,7 @@ def test_retrieval_run_matches_its_definition(tmp_path, tiny_clip):
     folder.mkdir()
     lst = write_colour_dataset(str(folder), 2, seed=5, num_classes=3)
     (folder / "classes.txt").write_text("red\ngreen\nblue\n")
-    mae = save_pretrain_checkpoint(tmp_path / "pre.pt", head_out_dim=TINY_CLIP["embed_dim"]).eval()
+    mae = save_pretrain_checkpoint(tmp_path / "pre.pt", head_out_dim=tiny_clip_dim).eval()
     clip_cfg, clip_weights, clip, tokenizer = tiny_clip
     EV.main(EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
                                   "--root", str(folder), "--class-names", str(folder / "classes.txt"),
@@ -294,14 +288,14 @@ def test_retrieval_run_matches_its_definition(tmp_path, tiny_clip):
     assert res["R5"] == 100.0                                  # 3 texts: the right one is always in the top 5
 
 
-def test_visualize_run_with_a_text_guided_mask(tmp_path, tiny_clip):
+def test_visualize_run_with_a_text_guided_mask(tmp_path, tiny_clip, tiny_clip_dim):
     folder = tmp_path / "videos"
     folder.mkdir()
     lst = write_colour_dataset(str(folder), 1, seed=6, num_classes=2)
     with open(folder / "captions.jsonl", "w") as f:
         for line in open(lst):
             f.write(json.dumps({"video": line.split()[0], "captions": ["a tinted clip with a grey square"]}) + "\n")
-    save_pretrain_checkpoint(tmp_path / "pre.pt", head_out_dim=TINY_CLIP["embed_dim"])
+    save_pretrain_checkpoint(tmp_path / "pre.pt", head_out_dim=tiny_clip_dim)
     clip_cfg, clip_weights, _, _ = tiny_clip
     EV.main(EV.parser.parse_args(["--visualize", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
                                   "--root", str(folder), "--captions", str(folder / "captions.jsonl"),

@@ -216,22 +216,18 @@ def test_loads_videomae_weights_official_and_hugging_face(tmp_path):
         FT.load_encoder(M.Encoder(M.make_config("vit_small", **TINY)), enc_sd, "official.pth")
 
 
-def test_loads_a_checkpoint_written_by_pretrain_py(colour_data, tmp_path):
+def test_loads_a_checkpoint_written_by_pretrain_py(colour_data, tiny_clip_config, tmp_path):
     """pretrain.py itself, one step with a tiny model (a tiny random CLIP for the contrastive loss): its checkpoint
     rebuilds the encoder from its stored config, into the classifier and into the probe."""
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    clip_cfg = tmp_path / "tgm-ft-tiny-clip.json"
-    clip_cfg.write_text(json.dumps({"embed_dim": 16, "quick_gelu": True,
-                                    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-                                    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
     with open(tmp_path / "captions.jsonl", "w") as f, open(colour_data["val"]) as lst:
         for line in lst:
             f.write(json.dumps({"video": line.split()[0], "captions": ["a tinted clip"]}) + "\n")
     out = tmp_path / "pre"
     cmd = [sys.executable, "pretrain.py", "--data", colour_data["val"], "--root", colour_data["root"],
-           "--captions", str(tmp_path / "captions.jsonl"), "--clip-model", str(clip_cfg), "--clip-pretrained", "none",
+           "--captions", str(tmp_path / "captions.jsonl"), "--clip-model", tiny_clip_config, "--clip-pretrained", "none",
            "--contrastive", "--mask", "tube", "--model", "vit_tiny", "--num-frames", "4", "--input-size", "32",
            "--sampling-rate", "2", "--batch-size", "4", "--epochs", "1", "--max-steps", "1", "--num-workers", "0",
            "--output-dir", str(out)]

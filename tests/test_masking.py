@@ -4,7 +4,6 @@ CLIP loading without network. CPU, tiny shapes, no network, well under a minute.
 
     python -m pytest -q tests/test_masking.py
 """
-import json
 import math
 import time
 
@@ -216,17 +215,10 @@ def test_mgm_without_vectors_falls_back_to_tube_and_is_counted(videos, tmp_path)
 # ----------------------------------------------------------------------------------------------------------------
 # TGM with a tiny random open_clip model (registered under a test name, so load_clip builds it like the real one)
 
-TINY = {"embed_dim": 16, "quick_gelu": True,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    cfg = tmp_path_factory.mktemp("clipcfg") / "tgm-test-tiny.json"
-    cfg.write_text(json.dumps(TINY))
+def tiny_clip(tiny_clip_config):
     torch.manual_seed(0)
-    return masking.load_clip(str(cfg), pretrained="none")  # a config file registers its stem as a model name
+    return masking.load_clip(tiny_clip_config, pretrained="none")  # a config file registers its stem: tgm-test-tiny
 
 
 def test_load_clip_none_is_frozen_and_says_so(tiny_clip, capsys):

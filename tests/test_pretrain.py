@@ -17,17 +17,9 @@ import pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# a tiny CLIP in open_clip's config format (random weights): the real loading path, a thousandth of the cost
-TINY_CLIP = {"embed_dim": 32, "quick_gelu": True,
-             "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 32, "head_width": 32},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
-
-
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip.json"
-    path.write_text(json.dumps(TINY_CLIP))
-    return str(path)
+def tiny_clip(tiny_clip_config):
+    return tiny_clip_config  # conftest's tiny random CLIP, as a --clip-model config file
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +53,7 @@ def read_log(out):
     ("tgm", ["--contrastive", "--tgm-features", "dense"]),
     ("tgm", ["--tgm-features", "patch", "--tgm-order", "bottom"]),
 ])
-def test_each_mask_trains(demo, tiny_clip, tmp_path, mask, extra):
+def test_each_mask_trains(demo, tiny_clip, tiny_clip_dim, tmp_path, mask, extra):
     args = pretrain.parse_args(flags(demo, tiny_clip, tmp_path) + ["--mask", mask, "--max-steps", "8"] + extra)
     pretrain.main(args)
     log = read_log(tmp_path)
@@ -74,7 +66,7 @@ def test_each_mask_trains(demo, tiny_clip, tmp_path, mask, extra):
     assert log[0]["nce_optimised"] == ("--contrastive" in extra)  # Fig. 4: logged either way
     assert os.path.isfile(tmp_path / "masks.png") and os.path.isfile(tmp_path / "ckpt.pt")
     ckpt = M.load_checkpoint(tmp_path / "ckpt.pt")
-    assert ckpt["step"] == 8 and M.config_from_checkpoint(ckpt).head_out_dim == TINY_CLIP["embed_dim"]
+    assert ckpt["step"] == 8 and M.config_from_checkpoint(ckpt).head_out_dim == tiny_clip_dim
 
 
 def test_resume_is_exact(demo, tiny_clip, small_list, tmp_path):

@@ -432,14 +432,16 @@ def get_args(argv=None):
                         help="mask ratio gamma; default the paper's: 0.9 random/tube, 0.75 mgm, 0.6 tgm (Table 5a)")
     parser.add_argument("--tubelet-size", type=int, default=2, help="t frames per token; paper: 2")
     parser.add_argument("--patch-size", type=int, default=16, help="p pixels per token side; paper: 16")
-    parser.add_argument("--tgm-features", default="patch", choices=["patch", "dense"],
-                        help="patch: each 16x16 patch through CLIP (the paper, Sec. 3.3); dense: CLIP's patch tokens")
+    parser.add_argument("--tgm-features", default=None, choices=["patch", "dense"],
+                        help="patch: each 16x16 patch through CLIP (the paper, Sec. 3.3; the default); dense: CLIP's "
+                             "patch tokens (the demo video's default: ~50x faster on a CPU)")
     parser.add_argument("--tgm-order", default="top", choices=["top", "bottom"],
                         help="mask the top-k or bottom-k tokens by text similarity; paper: top (Table 5b)")
     # CLIP
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model; paper: ViT-B/32")
-    parser.add_argument("--clip-pretrained", default="openai",
-                        help="CLIP weights: openai (download or cache) | a weights file | none (random)")
+    parser.add_argument("--clip-pretrained", default=None,
+                        help="CLIP weights: openai (download or cache; the default) | a weights file | none (random); "
+                             "the demo video goes on with a random CLIP when openai's cannot be had")
     parser.add_argument("--chunk-size", type=int, default=512, help="CLIP images per forward (tgm)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where CLIP runs")
     # output
@@ -449,11 +451,13 @@ def get_args(argv=None):
 
 def main(args):
     caption = args.caption
-    if args.video is None:
+    demo = args.video is None
+    if demo:
         demo = data.demo_dataset()
         rel = data.read_list(demo["val"])[0][0]
         args.video = os.path.join(demo["root"], rel)
         caption = caption or data.read_captions(demo["captions"])[rel][0]
+    features = args.tgm_features or ("dense" if demo else "patch")  # the demo's, as pretrain.py's demo
     if args.mask == "tgm" and not caption:
         sys.exit("error: --mask tgm needs --caption \"...\" (the text the mask follows)")
     ratio = PAPER_RATIO[args.mask] if args.ratio is None else args.ratio
@@ -489,15 +493,19 @@ def main(args):
             print(f"{args.video} carries no motion vectors: fell back to a tube mask")
     else:
         try:
-            clip, tokenizer = load_clip(args.clip_model, args.clip_pretrained, args.device)
+            clip, tokenizer = load_clip(args.clip_model, args.clip_pretrained or "openai", args.device)
         except ClipWeightsError as e:
-            sys.exit(f"error: {e}")
+            if not (demo and args.clip_pretrained is None):
+                sys.exit(f"error: {e}")
+            # the demo runs offline, as pretrain.py's and evaluate.py's do: the mask is then drawn, not meaningful
+            print("the demo found no OpenAI CLIP weights (offline, not cached): it goes on with a random CLIP")
+            clip, tokenizer = load_clip(args.clip_model, "none", args.device)
         text = TextEmbedder(clip, tokenizer)([caption])
-        masker = TextGuidedMasker(clip, args.tgm_features, ratio, args.tgm_order, p, t, args.chunk_size)
+        masker = TextGuidedMasker(clip, features, ratio, args.tgm_order, p, t, args.chunk_size)
         mask = masker(video[None], text, g)[0]
 
     k = int(ratio * grid[1] * grid[2])
-    name = f"tgm {args.tgm_features} {args.tgm_order}" if args.mask == "tgm" else args.mask
+    name = f"tgm {features} {args.tgm_order}" if args.mask == "tgm" else args.mask
     title = f"{name}, ratio {ratio}: {int(mask.sum())} of {mask.numel()} tokens masked"
     title += f" ({k} per time slice)" if args.mask != "random" else ""
     title += f' | "{caption}"' if args.mask == "tgm" else ""

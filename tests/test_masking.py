@@ -5,6 +5,7 @@ CLIP loading without network. CPU, tiny shapes, no network, well under a minute.
     python -m pytest -q tests/test_masking.py
 """
 import math
+import os
 import time
 
 import numpy as np
@@ -436,3 +437,17 @@ def test_command_line_writes_a_picture_for_each_mask(videos, tiny_clip, tmp_path
         masking.main(masking.get_args(["--video", videos[0], "--mask", "tgm"]))
     with pytest.raises(SystemExit, match="file not found"):
         masking.main(masking.get_args(["--video", str(tmp_path / "nothing.mp4"), "--mask", "tube"]))
+
+
+def test_command_line_demo_goes_on_offline_with_dense_features(demo, tiny_clip_config, tmp_path, capsys, monkeypatch):
+    # the README's `python masking.py --mask tgm` on a machine without CLIP weights: the demo video, a random
+    # CLIP (said so), dense features; a real video with weights that cannot be had stops with the reason
+    monkeypatch.setenv("TGM_CACHE", os.path.dirname(demo["root"]))  # the demo dataset the session built
+    small = ["--mask", "tgm", "--num-frames", "4", "--sampling-rate", "1", "--input-size", "32",
+             "--clip-model", tiny_clip_config]  # no --clip-pretrained: openai's, which this tiny model has none of
+    masking.main(masking.get_args(small + ["--out", str(tmp_path / "demo.png")]))
+    out = capsys.readouterr().out
+    assert "goes on with a random CLIP" in out and "tgm dense top" in out and os.path.isfile(tmp_path / "demo.png")
+    video = os.path.join(demo["root"], data.read_list(demo["val"])[0][0])
+    with pytest.raises(SystemExit, match="neither a file nor a weights tag"):
+        masking.main(masking.get_args(small + ["--video", video, "--caption", "a square", "--out", str(tmp_path / "v.png")]))

@@ -443,7 +443,11 @@ class VideoMAE(nn.Module):
 
     def video_embedding(self, latent):
         """Sec. 3.4: v_i = head(mean over the visible tokens of phi's output), L2-normalised. -> (B, E)."""
-        return F.normalize(self.projector(latent.mean(dim=1)).float(), dim=-1)
+        # NOTE: the head runs in fp32 even under bf16 autocast: its output feeds logits v t^T / tau with tau =
+        # 0.07, where bf16's rounding (~0.06 at those values) would be as large as real differences. One row per
+        # clip, so fp32 costs nothing measurable.
+        with torch.autocast(latent.device.type, enabled=False):
+            return F.normalize(self.projector(latent.float().mean(dim=1)), dim=-1)
 
 
 # -----------------------------------------------------------------------------
@@ -457,16 +461,35 @@ def gather_with_local_grad(x):
     return torch.cat(parts)
 
 
-def info_nce(v, t, tau=0.07):
+def info_nce(v, t, tau=0.07, text_ids=None):
     """(L_NCE(v, t) + L_NCE(t, v)) / 2 of Sec. 3.4, Eq. (4). v, t: (B, E) L2-normalised; row i is a pair.
 
     The negatives of a pair are all other clips (texts) of the *global* batch: under torch.distributed both
     sides are gathered from every rank, so the value equals the one-process value on the same global batch.
+
+    text_ids (B,) int, optional: which caption row i carries, -1 for a clip without one. A clip without a
+    caption takes no part (its row and column are dropped), and two clips with the same caption are neither
+    positive nor negative for each other: that pair leaves both denominators. Same-caption pairs are common:
+    the copies of one video under repeated augmentation, and oracle or LLM captions, which are one text per
+    class (Table 6b). NOTE: the paper does not say; counting them as negatives would push apart clips whose
+    targets are the very same vector, so the loss could never reach its minimum.
     """
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
         v, t = gather_with_local_grad(v), gather_with_local_grad(t)
-    logits = v @ t.t() / tau                                   # (B_global, B_global): sim(q, k) / tau, cosine
+        if text_ids is not None:
+            text_ids = gather_with_local_grad(text_ids)
+    # NOTE: logits in fp32 even under bf16 autocast: bf16 would round v t^T / 0.07 by ~0.06
+    with torch.autocast(v.device.type, enabled=False):
+        logits = v.float() @ t.float().t() / tau               # (B_global, B_global): sim(q, k) / tau, cosine
+    if text_ids is not None:
+        same = text_ids[:, None] == text_ids[None, :]          # (B_global, B_global): the same caption
+        same.fill_diagonal_(False)                             # ... except the pair itself, the positive
+        logits = logits.masked_fill(same, float("-inf"))       # out of both denominators
+        has_text = text_ids >= 0
+        logits = logits[has_text][:, has_text]                 # clips without a caption take no part
+        if logits.numel() == 0:                                # no caption anywhere: a zero that keeps the graph
+            return v.sum() * 0.0
     labels = torch.arange(logits.shape[0], device=logits.device)  # the positive k+ sits on the diagonal
     loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2  # video->text, text->video
     if world > 1:
@@ -520,6 +543,7 @@ class LinearProbe(nn.Module):
 
 def param_groups(model, weight_decay, layer_decay=None, base_lr=None):
     """AdamW groups: no weight decay on biases, norms and mask_token (every 1-D parameter, VideoMAE's rule).
+    The contrastive head (`projector.*`) has groups of its own: without --contrastive it is an online probe.
 
     With layer_decay (finetuning), block i of the encoder gets lr_scale = layer_decay ** (depth + 1 - layer),
     where the patch embedding is layer 0, block i is layer i + 1 and everything after the encoder is depth + 1.
@@ -537,7 +561,8 @@ def param_groups(model, weight_decay, layer_decay=None, base_lr=None):
         else:
             layer = depth + 1
         scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
-        key = (no_decay, scale)
+        head = name.startswith("projector.")                  # the video-text head: groups of its own
+        key = (no_decay, scale, head)
         if key not in groups:
             groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
         groups[key]["params"].append(param)

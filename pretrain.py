@@ -187,9 +187,42 @@ class SkipSampler(torch.utils.data.Sampler):
 def pick_captions(captions, indices, seed, step):
     """Sec. 3.2: one of the video's captions at random, per sample; it serves the mask and the loss alike.
     Seeded by (seed, step, video index), so a resumed run draws the same captions."""
-    # a video without captions only arrives here when nothing needs its text (the NCE probe is then skipped)
+    # a video without captions (None) only arrives here when nothing but the NCE probe needs its text
     return [caps[random.Random(hash((seed, step, i))).randrange(len(caps))] if caps else None
             for caps, i in zip(captions, indices.tolist())]
+
+
+def text_targets(embed_text, captions, caption_ids, dim, device):
+    """The text side of Eq. (4) for one batch: captions (B,), str or None -> (t (B, E) L2-normalised CLIP text
+    embeddings, ids (B,) each caption's index in the run's caption list).
+
+    A clip without a caption (possible only in a pure-MAE run given --captions) gets a zero row and id -1, which
+    info_nce leaves out. Every rank then still runs the head and the loss's collectives every step: a rank that
+    skipped them would leave the others waiting forever.
+    """
+    t = torch.zeros(len(captions), dim, device=device)
+    have = [i for i, c in enumerate(captions) if c is not None]
+    if have:
+        t[have] = embed_text([captions[i] for i in have])
+    return t, torch.tensor([caption_ids.get(c, -1) for c in captions], device=device)
+
+
+def pretraining_loss(mae, raw_model, video, mask, text, text_ids, args):
+    """Sec. 3.5: L = L_MSE + lambda * L_NCE -> (L, L_MSE, L_NCE or None when the run has no text).
+
+    mae is the model as trained (DDP-wrapped or not), raw_model the bare VideoMAE (its head).
+    video (B, C, T, H, W); mask (B, N) bool, True = masked; text (B, E) and text_ids (B,) from text_targets.
+    """
+    loss_mse, _, latent = mae(video, mask)                     # Sec. 3.1, Eq. (3): E = phi(V_vis), V' = xi(E, ...)
+    if text is None:
+        return args.mse_weight * loss_mse, loss_mse, None
+    # Without --contrastive the head is Fig. 4's online probe: it learns from a stop-gradient copy of the
+    # latent, so L_NCE is measured as the encoder learns ("even for pure MAE, the contrastive loss naturally
+    # decreases", Sec. 5) but none of its gradient reaches the encoder.
+    v = raw_model.video_embedding(latent if args.contrastive else latent.detach())  # (B, E) L2-normalised
+    loss_nce = M.info_nce(v, text, args.tau, text_ids)         # Sec. 3.4, Eq. (4)
+    nce_weight = args.nce_weight if args.contrastive else 1.0  # the probe's own loss: lambda is for the encoder
+    return args.mse_weight * loss_mse + nce_weight * loss_nce, loss_mse, loss_nce
 
 
 def main(args):
@@ -271,6 +304,7 @@ def main(args):
         # target then never depends on which captions shared its CLIP batch (bit for bit, so --resume is exact).
         # The cache holds E floats per caption on the CPU (K400, 3 captions per video: about 1.5 GB).
         distinct = sorted({c for rel in dataset.rel for c in dataset.captions.get(rel, [])})
+        caption_ids = {c: i for i, c in enumerate(distinct)}  # info_nce tells same-caption pairs apart by these
         for i in tqdm(range(0, len(distinct), 256), desc="embedding captions", disable=not master, leave=False):
             with autocast_for(device, args.precision):  # CLIP in --precision too (bf16: ~3x faster on a CPU)
                 embed_text(distinct[i:i + 256])
@@ -281,9 +315,8 @@ def main(args):
                                            cfg.tubelet_size)
     mae = M.VideoMAE(cfg).to(device)
     raw_model = mae
-    # without --contrastive the head only runs under no_grad for the Fig. 4 probe: freeze it, so DDP does not
-    # wait for gradients that never come
-    raw_model.projector.requires_grad_(args.contrastive)
+    # with no captions at all the head never runs: freeze it, so DDP does not wait for gradients that never come
+    raw_model.projector.requires_grad_(need_text)
     if args.compile:
         mae = torch.compile(mae)
     if ddp:
@@ -320,6 +353,8 @@ def main(args):
             M.save_checkpoint(ckpt_path, {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "step": step, "epoch": step // steps_per_epoch, "model_cfg": M.model_config_dict(cfg),
+                # what trained the video-text head: L_NCE, the Fig. 4 probe, or nothing (no captions)
+                "head": "contrastive" if args.contrastive else ("probe" if need_text else None),
                 "args": {k: v for k, v in vars(args).items() if k != "demo_filled"}, "rng": states})
 
     # -------------------------------------------------------------------------
@@ -330,7 +365,7 @@ def main(args):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
     bad_videos, mask_fallbacks = 0, 0
-    nce_probe = float("nan")
+    nce_last = None
     mae.train()
     start_epoch = step // steps_per_epoch
     for epoch in range(start_epoch, args.epochs):
@@ -352,8 +387,10 @@ def main(args):
             for path, reason in batch["bad"]:
                 print0(f"skipped bad video {path}: {reason}")
             video = batch["video"].to(device, non_blocking=True)                      # (B, C, T, H, W)
-            captions = pick_captions(batch["captions"], batch["index"], args.seed, step) if need_text else [None]
-            text = embed_text(captions) if None not in captions else None             # (B, E), frozen CLIP
+            text = text_ids = None
+            if need_text:
+                captions = pick_captions(batch["captions"], batch["index"], args.seed, step)
+                text, text_ids = text_targets(embed_text, captions, caption_ids, cfg.head_out_dim, device)  # (B, E)
             if tgm is not None:
                 gen = torch.Generator().manual_seed(hash((args.seed, step, rank)) % 2**63)
                 with autocast_for(device, args.precision):
@@ -363,15 +400,10 @@ def main(args):
                 mask_fallbacks += sum(batch.get("mask_fallback", []))
             if step == 0 and master:
                 masking.save_mask_picture(batch["video"], mask.cpu(), cfg, os.path.join(args.output_dir, "masks.png"),
-                                          titles=[c or "" for c in captions])
+                                          titles=[c or "" for c in captions] if need_text else ())
 
             with autocast_for(device, args.precision):
-                loss_mse, _, latent = mae(video, mask)                                 # Sec. 3.1, Eq. (3)
-                if args.contrastive:                                                   # Sec. 3.4, Eq. (4)
-                    loss_nce = M.info_nce(raw_model.video_embedding(latent), text, args.tau)
-                else:
-                    loss_nce = torch.zeros((), device=device)
-            loss = args.mse_weight * loss_mse + args.nce_weight * loss_nce
+                loss, loss_mse, loss_nce = pretraining_loss(mae, raw_model, video, mask, text, text_ids, args)
             if not torch.isfinite(loss):
                 raise SystemExit(f"pretrain.py: the loss is {loss.item()} at step {step} (epoch {epoch}); stopping. "
                                  f"The last good checkpoint is {ckpt_path}" + (" (none saved yet)" if not os.path.isfile(ckpt_path) else ""))
@@ -385,14 +417,8 @@ def main(args):
             step += 1
 
             if step % args.log_interval == 0 or step == total_steps:
-                if args.contrastive:
-                    nce_value = loss_nce.item()
-                elif text is None:  # no captions: nothing to measure
-                    nce_value = float("nan")
-                else:  # Fig. 4: the contrastive loss of pure MAE, measured but not optimised
-                    with torch.no_grad(), autocast_for(device, args.precision):
-                        nce_value = M.info_nce(raw_model.video_embedding(latent.detach()), text, args.tau).item()
-                nce_probe = nce_value
+                nce_value = loss_nce.item() if text is not None else None  # no captions: nothing to measure
+                nce_last = nce_value
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 step_ms = (time.perf_counter() - t_step) * 1e3
@@ -423,7 +449,8 @@ def main(args):
 
     # -------------------------------------------------------------------------
     # final summary
-    print0(f"done: {step} steps, last loss_nce {nce_probe:.4f}, {bad_videos} bad videos skipped, "
+    nce_text = "none (no captions)" if nce_last is None else f"{nce_last:.4f}"
+    print0(f"done: {step} steps, last loss_nce {nce_text}, {bad_videos} bad videos skipped, "
            f"{mask_fallbacks} mgm masks fell back to tube; checkpoint {ckpt_path}")
     if log_file:
         log_file.close()

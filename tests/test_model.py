@@ -296,3 +296,52 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
         torch.testing.assert_close(got["running_mean"], head.bn.running_mean)
         for g, p in zip(got["grads"], head.parameters()):
             torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# Sec. 3.4 in practice: bf16, same-caption pairs, clips without a caption
+
+def test_info_nce_under_bf16_autocast_matches_fp32():
+    """The head's output, its normalisation and the logits stay fp32 under autocast: bf16 would round
+    v t^T / 0.07 by ~0.06."""
+    torch.manual_seed(0)
+    mae = M.VideoMAE(tiny_cfg()).train()
+    latent = torch.randn(8, 6, 32)                             # (B, N_vis, D)
+    t = F.normalize(torch.randn(8, 16), dim=-1)
+    fp32 = M.info_nce(mae.video_embedding(latent), t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = M.info_nce(mae.video_embedding(latent), t)
+    assert bf16.dtype == torch.float32
+    assert abs(bf16.item() - fp32.item()) < 1e-3
+
+
+def test_info_nce_same_caption_pairs_leave_the_denominators():
+    """Rows 0 and 1 carry the same caption: neither is a negative of the other, in either direction."""
+    torch.manual_seed(0)
+    v = F.normalize(torch.randn(4, 8), dim=-1)
+    t = F.normalize(torch.randn(4, 8), dim=-1)
+    t[1] = t[0]
+    ids = torch.tensor([7, 7, 3, 5])
+    s = (v @ t.t() / 0.1).tolist()
+    allowed = [[not (i != j and ids[i] == ids[j]) for j in range(4)] for i in range(4)]
+    v2t = [-s[i][i] + math.log(sum(math.exp(s[i][j]) for j in range(4) if allowed[i][j])) for i in range(4)]
+    t2v = [-s[i][i] + math.log(sum(math.exp(s[j][i]) for j in range(4) if allowed[j][i])) for i in range(4)]
+    expected = (sum(v2t) / 4 + sum(t2v) / 4) / 2
+    assert M.info_nce(v, t, 0.1, ids).item() == pytest.approx(expected, rel=1e-6)
+    assert M.info_nce(v, t, 0.1).item() > expected             # counted as negatives, they only add to the loss
+    # all ids distinct: exactly the plain loss
+    assert M.info_nce(v, t, 0.1, torch.arange(4)).item() == pytest.approx(M.info_nce(v, t, 0.1).item(), rel=1e-6)
+
+
+def test_info_nce_leaves_out_clips_without_a_caption():
+    torch.manual_seed(0)
+    v = F.normalize(torch.randn(5, 8), dim=-1).requires_grad_()
+    t = F.normalize(torch.randn(5, 8), dim=-1)
+    ids = torch.tensor([0, -1, 2, 3, -1])
+    keep = ids >= 0
+    loss = M.info_nce(v, t, 0.1, ids)
+    assert loss.item() == pytest.approx(M.info_nce(v[keep], t[keep], 0.1).item(), rel=1e-6)
+    loss.backward()
+    assert v.grad[~keep].abs().sum() == 0 and v.grad[keep].abs().sum() > 0
+    none = M.info_nce(v, t, 0.1, torch.full((5,), -1))         # no caption anywhere: zero, and a graph to run
+    assert none.item() == 0.0 and none.requires_grad

@@ -136,3 +136,64 @@ def test_demo_defaults_fill_only_untyped_flags():
     args = pretrain.parse_args(["--mask", "tgm", "--epochs", "7"])
     assert args.demo and args.epochs == 7 and args.model == pretrain.DEMO_DEFAULTS["model"]
     assert "epochs" not in args.demo_filled and args.demo_filled["tgm_features"] == "dense"
+
+
+def test_nce_probe_trains_the_head_and_leaves_the_encoder_alone():
+    """Fig. 4 without --contrastive: the head learns from latent.detach(); the encoder's and decoder's gradients
+    equal those of L_MSE alone, and an optimizer step changes the head."""
+    import argparse
+    import torch.nn.functional as F
+    from test_model import fixed_count_mask, tiny_cfg
+    torch.manual_seed(0)
+    mae = M.VideoMAE(tiny_cfg()).train()
+    video, mask = torch.randn(4, 3, 4, 32, 32), fixed_count_mask(4, 8, 6)
+    text, ids = F.normalize(torch.randn(4, 16), dim=-1), torch.arange(4)
+    args = argparse.Namespace(contrastive=False, mse_weight=1.0, nce_weight=1.0, tau=0.07)
+
+    def grads(text, ids):
+        mae.zero_grad(set_to_none=True)
+        loss, loss_mse, loss_nce = pretrain.pretraining_loss(mae, mae, video, mask, text, ids, args)
+        loss.backward()
+        return {n: (p.grad.clone() if p.grad is not None else None) for n, p in mae.named_parameters()}, loss_nce
+
+    with_probe, loss_nce = grads(text, ids)
+    without, none = grads(None, None)
+    assert none is None and loss_nce.item() > 0
+    for name, g in without.items():
+        if not name.startswith("projector."):
+            torch.testing.assert_close(with_probe[name], g, rtol=0, atol=0, msg=name)  # not a bit of L_NCE
+        else:
+            assert g is None and with_probe[name].abs().sum() > 0, name   # only the probe moves the head
+    before = {n: p.detach().clone() for n, p in mae.projector.named_parameters()}
+    opt = torch.optim.AdamW(M.param_groups(mae, 0.05), lr=1e-3)
+    grads(text, ids)
+    opt.step()
+    assert all(not torch.equal(before[n], p) for n, p in mae.projector.named_parameters())
+    # the head has optimizer groups of its own
+    head = {id(p) for p in mae.projector.parameters()}
+    assert all(all(id(p) in head for p in g["params"]) or not any(id(p) in head for p in g["params"])
+               for g in opt.param_groups)
+
+
+def test_two_ranks_where_one_lacks_captions_finish(demo, tiny_clip, small_list, tmp_path):
+    """A pure-MAE run given --captions, where one video on rank 1's first batch has no caption and rank 0's all
+    do: both ranks still enter the head's collectives (the run used to hang here)."""
+    from torch.utils.data import DistributedSampler
+    items = [line.split()[0] for line in open(small_list).read().splitlines()]
+    sampler = DistributedSampler(range(len(items)), num_replicas=2, rank=1, shuffle=True, seed=0, drop_last=True)
+    sampler.set_epoch(0)
+    uncaptioned = items[list(sampler)[0]]                      # in rank 1's first batch
+    captions = tmp_path / "captions.jsonl"
+    with open(captions, "w") as f:
+        for line in open(demo["captions"]):
+            if json.loads(line)["video"] != uncaptioned:
+                f.write(line)
+    common = flags(demo, tiny_clip, None, small_list) + ["--mask", "tube", "--max-steps", "2", "--batch-size", "4"]
+    common[common.index("--captions") + 1] = str(captions)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518",
+           os.path.join(ROOT, "pretrain.py")] + common + out_flag(tmp_path / "ddp")
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = read_log(tmp_path / "ddp")
+    assert [r["step"] for r in log] == [1, 2] and all(r["loss_nce"] > 0 and not r["nce_optimised"] for r in log)
+    assert M.load_checkpoint(tmp_path / "ddp" / "ckpt.pt")["head"] == "probe"

@@ -5,22 +5,27 @@ Sec. 4.2, 4.5, 4.7: evaluation of pretrained and finetuned models.
       video seen as 5 temporal windows x 3 crops along the long side (K400, UCF101, HMDB51, Diving48,
       Epic-Kitchens), or with --tsn 2 interleaved TSN samplings x 3 crops (SSv2); softmax per view, the mean over
       views, top-1 and top-5 (VideoMAE's final_test + merge).
-  --retrieval (Table 3, R@1 / R@5): zero-shot video -> text retrieval with a pretrain.py checkpoint: the encoder
-      over all tokens, the contrastive head (Sec. 3.4), against CLIP's text embeddings of the class names or of
-      the captions; a video's positives are its class's name or its own captions.
+  --retrieval (Table 3, R@1 / R@5): zero-shot video -> video retrieval with the frozen pretrained encoder (a
+      pretrain.py checkpoint or published VideoMAE weights): each test clip (--val-data) queries the training clips
+      (--data) by the cosine of their mean-pooled features; a query scores at k when one of its k nearest training
+      clips has its class. The paper does not define its retrieval; see "Table 3's retrieval" in docs/design.md.
+      With --text classes|captions: video -> text retrieval through the contrastive head instead (an extra, for
+      checkpoints whose head was trained).
   --visualize (Fig. 3): for a few videos, one PNG each with the input frames, the mask, the reconstruction and
       the last block's attention for the centre patch of the centre frame.
 
 One CPU process on the built-in demo (its val split; finetune.py and pretrain.py demo checkpoints first):
     python evaluate.py --checkpoint runs/demo_ft/ckpt.pt
     python evaluate.py --retrieval --checkpoint runs/demo_pretrain/ckpt.pt
+    python evaluate.py --retrieval --checkpoint videomae-base/ --model vit_base     # Hugging Face VideoMAE weights
     python evaluate.py --visualize --checkpoint runs/demo_pretrain/ckpt.pt --mask tube
 The paper's tests, distributed (views of one video are merged across ranks by video index):
     torchrun --nproc_per_node=8 evaluate.py --checkpoint runs/k400_ft/ckpt.pt --data lists/k400/val.csv --root /data/k400
     torchrun --nproc_per_node=8 evaluate.py --checkpoint runs/ssv2_ft/ckpt.pt --data lists/ssv2/val.csv --root /data/ssv2 --tsn
     torchrun --nproc_per_node=8 evaluate.py --retrieval --checkpoint runs/k400_tgm/ckpt.pt \\
-        --data lists/ucf101/test_split1.csv --root /data/ucf101 --class-names lists/ucf101/classes.txt
-Results go to --output-dir (default: the checkpoint's folder) as results.json / retrieval_{classes,captions}.json / vis_*.png.
+        --data lists/ucf101/train_split1.csv --val-data lists/ucf101/test_split1.csv --root /data/ucf101
+Results go to --output-dir (default: the checkpoint's folder) as results.json / retrieval_{video,classes,captions}.json /
+vis_*.png.
 Tests: python -m pytest -q tests/test_evaluate.py
 """
 import argparse
@@ -47,7 +52,10 @@ import model as M
 parser = argparse.ArgumentParser(description="Multi-view test, zero-shot retrieval and pictures (Sec. 4.2, 4.5, 4.7)",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 # data
-parser.add_argument("--data", default=None, help="list file to evaluate, 'path label' per line; none: the demo's val split")
+parser.add_argument("--data", default=None, help="list file to evaluate, 'path label' per line (with --retrieval: the "
+                    "gallery, the training split); none: the demo's val split (--retrieval: its train split)")
+parser.add_argument("--val-data", default=None, help="--retrieval: the query list, the test split (Table 3: UCF101/HMDB51 "
+                    "split 1); none with the demo: its val split")
 parser.add_argument("--root", default="", help="folder prefixed to every path of the list")
 parser.add_argument("--captions", default=None, help="captions JSONL; --retrieval against captions, --visualize --mask tgm queries")
 parser.add_argument("--class-names", default=None, help="class names, line i = label i; --retrieval against them (the default when given)")
@@ -61,11 +69,13 @@ parser.add_argument("--batch-size", type=int, default=4, help="videos per proces
 parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per process")
 # model
 parser.add_argument("--checkpoint", default=None, help="finetune.py checkpoint (test); pretrain.py checkpoint (--retrieval, --visualize)")
-parser.add_argument("--model", default="vit_base", help="size when --visualize reads published VideoMAE weights (no stored config)")
+parser.add_argument("--model", default="vit_base", choices=list(M.MODEL_SIZES), help="size of published VideoMAE weights "
+                    "(official .pth or a Hugging Face folder), which store no config; pretrain.py checkpoints know theirs")
 parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="autocast dtype; bf16 falls back to fp32 on GPUs without it (as pretrain.py)")
 # retrieval (Table 3)
-parser.add_argument("--retrieval", action="store_true", help="zero-shot video->text retrieval R@1, R@5 (Table 3) instead of the test")
-parser.add_argument("--text", default=None, choices=["classes", "captions"], help="retrieval gallery: class names (default when --class-names is given) or captions")
+parser.add_argument("--retrieval", action="store_true", help="zero-shot video->video retrieval R@1/5/10/20 (Table 3) instead of the test")
+parser.add_argument("--text", default=None, choices=["classes", "captions"], help="--retrieval video->text instead, through "
+                    "the contrastive head: against the class names or the captions")
 parser.add_argument("--clip-model", default=None, help="CLIP for the text side; default: the pretraining run's (paper: ViT-B-32-quickgelu)")
 parser.add_argument("--clip-pretrained", default=None, help="openai | a local weights file | none (random: numbers mean nothing); default: the pretraining run's")
 # pictures (Fig. 3)
@@ -105,24 +115,28 @@ def classify(model, mode, video):
 
 
 def load_pretrained(path, args):
-    """A pretrain.py checkpoint (or published VideoMAE weights, for pictures) -> (VideoMAE in eval mode, its args)."""
+    """A pretrain.py checkpoint, or published VideoMAE weights (official .pth or a Hugging Face folder, sized by
+    --model) -> (VideoMAE in eval mode, the pretraining run's args, what trained its contrastive head: "contrastive",
+    "probe" or None)."""
     ckpt = M.load_checkpoint(path) if os.path.isfile(path) else None
     if ckpt is not None and "num_classes" in ckpt:
         raise SystemExit(f"{path} is a finetune.py checkpoint; --retrieval and --visualize need the pretraining "
-                         "checkpoint (its decoder and contrastive head)")
+                         "checkpoint (its encoder, decoder and contrastive head)")
     if ckpt is not None and "model_cfg" in ckpt:
         model = M.VideoMAE(M.config_from_checkpoint(ckpt))
         model.load_state_dict(ckpt["model"])
-        return model.eval(), ckpt.get("args", {})
+        pre_args = ckpt.get("args", {})
+        return model.eval(), pre_args, ckpt.get("head", "contrastive" if pre_args.get("contrastive") else None)
     cfg = M.make_config(args.model, num_frames=args.num_frames or 16, img_size=args.input_size or 224)
     model = M.VideoMAE(cfg)
-    missing, _ = M.load_videomae_weights(model, path)
+    try:
+        missing, _ = M.load_videomae_weights(model, path)
+    except (M.CheckpointError, RuntimeError) as e:             # no such file, or shapes of another size
+        raise SystemExit(f"evaluate.py: {path} does not load as VideoMAE weights of --model {args.model}: {e}")
     if [k for k in missing if not k.startswith("projector.")]:
-        raise M.CheckpointError(f"{path}: not a VideoMAE pretraining checkpoint (missing {missing[:3]}...)")
-    if args.retrieval:
-        raise SystemExit(f"{path} has no contrastive head (published VideoMAE weights): retrieval needs a pretrain.py "
-                         "checkpoint trained with --contrastive")
-    return model.eval(), {}
+        raise SystemExit(f"evaluate.py: {path} does not load as VideoMAE pretraining weights of --model {args.model} "
+                         f"(missing {missing[:3]}...): pass the size they were trained at")
+    return model.eval(), {}, None                              # published weights: no contrastive head
 
 
 def load_clip(name, pretrained, device, fallback):
@@ -173,7 +187,7 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
 
 
 # -----------------------------------------------------------------------------
-# Table 3: zero-shot video -> text retrieval
+# Table 3: zero-shot retrieval, video -> video (the paper's, as we read it) and video -> text (an extra)
 
 def text_gallery(labels, video_captions=None, class_names=None):
     """The texts to retrieve from and which are right for each video -> (texts (S,), positives (V, S) bool).
@@ -205,6 +219,26 @@ def recall_at_k(sim, positives, ks=(1, 5)):
     best = np.where(positives, sim, -np.inf).max(1)            # (V,) score of the best right text
     rank = (np.where(positives, -np.inf, sim) > best[:, None]).sum(1)  # wrong texts ahead of it
     return {k: 100.0 * (rank < k).mean() for k in ks}
+
+
+def encoder_features(model):
+    """Table 3's video features (our reading): the frozen encoder over all tokens (no mask), after its final
+    LayerNorm, mean-pooled over tokens and L2-normalised -> a function video (B, C, T, H, W) -> (B, D)."""
+    return lambda video: F.normalize(model.encoder(video).float().mean(dim=1), dim=-1)
+
+
+def video_recall(query, query_labels, gallery, gallery_labels, ks=(1, 5, 10, 20)):
+    """Video -> video retrieval: query (Q, F) and gallery (G, F) L2-normalised features with their labels ->
+    {k: % of queries with a clip of their own class among their k nearest gallery clips (cosine)}."""
+    query, gallery = torch.as_tensor(query).float(), torch.as_tensor(gallery).float()
+    query_labels, gallery_labels = torch.as_tensor(query_labels), torch.as_tensor(gallery_labels)
+    k_max = min(max(ks), len(gallery))
+    hits = []
+    for i in range(0, len(query), 1024):                       # chunks: K400's Q x G similarities would not fit
+        nearest = (query[i:i + 1024] @ gallery.T).topk(k_max, dim=1).indices  # (q, k_max), most similar first
+        hits.append(gallery_labels[nearest] == query_labels[i:i + 1024, None])  # (q, k_max): same class?
+    hit = torch.cat(hits)
+    return {k: 100.0 * hit[:, :k].any(dim=1).float().mean().item() for k in ks}
 
 
 # -----------------------------------------------------------------------------
@@ -296,28 +330,230 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
     return picture([frames, masked, recon, overlay], labels, caption[:110])
 
 
-def main(args):
-    # -----------------------------------------------------------------------------
-    # Distributed setup: torchrun sets RANK; plain `python evaluate.py` is one process
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    master = rank == 0
+# -----------------------------------------------------------------------------
+# The three protocols, one function each, and the set-up they share
 
-    def print0(*a):
-        if master:
-            print(*a, flush=True)
+def open_list(list_file, **ds_kw):
+    """data.VideoDataset(list_file, **ds_kw), or one sentence: a missing list or a malformed line (file:line: reason)."""
+    try:
+        return data.VideoDataset(list_file, **ds_kw)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"evaluate.py: {e}")
+
+
+def embed_clips(embed, ds, args, device, amp, rank, world, desc):
+    """embed: video (B, C, T, H, W) -> (B, F), over every clip of ds, shared among the ranks -> (dataset indices (V,),
+    features (V, F) float32, bad videos), the same on every rank."""
+    sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if world > 1 else None
+    loader = torch.utils.data.DataLoader(ds, args.batch_size * 4, sampler=sampler, num_workers=args.num_workers,
+                                         collate_fn=data.collate)
+    rows, bad = {"index": [], "feat": []}, []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, disable=rank != 0):
+            with amp:
+                feat = embed(batch["video"].to(device))
+            rows["index"].append(batch["index"].numpy())
+            rows["feat"].append(feat.float().cpu().numpy())
+            bad += [f"{p}: {r}" for p, r in batch["bad"]]
+    rows = gather_rows({k: np.concatenate(v) for k, v in rows.items()}, world)
+    bad = gather_rows({"bad": np.array(bad, dtype=object)}, world)["bad"]
+    index, first = np.unique(rows["index"], return_index=True)  # DistributedSampler's padding repeats count once
+    return index, rows["feat"][first], sorted(set(bad.tolist()))
+
+
+def labels_of(ds, index):
+    return np.array([ds.items[i][1] for i in index])
+
+
+def run_retrieval(args, model, pre_args, device, amp, rank, world, write_json):
+    """Table 3: zero-shot video -> video retrieval with the frozen encoder. One view per video (the centre clip of
+    the centre crop, as the val split is read), for the queries (--val-data) and the gallery (--data) alike."""
+    if not (args.data and args.val_data):
+        raise SystemExit("evaluate.py: --retrieval needs --data (the gallery: the training list) and --val-data (the "
+                         "queries: the test list)")
+    ds_kw = dict(root=args.root, mode="val", num_frames=model.cfg.num_frames, input_size=model.cfg.img_size,
+                 sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
+    gallery, queries = open_list(args.data, **ds_kw), open_list(args.val_data, **ds_kw)
+    embed = encoder_features(model)
+    g_index, g_feat, g_bad = embed_clips(embed, gallery, args, device, amp, rank, world, "embed gallery (--data)")
+    q_index, q_feat, q_bad = embed_clips(embed, queries, args, device, amp, rank, world, "embed queries (--val-data)")
+    if rank != 0:
+        return
+    r = video_recall(q_feat, labels_of(queries, q_index), g_feat, labels_of(gallery, g_index))
+    res = dict(checkpoint=args.checkpoint, gallery=args.data, queries=args.val_data, num_gallery=len(g_index),
+               num_queries=len(q_index), views="1 per video: centre clip, centre crop", features=
+               "encoder, all tokens, final LayerNorm, mean-pooled, L2-normalised; cosine",
+               **{f"R{k}": v for k, v in r.items()}, bad_videos=g_bad + q_bad)
+    path = write_json("retrieval_video.json", res)
+    print(f"\n| zero-shot video->video | queries | gallery | R@1 | R@5 | R@10 | R@20 |\n|---|---|---|---|---|---|---|\n"
+          f"| {os.path.basename(args.val_data)} -> {os.path.basename(args.data)} | {len(q_index)} | {len(g_index)} | "
+          f"{r[1]:.1f} | {r[5]:.1f} | {r[10]:.1f} | {r[20]:.1f} |\n"
+          f"(written to {path}; bad videos skipped: {len(res['bad_videos'])})")
+
+
+def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json, clip_fallback):
+    """Video -> text retrieval through the contrastive head (Sec. 3.4), an extra beside Table 3: the --val-data
+    videos (one centre view each) rank CLIP's embeddings of the class names or of the captions; a video's positives
+    are its class's name or its own captions."""
+    if head is None:
+        raise SystemExit(f"evaluate.py: {args.checkpoint} has no trained contrastive head (published VideoMAE weights, "
+                         "or a run without captions): --text needs one; leave --text out for video->video retrieval")
+    if args.text == "classes" and not args.class_names:
+        raise SystemExit("evaluate.py: --text classes needs --class-names FILE")
+    if args.text == "captions" and not args.captions:
+        raise SystemExit("evaluate.py: --text captions needs --captions FILE")
+    videos = args.val_data or args.data
+    ds = open_list(videos, root=args.root, captions=args.captions, mode="val", num_frames=model.cfg.num_frames,
+                   input_size=model.cfg.img_size, sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
+    class_names = data.read_class_names(args.class_names) if args.text == "classes" else None
+    if class_names is not None and max(lbl for _, lbl in ds.items) >= len(class_names):
+        raise SystemExit(f"{videos} has labels beyond the {len(class_names)} names of {args.class_names}: wrong file?")
+    embed = lambda video: model.video_embedding(model.encoder(video))  # (B, E): all tokens, no mask, the head
+    index, emb, bad = embed_clips(embed, ds, args, device, amp, rank, world, "embed videos")
+    if rank != 0:
+        return
+    labels = labels_of(ds, index)
+    if class_names is not None:
+        texts, positives = text_gallery(labels, class_names=class_names)
+    else:
+        texts, positives = text_gallery(labels, video_captions=[ds.captions.get(ds.rel[i], []) for i in index])
+    clip_model = args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu")
+    torch.manual_seed(args.seed)                               # random CLIP ('none') is then the same every run
+    clip, tok, clip_pretrained = load_clip(clip_model, args.clip_pretrained or pre_args.get("clip_pretrained", "openai"),
+                                           device, clip_fallback)
+    if clip_pretrained == "none":
+        print("warning: a random CLIP gives random text embeddings: recall means something only against the "
+              "same random CLIP the pretraining used (seeded identically)")
+    # the texts in the precision the pretraining embedded its captions in, so the head meets the same targets
+    with autocast(device, pre_args.get("precision", "fp32")):
+        text_emb = masking.TextEmbedder(clip, tok)(texts).float().cpu()  # (S, E) L2-normalised
+    if text_emb.shape[1] != emb.shape[1]:
+        raise SystemExit(f"{clip_model} embeds text in {text_emb.shape[1]} dims but the contrastive head gives "
+                         f"{emb.shape[1]}; pass the --clip-model the pretraining used")
+    r = recall_at_k(emb @ text_emb.numpy().T, positives)
+    res = dict(checkpoint=args.checkpoint, data=videos, text=args.text, head=head, num_texts=len(texts),
+               num_videos=int(positives.any(1).sum()), num_listed=len(ds), clip_model=clip_model,
+               clip_pretrained=clip_pretrained, R1=r[1], R5=r[5], bad_videos=bad)
+    path = write_json(f"retrieval_{args.text}.json", res)
+    print(f"\n| zero-shot video->text ({args.text}) | videos | texts | R@1 | R@5 |\n|---|---|---|---|---|\n"
+          f"| {os.path.basename(videos)} | {res['num_videos']} | {len(texts)} | {r[1]:.1f} | {r[5]:.1f} |\n"
+          f"(written to {path}; bad videos skipped: {len(bad)})")
+
+
+def run_pictures(args, model, pre_args, device, out_dir, clip_fallback):
+    """Fig. 3: one picture per video (input, mask, reconstruction, attention), on rank 0's CPU."""
+    cfg = model.cfg
+    mask_name = args.mask or pre_args.get("mask", "tube")
+    ratio = args.ratio or (pre_args.get("ratio") if mask_name == pre_args.get("mask") else None) or masking.PAPER_RATIO[mask_name]
+    ds = open_list(args.data, root=args.root, captions=args.captions, mode="val", motion=mask_name == "mgm",
+                   num_frames=cfg.num_frames, input_size=cfg.img_size,
+                   sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
+    class_names = data.read_class_names(args.class_names) if args.class_names else None
+    if mask_name == "tgm":
+        torch.manual_seed(args.seed)                           # random CLIP ('none') is then the same every run
+        clip, tok, _ = load_clip(args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu"),
+                                 args.clip_pretrained or pre_args.get("clip_pretrained", "openai"), device, clip_fallback)
+        features = args.tgm_features or pre_args.get("tgm_features", "patch")
+        tgm = masking.TextGuidedMasker(clip, features, ratio, pre_args.get("tgm_order", "top"), cfg.patch_size,
+                                       cfg.tubelet_size)
+        embed = masking.TextEmbedder(clip, tok)
+    gen = torch.Generator().manual_seed(args.seed)
+    model.cpu().float()                                        # a few videos: pictures are drawn on the CPU
+    for j, i in enumerate(np.linspace(0, len(ds) - 1, min(args.num_videos, len(ds))).round().astype(int)):
+        sample = ds[int(i)][0]
+        label = sample["label"]
+        caption = (sample["captions"] or [class_names[label] if class_names else f"label {label}"])[0]
+        if mask_name == "tube":
+            mask = masking.tube_mask(1, cfg.grid, ratio, gen)
+        elif mask_name == "random":
+            mask = masking.random_mask(1, cfg.grid, ratio, gen)
+        elif mask_name == "mgm":
+            mask = masking.MotionMasker(cfg.grid, ratio)(sample, gen)[None]
+        else:
+            mask = tgm(sample["video"][None].to(device), embed([caption]), gen).cpu()
+        with torch.no_grad():
+            img = visualize(model, sample, mask, f"{os.path.basename(ds.items[i][0])}: {caption}", mask_name, ratio)
+        path = os.path.join(out_dir, f"vis_{j:02d}_{mask_name}.png")
+        img.save(path)
+        print(f"wrote {path}")
+
+
+def run_test(args, device, amp, rank, world, write_json):
+    """Sec. 4.2 multi-view test of a finetune.py checkpoint: every view of every video, softmax per view, the mean."""
+    ckpt = M.load_checkpoint(args.checkpoint)
+    model, mode = load_classifier(ckpt)
+    model.to(device)
+    cfg, ft_args = M.config_from_checkpoint(ckpt), ckpt.get("args", {})
+    for flag, have in (("num_frames", cfg.num_frames), ("input_size", cfg.img_size)):
+        if getattr(args, flag) not in (None, have):
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(args, flag)} differs from the checkpoint's {have}; leave it out")
+    tsn = ft_args.get("tsn", False) if args.tsn is None else args.tsn
+    ds = open_list(args.data, root=args.root, mode="test", num_frames=cfg.num_frames, input_size=cfg.img_size,
+                   sampling_rate=args.sampling_rate or ft_args.get("sampling_rate", 4), tsn=tsn,
+                   test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop)
+    n_seg, n_crop = ds.test_num_segment, ds.test_num_crop
+    if max(lbl for _, lbl in ds.items) >= ckpt["num_classes"]:
+        raise SystemExit(f"{args.data} has labels beyond the checkpoint's {ckpt['num_classes']} classes: wrong list?")
+    # DistributedSampler pads the last ranks with repeats of the first videos; merge_views counts them once
+    sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if world > 1 else None
+    loader = torch.utils.data.DataLoader(ds, args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                                         collate_fn=data.collate)
+    if rank == 0:
+        print(f"multi-view test: {len(ds)} videos x {n_seg} {'TSN samplings' if tsn else 'windows'} x {n_crop} crops, "
+              f"{mode} checkpoint {args.checkpoint}, {world} process(es)", flush=True)
+    rows, bad, t0 = {"index": [], "view": [], "probs": []}, [], time.time()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="test", disable=rank != 0):
+            with amp:
+                logits = classify(model, mode, batch["video"].to(device))  # (B * views, K)
+            rows["probs"].append(F.softmax(logits.float(), dim=-1).cpu().numpy())  # softmax per view
+            rows["index"].append(batch["index"].numpy())
+            rows["view"].append(np.array([tw * n_crop + c for tw, c in batch["view"]]))  # window-major view id
+            bad += batch["bad"]
+    rows = gather_rows({k: np.concatenate(v) for k, v in rows.items()}, world)
+    bad_all = gather_rows({"bad": np.array([f"{p}: {r}" for p, r in bad], dtype=object)}, world)["bad"]
+    if rank != 0:
+        return
+    videos, probs, counts = merge_views(rows["index"], rows["view"], rows["probs"])
+    labels = labels_of(ds, videos)
+    acc = topk_accuracy(probs, labels)
+    one = topk_accuracy(rows["probs"], labels_of(ds, rows["index"]))  # each view alone
+    bad_paths = sorted(set(bad_all.tolist()))
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    per_video = [dict(video=ds.rel[v], label=int(labels[j]), top5=top[j].tolist(),
+                      top5_prob=probs[j, top[j]].round(6).tolist()) for j, v in enumerate(videos)]
+    res = dict(checkpoint=args.checkpoint, mode=mode, data=args.data, num_videos=len(videos), num_listed=len(ds),
+               views=f"{n_seg}x{n_crop}", tsn=tsn, top1=acc[1], top5=acc[5], single_view_top1=one[1],
+               incomplete_videos=int((counts != n_seg * n_crop).sum()), bad_videos=bad_paths, test_s=time.time() - t0,
+               per_video=per_video)
+    path = write_json("results.json", res)
+    print(f"\n| checkpoint | mode | videos | views | top-1 | top-5 | one view top-1 |\n|---|---|---|---|---|---|---|\n"
+          f"| {args.checkpoint} | {mode} | {len(videos)}/{len(ds)} | {n_seg}x{n_crop} | {acc[1]:.2f} | {acc[5]:.2f} | {one[1]:.2f} |\n"
+          f"(written to {path}; bad videos skipped: {len(bad_paths)})")
+
+
+def autocast(device, precision):
+    """bf16 (or fp16) autocast, or nothing for fp32; bf16 falls back to fp32 on a GPU without it."""
+    if precision == "fp32" or (precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def main(args):
+    # distributed setup: torchrun sets RANK; plain `python evaluate.py` is one process
+    ddp = "RANK" in os.environ
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = 0, 1
+    if ddp:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
 
     if args.checkpoint is None:
         raise SystemExit("evaluate.py needs --checkpoint: a finetune.py checkpoint for the multi-view test, or a "
-                         "pretrain.py checkpoint with --retrieval or --visualize")
+                         "pretrain.py checkpoint (or published VideoMAE weights) with --retrieval or --visualize")
     if args.retrieval and args.visualize:
         raise SystemExit("--retrieval and --visualize are separate runs; pass one of them")
     out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
@@ -325,11 +561,13 @@ def main(args):
     clip_fallback = args.data is None and args.clip_pretrained is None
     if args.data is None:
         demo = data.demo_dataset()
-        args.data, args.root = demo["val"], demo["root"]
+        # the test and the pictures read the val split; retrieval queries it against the train split
+        args.data, args.val_data = (demo["train"], args.val_data or demo["val"]) if args.retrieval else (demo["val"], None)
+        args.root = demo["root"]
         args.captions, args.class_names = args.captions or demo["captions"], args.class_names or demo["class_names"]
-        print0(f"no --data: the demo dataset's val split in {demo['root']}")
-    use_bf16 = args.precision == "bf16" and (device.type != "cuda" or torch.cuda.is_bf16_supported())
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        if rank == 0:
+            print(f"no --data: the demo dataset in {demo['root']}", flush=True)
+    amp = autocast(device, args.precision)
     torch.manual_seed(args.seed)
 
     def write_json(name, obj):
@@ -340,169 +578,17 @@ def main(args):
         return path
 
     if args.visualize or args.retrieval:
-        # -----------------------------------------------------------------------------
-        # The pretrained model, and the shape of its clips
-        model, pre_args = load_pretrained(args.checkpoint, args)
+        model, pre_args, head = load_pretrained(args.checkpoint, args)
         model.to(device)
-        cfg = model.cfg
-        clip_model = args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu")
-        clip_pretrained = args.clip_pretrained or pre_args.get("clip_pretrained", "openai")
-        ds_kw = dict(num_frames=cfg.num_frames, input_size=cfg.img_size,
-                     sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4), tsn=bool(args.tsn))
-
     if args.visualize:
-        # -----------------------------------------------------------------------------
-        # Fig. 3 pictures (rank 0 only)
-        mask_name = args.mask or pre_args.get("mask", "tube")
-        ratio = args.ratio or (pre_args.get("ratio") if mask_name == pre_args.get("mask") else None) or masking.PAPER_RATIO[mask_name]
-        if master:
-            try:  # a missing list or a malformed line (file:line: reason) stops here
-                ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", motion=mask_name == "mgm", **ds_kw)
-                class_names = data.read_class_names(args.class_names) if args.class_names else None
-            except (ValueError, OSError) as e:
-                raise SystemExit(f"evaluate.py: {e}")
-            if mask_name == "tgm":
-                torch.manual_seed(args.seed)                   # random CLIP ('none') is then the same every run
-                clip, tok, _ = load_clip(clip_model, clip_pretrained, device, clip_fallback)
-                features = args.tgm_features or pre_args.get("tgm_features", "patch")
-                tgm = masking.TextGuidedMasker(clip, features, ratio, pre_args.get("tgm_order", "top"), cfg.patch_size,
-                                               cfg.tubelet_size)
-                embed = masking.TextEmbedder(clip, tok)
-            gen = torch.Generator().manual_seed(args.seed)
-            model.cpu().float()                                # a few videos: pictures are drawn on the CPU
-            for j, i in enumerate(np.linspace(0, len(ds) - 1, min(args.num_videos, len(ds))).round().astype(int)):
-                sample = ds[int(i)][0]
-                label = sample["label"]
-                caption = (sample["captions"] or [class_names[label] if class_names else f"label {label}"])[0]
-                if mask_name == "tube":
-                    mask = masking.tube_mask(1, cfg.grid, ratio, gen)
-                elif mask_name == "random":
-                    mask = masking.random_mask(1, cfg.grid, ratio, gen)
-                elif mask_name == "mgm":
-                    mask = masking.MotionMasker(cfg.grid, ratio)(sample, gen)[None]
-                else:
-                    mask = tgm(sample["video"][None].to(device), embed([caption]), gen).cpu()
-                with torch.no_grad():
-                    img = visualize(model, sample, mask, f"{os.path.basename(ds.items[i][0])}: {caption}", mask_name, ratio)
-                path = os.path.join(out_dir, f"vis_{j:02d}_{mask_name}.png")
-                img.save(path)
-                print(f"wrote {path}")
-        if ddp:
-            dist.destroy_process_group()
-        return
-
-    if args.retrieval:
-        # -----------------------------------------------------------------------------
-        # Table 3: embed every video (one centre view), then rank the texts
-        try:  # a missing list or a malformed line (file:line: reason) stops here
-            ds = data.VideoDataset(args.data, args.root, captions=args.captions, mode="val", **ds_kw)
-            class_names = data.read_class_names(args.class_names) if args.class_names else None
-        except (ValueError, OSError) as e:
-            raise SystemExit(f"evaluate.py: {e}")
-        if class_names is not None and max(lbl for _, lbl in ds.items) >= len(class_names):
-            raise SystemExit(f"{args.data} has labels beyond the {len(class_names)} names of {args.class_names}: wrong file?")
-        text = args.text or ("classes" if args.class_names else "captions")
-        if text == "classes" and not args.class_names:
-            raise SystemExit("--text classes needs --class-names FILE")
-        if text == "captions" and not args.captions:
-            raise SystemExit("--text captions needs --captions FILE (or pass --class-names to retrieve class names)")
-        sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if ddp else None
-        loader = torch.utils.data.DataLoader(ds, args.batch_size * 4, sampler=sampler, num_workers=args.num_workers,
-                                             collate_fn=data.collate)
-        rows, bad = {"index": [], "emb": []}, []
-        with torch.no_grad():
-            for batch in tqdm(loader, desc="embed videos", disable=not master):
-                with amp:
-                    latent = model.encoder(batch["video"].to(device))  # (B, N, D): all tokens, no mask
-                    emb = model.video_embedding(latent)       # (B, E) L2-normalised
-                rows["index"].append(batch["index"].numpy())
-                rows["emb"].append(emb.float().cpu().numpy())
-                bad += batch["bad"]
-        rows = gather_rows({k: np.concatenate(v) for k, v in rows.items()}, world)
-        bad = sorted(set(gather_rows({"bad": np.array([f"{p}: {r}" for p, r in bad], dtype=object)}, world)["bad"].tolist()))
-        if master:
-            index, first = np.unique(rows["index"], return_index=True)  # padding repeats counted once
-            emb = torch.from_numpy(rows["emb"][first])
-            labels = np.array([ds.items[i][1] for i in index])
-            if text == "classes":
-                texts, positives = text_gallery(labels, class_names=class_names)
-            else:
-                texts, positives = text_gallery(labels, video_captions=[ds.captions.get(ds.rel[i], []) for i in index])
-            torch.manual_seed(args.seed)                       # random CLIP ('none') is then the same every run
-            clip, tok, clip_pretrained = load_clip(clip_model, clip_pretrained, device, clip_fallback)
-            if clip_pretrained == "none":
-                print("warning: a random CLIP gives random text embeddings: recall means something only against the "
-                      "same random CLIP the pretraining used (seeded identically)")
-            text_emb = masking.TextEmbedder(clip, tok)(texts).float().cpu()  # (S, E) L2-normalised
-            if text_emb.shape[1] != emb.shape[1]:
-                raise SystemExit(f"{clip_model} embeds text in {text_emb.shape[1]} dims but the contrastive head gives "
-                                 f"{emb.shape[1]}; pass the --clip-model the pretraining used")
-            r = recall_at_k((emb @ text_emb.T).numpy(), positives)
-            res = dict(checkpoint=args.checkpoint, data=args.data, text=text, num_texts=len(texts),
-                       num_videos=int(positives.any(1).sum()), num_listed=len(ds), clip_model=clip_model,
-                       clip_pretrained=clip_pretrained, R1=r[1], R5=r[5], bad_videos=bad)
-            path = write_json(f"retrieval_{text}.json", res)
-            print(f"\n| zero-shot video->text ({text}) | videos | texts | R@1 | R@5 |\n|---|---|---|---|---|\n"
-                  f"| {os.path.basename(args.data)} | {res['num_videos']} | {len(texts)} | {r[1]:.1f} | {r[5]:.1f} |\n"
-                  f"(written to {path}; bad videos skipped: {len(bad)})")
-        if ddp:
-            dist.destroy_process_group()
-        return
-
-    # -----------------------------------------------------------------------------
-    # Sec. 4.2 multi-view test: a finetune.py checkpoint, every view of every video
-    ckpt = M.load_checkpoint(args.checkpoint)
-    model, mode = load_classifier(ckpt)
-    model.to(device)
-    cfg, ft_args = M.config_from_checkpoint(ckpt), ckpt.get("args", {})
-    for flag, have in (("num_frames", cfg.num_frames), ("input_size", cfg.img_size)):
-        if getattr(args, flag) not in (None, have):
-            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(args, flag)} differs from the checkpoint's {have}; leave it out")
-    tsn = ft_args.get("tsn", False) if args.tsn is None else args.tsn
-    sampling_rate = args.sampling_rate or ft_args.get("sampling_rate", 4)
-    try:  # a missing list or a malformed line (file:line: reason) stops here
-        ds = data.VideoDataset(args.data, args.root, mode="test", num_frames=cfg.num_frames, sampling_rate=sampling_rate,
-                               input_size=cfg.img_size, tsn=tsn, test_num_segment=args.test_num_segment,
-                               test_num_crop=args.test_num_crop)
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"evaluate.py: {e}")
-    n_seg, n_crop = ds.test_num_segment, ds.test_num_crop
-    if max(lbl for _, lbl in ds.items) >= ckpt["num_classes"]:
-        raise SystemExit(f"{args.data} has labels beyond the checkpoint's {ckpt['num_classes']} classes: wrong list?")
-    # DistributedSampler pads the last ranks with repeats of the first videos; merge_views counts them once
-    sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if ddp else None
-    loader = torch.utils.data.DataLoader(ds, args.batch_size, sampler=sampler, num_workers=args.num_workers,
-                                         collate_fn=data.collate)
-    print0(f"multi-view test: {len(ds)} videos x {n_seg} {'TSN samplings' if tsn else 'windows'} x {n_crop} crops, "
-           f"{mode} checkpoint {args.checkpoint}, {world} process(es)")
-    rows, bad, t0 = {"index": [], "view": [], "probs": []}, [], time.time()
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="test", disable=not master):
-            with amp:
-                logits = classify(model, mode, batch["video"].to(device))  # (B * views, K)
-            rows["probs"].append(F.softmax(logits.float(), dim=-1).cpu().numpy())  # softmax per view
-            rows["index"].append(batch["index"].numpy())
-            rows["view"].append(np.array([tw * n_crop + c for tw, c in batch["view"]]))  # window-major view id
-            bad += batch["bad"]
-    rows = gather_rows({k: np.concatenate(v) for k, v in rows.items()}, world)
-    bad_all = gather_rows({"bad": np.array([f"{p}: {r}" for p, r in bad], dtype=object)}, world)["bad"]
-    if master:
-        videos, probs, counts = merge_views(rows["index"], rows["view"], rows["probs"])
-        labels = np.array([ds.items[i][1] for i in videos])
-        acc = topk_accuracy(probs, labels)
-        one = topk_accuracy(rows["probs"], np.array([ds.items[i][1] for i in rows["index"]]))  # each view alone
-        bad_paths = sorted(set(bad_all.tolist()))
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
-        per_video = [dict(video=ds.rel[v], label=int(labels[j]), top5=top[j].tolist(),
-                          top5_prob=probs[j, top[j]].round(6).tolist()) for j, v in enumerate(videos)]
-        res = dict(checkpoint=args.checkpoint, mode=mode, data=args.data, num_videos=len(videos), num_listed=len(ds),
-                   views=f"{n_seg}x{n_crop}", tsn=tsn, top1=acc[1], top5=acc[5], single_view_top1=one[1],
-                   incomplete_videos=int((counts != n_seg * n_crop).sum()), bad_videos=bad_paths, test_s=time.time() - t0,
-                   per_video=per_video)
-        path = write_json("results.json", res)
-        print(f"\n| checkpoint | mode | videos | views | top-1 | top-5 | one view top-1 |\n|---|---|---|---|---|---|---|\n"
-              f"| {args.checkpoint} | {mode} | {len(videos)}/{len(ds)} | {n_seg}x{n_crop} | {acc[1]:.2f} | {acc[5]:.2f} | {one[1]:.2f} |\n"
-              f"(written to {path}; bad videos skipped: {len(bad_paths)})")
+        if rank == 0:
+            run_pictures(args, model, pre_args, device, out_dir, clip_fallback)
+    elif args.retrieval and args.text:
+        run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json, clip_fallback)
+    elif args.retrieval:
+        run_retrieval(args, model, pre_args, device, amp, rank, world, write_json)
+    else:
+        run_test(args, device, amp, rank, world, write_json)
     if ddp:
         dist.destroy_process_group()
 

@@ -260,8 +260,8 @@ def tiny_clip(tiny_clip_config, tmp_path_factory):
     return tiny_clip_config, str(weights), clip, tokenizer
 
 
-def test_retrieval_run_matches_its_definition(tmp_path, tiny_clip, tiny_clip_dim):
-    """The --retrieval run (videos embedded by encoder + head, class names by CLIP) gives the recall of
+def test_text_retrieval_run_matches_its_definition(tmp_path, tiny_clip, tiny_clip_dim):
+    """The --retrieval --text run (videos embedded by encoder + head, class names by CLIP) gives the recall of
     recall_at_k on those embeddings: the wiring of texts, positives and video order is right."""
     import masking
     folder = tmp_path / "videos"
@@ -270,7 +270,7 @@ def test_retrieval_run_matches_its_definition(tmp_path, tiny_clip, tiny_clip_dim
     (folder / "classes.txt").write_text("red\ngreen\nblue\n")
     mae = save_pretrain_checkpoint(tmp_path / "pre.pt", head_out_dim=tiny_clip_dim).eval()
     clip_cfg, clip_weights, clip, tokenizer = tiny_clip
-    EV.main(EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
+    EV.main(EV.parser.parse_args(["--retrieval", "--text", "classes", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
                                   "--root", str(folder), "--class-names", str(folder / "classes.txt"),
                                   "--clip-model", clip_cfg, "--clip-pretrained", clip_weights,
                                   "--num-workers", "0", "--precision", "fp32"]))
@@ -317,3 +317,105 @@ def test_evaluate_rejects_the_wrong_checkpoint_kind(tmp_path):
         EV.load_pretrained(args.checkpoint, args)
     with pytest.raises(SystemExit, match="needs --checkpoint"):
         EV.main(EV.parser.parse_args([]))
+
+
+# -----------------------------------------------------------------------------
+# Table 3: video -> video retrieval with the frozen encoder
+
+def test_video_recall_on_a_constructed_case():
+    """Queries on a circle, gallery clips at known angles: the k nearest are known, so every recall is exact."""
+    def at(deg):
+        r = np.deg2rad(np.asarray(deg, dtype=float))
+        return np.stack([np.cos(r), np.sin(r)], 1)
+    gallery = at([0, 10, 30, 60, 100, 150])
+    gallery_labels = np.array([0, 1, 1, 0, 2, 2])
+    query = at([2, 27, 95, 200])                               # nearest first: see each comment
+    query_labels = np.array([1, 0, 0, 1])
+    # q0 (2 deg): 0(c0) 10(c1) ...   -> a hit at k=2
+    # q1 (27 deg): 30(c1) 10(c1) 60(c0) -> a hit at k=3
+    # q2 (95 deg): 100(c2) 60(c0)    -> a hit at k=2
+    # q3 (200 deg): 150(c2) 100(c2) 60(c0) 0(c0) 10(c1) -> a hit at k=5
+    r = EV.video_recall(query, query_labels, gallery, gallery_labels, ks=(1, 2, 3, 4, 5))
+    assert r == {1: 0.0, 2: 50.0, 3: 75.0, 4: 75.0, 5: 100.0}
+    assert EV.video_recall(gallery, gallery_labels, gallery, gallery_labels, ks=(1,))[1] == 100.0  # itself, nearest
+
+
+def hf_videomae_folder(path):
+    """Published-style weights: a random transformers VideoMAEForPreTraining of our vit_tiny size, saved with
+    save_pretrained (4 frames of 32 x 32, as TINY). -> the HF model."""
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+    size = M.MODEL_SIZES["vit_tiny"]
+    torch.manual_seed(0)
+    hf = VideoMAEForPreTraining(VideoMAEConfig(
+        image_size=32, num_frames=4, tubelet_size=2, patch_size=16, hidden_size=size["embed_dim"],
+        num_hidden_layers=size["depth"], num_attention_heads=size["num_heads"], intermediate_size=4 * size["embed_dim"],
+        decoder_hidden_size=size["decoder_embed_dim"], decoder_num_hidden_layers=4,
+        decoder_num_attention_heads=size["decoder_num_heads"], decoder_intermediate_size=4 * size["decoder_embed_dim"],
+        use_mean_pooling=False, layer_norm_eps=1e-6, attn_implementation="eager")).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hf.save_pretrained(path)
+    return hf
+
+
+@pytest.fixture(scope="module")
+def retrieval_lists(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("retrieval")
+    gallery = write_colour_dataset(str(folder), 3, seed=7, num_classes=3)   # 9 training clips
+    queries = write_colour_dataset(str(folder), 2, seed=8, num_classes=3)   # 6 test clips
+    return folder, gallery, queries
+
+
+def test_retrieval_with_hugging_face_weights(tmp_path, retrieval_lists):
+    """A Hugging Face VideoMAE folder runs through --retrieval; the recalls are those of transformers' own encoder
+    (VideoMAEModel, all tokens, final LayerNorm) mean-pooled, so the whole path is checked against the reference."""
+    folder, gallery, queries = retrieval_lists
+    # the gallery's labels dealt round-robin, not by tint: the recalls then hang on the exact neighbour order
+    lines = open(gallery).read().split()[::2]
+    gallery = str(tmp_path / "relabelled.txt")
+    with open(gallery, "w") as f:
+        f.writelines(f"{os.path.relpath(os.path.join(folder, rel), folder)} {i % 3}\n" for i, rel in enumerate(lines))
+    hf = hf_videomae_folder(tmp_path / "hf")
+    EV.main(EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "hf"), "--model", "vit_tiny",
+                                  "--num-frames", "4", "--input-size", "32", "--sampling-rate", "2",
+                                  "--data", gallery, "--val-data", queries, "--root", str(folder),
+                                  "--num-workers", "0", "--precision", "fp32", "--output-dir", str(tmp_path / "out")]))
+    res = json.load(open(tmp_path / "out" / "retrieval_video.json"))
+    assert res["num_gallery"] == 9 and res["num_queries"] == 6
+
+    def features(list_file):
+        ds = data.VideoDataset(list_file, str(folder), mode="val", num_frames=4, sampling_rate=2, input_size=32)
+        batch = data.collate([ds[i] for i in range(len(ds))])
+        with torch.no_grad():
+            x = hf.videomae(batch["video"].transpose(1, 2)).last_hidden_state  # (B, N, D), HF's (B, T, C, H, W)
+        return torch.nn.functional.normalize(x.mean(1), dim=-1).numpy(), batch["label"].numpy()
+
+    want = EV.video_recall(*features(queries), *features(gallery))
+    assert 0 < want[1] < 100 or 0 < want[5] < 100              # the check can tell neighbour orders apart
+    for k in (1, 5, 10, 20):
+        assert res[f"R{k}"] == pytest.approx(want[k]), k
+    with pytest.raises(SystemExit, match="--model vit_small"):  # the wrong size: a sentence, not a traceback
+        EV.main(EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "hf"), "--model", "vit_small",
+                                      "--data", gallery, "--val-data", queries, "--root", str(folder)]))
+    with pytest.raises(SystemExit, match="no trained contrastive head"):  # video->text needs a head
+        EV.main(EV.parser.parse_args(["--retrieval", "--text", "classes", "--checkpoint", str(tmp_path / "hf"),
+                                      "--model", "vit_tiny", "--num-frames", "4", "--input-size", "32",
+                                      "--data", gallery, "--root", str(folder), "--class-names", gallery]))
+
+
+def test_retrieval_two_ranks_give_the_one_process_result(tmp_path, retrieval_lists):
+    folder, gallery, queries = retrieval_lists
+    save_pretrain_checkpoint(tmp_path / "pre.pt")
+    argv = ["--retrieval", "--checkpoint", str(tmp_path / "pre.pt"), "--data", gallery, "--val-data", queries,
+            "--root", str(folder), "--num-workers", "0", "--batch-size", "1", "--precision", "fp32"]
+    EV.main(EV.parser.parse_args(argv + ["--output-dir", str(tmp_path / "one")]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.start_processes(_rank_worker, args=(2, port, argv + ["--output-dir", str(tmp_path / "two")]),
+                                          nprocs=2, start_method="fork")
+    one, two = (json.load(open(tmp_path / d / "retrieval_video.json")) for d in ("one", "two"))
+    assert one["num_gallery"] == two["num_gallery"] == 9 and one["num_queries"] == two["num_queries"] == 6
+    for k in (1, 5, 10, 20):
+        assert one[f"R{k}"] == pytest.approx(two[f"R{k}"]), k

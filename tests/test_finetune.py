@@ -65,6 +65,7 @@ def save_pretrain_checkpoint(path, seed=0, **cfg_overrides):
         for p in mae.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     M.save_checkpoint(path, {"model": mae.state_dict(), "model_cfg": asdict(cfg), "optimizer": {}, "step": 1, "epoch": 1,
+                             "head": "contrastive",
                              "args": {"clip_model": "ViT-B-32-quickgelu", "clip_pretrained": "none", "mask": "tube",
                                       "ratio": 0.75, "sampling_rate": 2}})
     return mae

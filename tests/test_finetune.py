@@ -1,7 +1,7 @@
 """
 Tests of finetune.py (Sec. 4.2): mixup/cutmix targets, layer-wise lr decay, the schedule, the linear probe with a
-frozen encoder, finetuning with resume, loading pretrained encoders, and the start-up errors. CPU, tiny shapes,
-no network.
+frozen encoder, finetuning with resume, loading pretrained encoders, the augmentation per mode, and the start-up
+errors. CPU, tiny shapes, no network.
 
     python -m pytest -q tests/test_finetune.py
 """
@@ -291,6 +291,30 @@ def test_finetune_skips_a_bad_video_logs_validation_and_resumes(colour_data, tmp
 
 
 # -----------------------------------------------------------------------------
+# augmentation per mode
+
+@pytest.mark.parametrize("mode", ["finetune", "linear"])
+def test_augmentation_only_when_finetuning(colour_data, tmp_path, monkeypatch, mode):
+    """Finetuning trains on RandAugment + random erasing at VideoMAE's values; the linear probe on plain crops
+    (MAE's); validation never augments."""
+    made = []
+
+    class Recorded(FT.data.VideoDataset):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+    monkeypatch.setattr(FT.data, "VideoDataset", Recorded)
+    FT.main(run_args(colour_data, tmp_path, "--checkpoint", "none", "--model", "vit_tiny", "--num-frames", "4",
+                     "--input-size", "32", "--mode", mode, "--batch-size", "2", "--epochs", "0"))
+    train, val = made
+    assert val.randaug is None and val.erase is None
+    if mode == "linear":
+        assert train.randaug is None and train.erase is None
+    else:
+        assert (train.randaug.num_ops, train.randaug.magnitude, train.erase.p) == (4, 7, 0.25)
+
+
+# -----------------------------------------------------------------------------
 # start-up errors: one sentence, before any training
 
 def test_bad_flag_combinations_stop_with_a_sentence(colour_data, tmp_path):
@@ -301,6 +325,7 @@ def test_bad_flag_combinations_stop_with_a_sentence(colour_data, tmp_path):
         (["--checkpoint", str(tmp_path / "pre.pt"), "--mode", "linear", "--batch-size", "1"], "at least 2 clips"),
         (["--checkpoint", str(tmp_path / "pre.pt"), "--num-classes", "2"], "only 2 classes"),
         (["--checkpoint", str(tmp_path / "pre.pt"), "--batch-size", "64"], "fewer than one global batch"),
+        (["--checkpoint", str(tmp_path / "pre.pt"), "--randaug-m", "11"], "from 0 to 10"),
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit, match=message):

@@ -142,6 +142,7 @@ def build_model(args, cfg, num_classes):
     if args.mode == "finetune":
         return M.VideoClassifier(cfg, num_classes, drop_path=args.drop_path)
     encoder = M.Encoder(cfg, final_norm=True)
+    encoder.apply(M.init_weights)  # VideoMAE's init, as the pretraining model's encoder: where --checkpoint none starts
     encoder.requires_grad_(False)                              # frozen: only the probe learns (MAE's protocol)
     return nn.ModuleDict({"encoder": encoder, "probe": M.LinearProbe(cfg.embed_dim, num_classes)})
 
@@ -336,9 +337,12 @@ def main(args):
                                                  args.batch_size, **loader_kw)
 
     # -----------------------------------------------------------------------------
-    # Model
-    torch.manual_seed(args.seed + rank)
+    # Model: built under one seed on every rank, so every rank starts from the same weights (DDP would broadcast
+    # rank 0's to the trained modules, but the linear probe's frozen encoder is not in DDP); then a seed per rank
+    # for the draws that must differ between ranks (drop path)
+    torch.manual_seed(args.seed)
     model = build_model(args, cfg, K)
+    torch.manual_seed(args.seed + rank)
     encoder = model.encoder if args.mode == "finetune" else model["encoder"]
     if enc_sd is not None:
         missing = load_encoder(encoder, enc_sd, args.checkpoint)

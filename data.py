@@ -4,7 +4,8 @@ Sec. 4.2 (pre-processing): "clips of 16 frames sampled at a temporal stride of 4
 SSv2 ... multi-scale-crop and horizontal flip ... TSN-style sampling on SSv2 with 2 temporal x 3
 spatial views during test-time ... 5 temporal x 3 spatial views" for the other datasets, all
 "following [38]" (VideoMAE). Every frame sampler below reproduces a function of the official VideoMAE
-code (github.com/MCG-NJU/VideoMAE, kinetics.py / ssv2.py / transforms.py), cited where it is copied.
+code (github.com/MCG-NJU/VideoMAE, kinetics.py / ssv2.py / transforms.py), cited where it is copied;
+finetuning clips also get VideoMAE's RandAugment and random erasing, as torchvision's transforms.
 Sec. 3.2 / 3.3 need two more things from here: the video's captions ride along with the clip, and
 every crop/flip is reported as a resolution-free `Crop` so that motion- and text-guided masks can be
 moved with the clip (`apply_crop`).
@@ -415,14 +416,15 @@ def finetune_transforms(randaug_n=4, randaug_m=7, reprob=0.25):
     """VideoMAE's finetuning augmentation (run_class_finetuning.py: --aa rand-m7-n4-mstd0.5-inc1, --reprob 0.25,
     --remode pixel) as torchvision transforms -> (randaug, erase); None for one that is off (n = 0, reprob = 0).
 
-    NOTE: differs from VideoMAE: its RandAugment is timm's, which torchvision's follows closely (the same maximum
-    shear, translation, rotation and enhancement strengths, magnitude m of 10 levels: torchvision's bin m of 11
-    is the same fraction m/10 of each maximum) but not exactly, because torchvision has no video-ready copy of
-    timm's: (1) no magnitude noise (mstd0.5 draws each op's m from N(7, 0.5)); (2) each of the n ops is always
-    applied, where timm applies each with chance 0.5, so ours is the stronger (--randaug-n 2 gives timm's mean
-    number of ops); (3) the op set: no Invert and no SolarizeAdd, an Identity instead; posterize at m=7 keeps
-    5 bits, not 2; (4) bilinear, not bicubic, resampling (torchvision's tensor kernels have no bicubic affine).
-    The fill of rotated/sheared/translated-in pixels is grey 128, as timm's default.
+    NOTE: differs from VideoMAE: its RandAugment is timm's. torchvision's has the same maximum shear (0.3),
+    rotation (30 degrees) and enhancement (1 +- 0.9) and nearly the same translation (0.453 of the side, timm 0.45),
+    and with 11 magnitude bins its bin m is timm's level m of 10 (the same fraction m/10 of each maximum); we use
+    it because it works on a (T, C, H, W) tensor with one draw for all frames and is maintained. It differs in:
+    (1) no magnitude noise (mstd0.5 draws each op's m from N(7, 0.5)); (2) each of the n ops is always applied,
+    where timm applies each with chance 0.5, so ours is the stronger (--randaug-n 2 gives timm's mean number of
+    ops); (3) the op set: no Invert and no SolarizeAdd, an Identity instead; posterize at m=7 keeps 5 bits, not 2;
+    (4) bilinear, not bicubic, resampling (torchvision's tensor kernels have no bicubic affine). Pixels moved in
+    by rotation, shear or translation are grey 128, as timm's default fill.
     NOTE: differs from VideoMAE: its erasing (random_erasing.py, cube mode) puts the same box on every frame but
     fresh noise in each frame, and tries 100 boxes; torchvision's puts the same noise in every frame (one
     (C, h, w) draw broadcast over T) and tries 10: a box that fits is found in the first tries anyway.
@@ -448,8 +450,9 @@ def augment_clip(clip, randaug, erase, seed):
     Their draws come from torch's global generator: seeded here, inside fork_rng, from the dataset's
     per-(seed, epoch, index) rng, so they do not depend on the worker and a resumed run redraws the same clips.
     NOTE: differs from VideoMAE, which augments the whole decoded frames before the random-resized crop: we
-    augment the crop, which is cheaper; the ops' sizes are fractions of the image, so a translation moves the
-    same share of what the model sees.
+    augment the crop, which is cheaper (S x S pixels, not the frame's). The geometric ops scale with the image,
+    so a translation moves the content by a share of the crop's side, not of the frame's (less, after a small
+    crop), and the grey fill of a rotation or shear shows in the crop's corners instead of being cropped away.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

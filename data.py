@@ -4,7 +4,8 @@ Sec. 4.2 (pre-processing): "clips of 16 frames sampled at a temporal stride of 4
 SSv2 ... multi-scale-crop and horizontal flip ... TSN-style sampling on SSv2 with 2 temporal x 3
 spatial views during test-time ... 5 temporal x 3 spatial views" for the other datasets, all
 "following [38]" (VideoMAE). Every frame sampler below reproduces a function of the official VideoMAE
-code (github.com/MCG-NJU/VideoMAE, kinetics.py / ssv2.py / transforms.py), cited where it is copied.
+code (github.com/MCG-NJU/VideoMAE, kinetics.py / ssv2.py / transforms.py), cited where it is copied;
+finetuning clips also get VideoMAE's RandAugment and random erasing, as torchvision's transforms.
 Sec. 3.2 / 3.3 need two more things from here: the video's captions ride along with the clip, and
 every crop/flip is reported as a resolution-free `Crop` so that motion- and text-guided masks can be
 moved with the clip (`apply_crop`).
@@ -32,6 +33,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2 as T
 
 from model import IMAGENET_MEAN, IMAGENET_STD
 
@@ -407,6 +409,61 @@ def normalize(frames):
     return x.permute(3, 0, 1, 2).contiguous()  # (C, T, H, W)
 
 
+# ----------------------------------------------------------------------------- finetuning augmentation
+
+
+def finetune_transforms(randaug_n=4, randaug_m=7, reprob=0.25):
+    """VideoMAE's finetuning augmentation (run_class_finetuning.py: --aa rand-m7-n4-mstd0.5-inc1, --reprob 0.25,
+    --remode pixel) as torchvision transforms -> (randaug, erase); None for one that is off (n = 0, reprob = 0).
+
+    NOTE: differs from VideoMAE: its RandAugment is timm's. torchvision's has the same maximum shear (0.3),
+    rotation (30 degrees) and enhancement (1 +- 0.9) and nearly the same translation (0.453 of the side, timm 0.45),
+    and with 11 magnitude bins its bin m is timm's level m of 10 (the same fraction m/10 of each maximum); we use
+    it because it works on a (T, C, H, W) tensor with one draw for all frames and is maintained. It differs in:
+    (1) no magnitude noise (mstd0.5 draws each op's m from N(7, 0.5)); (2) each of the n ops is always applied,
+    where timm applies each with chance 0.5, so ours is the stronger (--randaug-n 2 gives timm's mean number of
+    ops); (3) the op set: no Invert and no SolarizeAdd, an Identity instead; posterize at m=7 keeps 5 bits, not 2;
+    (4) bilinear, not bicubic, resampling (torchvision's tensor kernels have no bicubic affine). Pixels moved in
+    by rotation, shear or translation are grey 128, as timm's default fill.
+    NOTE: differs from VideoMAE: its erasing (random_erasing.py, cube mode) puts the same box on every frame but
+    fresh noise in each frame, and tries 100 boxes; torchvision's puts the same noise in every frame (one
+    (C, h, w) draw broadcast over T) and tries 10: a box that fits is found in the first tries anyway.
+    """
+    randaug = erase = None
+    if randaug_n > 0:
+        randaug = T.RandAugment(num_ops=randaug_n, magnitude=randaug_m, num_magnitude_bins=11,
+                                interpolation=T.InterpolationMode.BILINEAR, fill=[128, 128, 128])
+    if reprob > 0:
+        # value="random": per-pixel N(0, 1) in the normalised space (VideoMAE's mode 'pixel'); area 2-33 %,
+        # aspect 0.3-3.3, the defaults of both
+        erase = T.RandomErasing(p=reprob, value="random")
+    return randaug, erase
+
+
+def augment_clip(clip, randaug, erase, seed):
+    """A (T, C, S, S) crop -> ImageNet-normalised (C, T, S, S) with VideoMAE's finetuning augmentation.
+
+    RandAugment acts on the [0, 255] pixels (uint8, as timm's acts on PIL images), random erasing on the
+    normalised ones (VideoMAE erases after normalising). A torchvision transform given a (T, C, H, W) tensor
+    makes one draw and applies it to every leading index, so every frame gets the same operations, magnitudes
+    and erased box: one draw per clip, as VideoMAE applies one draw to the clip's list of frames.
+    Their draws come from torch's global generator: seeded here, inside fork_rng, from the dataset's
+    per-(seed, epoch, index) rng, so they do not depend on the worker and a resumed run redraws the same clips.
+    NOTE: differs from VideoMAE, which augments the whole decoded frames before the random-resized crop: we
+    augment the crop, which is cheaper (S x S pixels, not the frame's). The geometric ops scale with the image,
+    so a translation moves the content by a share of the crop's side, not of the frame's (less, after a small
+    crop), and the grey fill of a rotation or shear shows in the crop's corners instead of being cropped away.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if randaug is not None:
+            clip = randaug(clip)                               # (T, C, S, S) uint8, one draw for all T frames
+        x = normalize(clip.permute(0, 2, 3, 1))                # (C, T, S, S)
+        if erase is not None:
+            x = erase(x.transpose(0, 1)).transpose(0, 1).contiguous()  # torchvision wants (T, C, S, S): one box for all T
+    return x
+
+
 # ----------------------------------------------------------------------------- dataset
 
 
@@ -418,12 +475,15 @@ class VideoDataset(torch.utils.data.Dataset):
     view from one decode: 5 windows x 3 crops, or with tsn 2 interleaved samplings x 3 crops).
     repeat_aug R: decode once, return R differently cropped/flipped clips of the same frames (VideoMAE's
     `num_sample`, ST-MAE / MGMAE repeated augmentation) to amortise decoding.
+    randaug_n, randaug_m, reprob: VideoMAE's finetuning RandAugment and random erasing (`finetune_transforms`),
+    'finetune' mode only; off by default (0), and off means the clips are exactly those without them.
     __getitem__ returns a list of dicts (R of them; in 'test' mode one per view); see `collate`.
     """
 
     def __init__(self, list_file, root="", captions=None, mode="pretrain", num_frames=16, sampling_rate=4,
                  input_size=224, repeat_aug=1, flip=True, tsn=False, motion=False, mask_fn=None, seed=0,
-                 test_num_segment=5, test_num_crop=3, short_side=None, require_captions=False):
+                 test_num_segment=5, test_num_crop=3, short_side=None, require_captions=False,
+                 randaug_n=0, randaug_m=7, reprob=0.0):
         if mode not in ("pretrain", "finetune", "val", "test"):
             raise ValueError(f"mode must be pretrain, finetune, val or test, not {mode!r}")
         self.list_file = list_file
@@ -438,6 +498,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self.require_captions = require_captions
         self.test_num_segment = 2 if tsn else test_num_segment  # SSv2: the two interleaved samplings
         self.test_num_crop = test_num_crop
+        self.randaug, self.erase = finetune_transforms(randaug_n, randaug_m, reprob) if mode == "finetune" else (None, None)
         self.bad = {}  # index -> reason, per process (each DataLoader worker keeps its own)
         self.epoch = 0
 
@@ -491,8 +552,14 @@ class VideoDataset(torch.utils.data.Dataset):
             # 'test' decodes all windows at once: view t is frames [t*T, (t+1)*T), crops vary fastest
             views = range(self.test_num_segment) if self.mode == "test" else [0]
             for t in views:
-                clip = apply_crop(x[t * T:(t + 1) * T], crop, self.input_size, torch.float32)  # (T, C, S, S)
-                s = {"video": normalize(clip.permute(0, 2, 3, 1)), "label": label, "index": index,
+                # RandAugment works on uint8 pixels, so the crop is rounded to them; without it the crop stays float
+                dtype = torch.uint8 if self.randaug is not None else torch.float32
+                clip = apply_crop(x[t * T:(t + 1) * T], crop, self.input_size, dtype)  # (T, C, S, S)
+                if self.randaug is not None or self.erase is not None:
+                    video = augment_clip(clip, self.randaug, self.erase, seed=int(rng.integers(2 ** 62)))
+                else:
+                    video = normalize(clip.permute(0, 2, 3, 1))  # (C, T, S, S)
+                s = {"video": video, "label": label, "index": index,
                      "captions": self.captions.get(self.rel[index], []), "crop": crop,
                      "frame_size": (info.height, info.width), "bad": []}
                 if self.motion:

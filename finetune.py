@@ -2,12 +2,13 @@
 Sec. 4.2, 4.5: transfer of a pretrained encoder to action recognition, by full finetuning or by a linear probe.
 
 Finetune (Tables 1, 2, 4 "FT"): VideoMAE's recipe [38] (run_class_finetuning.py): the encoder over all tokens,
-mean pool -> LayerNorm -> Linear, layer-wise lr decay 0.75, drop path 0.1, mixup 0.8 / cutmix 1.0 with label
-smoothing 0.1, AdamW (0.9, 0.999), weight decay 0.05, lr = base_lr * global_batch / 256, 5 warmup epochs, then a
-per-step cosine. Linear probe (Tables 1-4 "LP", Sec. 4.5): MAE's protocol (main_linprobe.py): the pretrained
-encoder frozen in eval mode (with its final LayerNorm), mean-pooled features -> BatchNorm1d(affine=False) ->
-Linear; only the head trains. The multi-view test (5x3, or 2x3 for SSv2) is evaluate.py's job; here every
-epoch ends with a one-view validation top-1 in the log.
+mean pool -> LayerNorm -> Linear, layer-wise lr decay 0.75, drop path 0.1, RandAugment (rand-m7-n4) and random
+erasing 0.25 on every clip, mixup 0.8 / cutmix 1.0 with label smoothing 0.1, AdamW (0.9, 0.999), weight decay
+0.05, lr = base_lr * global_batch / 256, 5 warmup epochs, then a per-step cosine. Linear probe (Tables 1-4 "LP",
+Sec. 4.5): MAE's protocol (main_linprobe.py): the pretrained encoder frozen in eval mode (with its final
+LayerNorm), mean-pooled features -> BatchNorm1d(affine=False) -> Linear, plain crops; only the head trains. The
+multi-view test (5x3, or 2x3 for SSv2) is evaluate.py's job; here every epoch ends with a one-view validation
+top-1 in the log.
 
 One CPU process on the built-in demo (minutes; a random encoder unless you pass a pretrain.py checkpoint):
     python finetune.py --checkpoint none --output-dir runs/demo_ft_scratch
@@ -80,6 +81,9 @@ parser.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (FT); 
 parser.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (FT); paper: 1.0; 0 turns it off")
 parser.add_argument("--mixup-switch-prob", type=float, default=0.5, help="chance of cutmix instead of mixup when both are on; paper: 0.5")
 parser.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (FT); paper: 0.1")
+parser.add_argument("--randaug-n", type=int, default=4, help="RandAugment ops per clip, one draw for all its frames (FT only); VideoMAE: 4 (--aa rand-m7-n4-mstd0.5-inc1); 0 turns it off. torchvision applies all n, timm each with chance 0.5: 2 matches timm's mean")
+parser.add_argument("--randaug-m", type=int, default=7, help="RandAugment magnitude, 0..10 (FT only); VideoMAE: 7")
+parser.add_argument("--reprob", type=float, default=0.25, help="random erasing probability per clip, the same box in every frame (FT only); VideoMAE: 0.25 (--remode pixel); 0 turns it off")
 parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="autocast dtype; bf16 falls back to fp32 on GPUs without it (as pretrain.py)")
 # output
 parser.add_argument("--output-dir", default="runs/finetune", help="ckpt.pt (every epoch, atomic) and log.jsonl go here")
@@ -138,6 +142,7 @@ def build_model(args, cfg, num_classes):
     if args.mode == "finetune":
         return M.VideoClassifier(cfg, num_classes, drop_path=args.drop_path)
     encoder = M.Encoder(cfg, final_norm=True)
+    encoder.apply(M.init_weights)  # VideoMAE's init, as the pretraining model's encoder: where --checkpoint none starts
     encoder.requires_grad_(False)                              # frozen: only the probe learns (MAE's protocol)
     return nn.ModuleDict({"encoder": encoder, "probe": M.LinearProbe(cfg.embed_dim, num_classes)})
 
@@ -171,6 +176,8 @@ def resolve_args(args, pretrained_cfg=None, say=print):
             setattr(args, k, small if demo else paper)
     if args.data is not None and args.val_data is None:
         say("no --val-data: training without per-epoch validation")
+    if not 0 <= args.randaug_m <= 10:
+        raise SystemExit(f"--randaug-m {args.randaug_m}: RandAugment's magnitude runs from 0 to 10 (VideoMAE: 7)")
     if args.mode == "linear" and args.batch_size * args.repeat_aug < 2:
         raise SystemExit("--mode linear needs at least 2 clips per step (its BatchNorm normalises over the batch); raise --batch-size")
     if args.epochs <= args.warmup_epochs and args.epochs > 0:
@@ -291,16 +298,19 @@ def main(args):
         print0(f"--checkpoint none: the encoder starts from random weights ({args.model}), the from-scratch baseline")
 
     # -----------------------------------------------------------------------------
-    # Data: random-resized-crop clips to train; one centre view per video to validate
+    # Data: random-resized-crop clips (and, finetuning, RandAugment and random erasing) to train; one centre view
+    # per video to validate
     if args.data is None:
         demo = data.demo_dataset()
         args.data, args.val_data, args.root = demo["train"], args.val_data or demo["val"], demo["root"]
         args.class_names = args.class_names or demo["class_names"]
         print0(f"no --data: the built-in demo dataset in {demo['root']}")
     try:  # a missing list, or a malformed line (file:line: reason), stops here and not mid-run
+        # RandAugment and random erasing only when finetuning: MAE's linear probe trains on plain crops
+        aug = dict(randaug_n=args.randaug_n, randaug_m=args.randaug_m, reprob=args.reprob) if args.mode == "finetune" else {}
         train_ds = data.VideoDataset(args.data, args.root, mode="finetune", num_frames=args.num_frames,
                                      sampling_rate=args.sampling_rate, input_size=args.input_size, repeat_aug=args.repeat_aug,
-                                     flip=not args.no_flip, tsn=args.tsn, seed=args.seed + rank)
+                                     flip=not args.no_flip, tsn=args.tsn, seed=args.seed + rank, **aug)
         val_ds = None
         if args.val_data:
             val_ds = data.VideoDataset(args.val_data, args.root, mode="val", num_frames=args.num_frames,
@@ -327,9 +337,12 @@ def main(args):
                                                  args.batch_size, **loader_kw)
 
     # -----------------------------------------------------------------------------
-    # Model
-    torch.manual_seed(args.seed + rank)
+    # Model: built under one seed on every rank, so every rank starts from the same weights (DDP would broadcast
+    # rank 0's to the trained modules, but the linear probe's frozen encoder is not in DDP); then a seed per rank
+    # for the draws that must differ between ranks (drop path)
+    torch.manual_seed(args.seed)
     model = build_model(args, cfg, K)
+    torch.manual_seed(args.seed + rank)
     encoder = model.encoder if args.mode == "finetune" else model["encoder"]
     if enc_sd is not None:
         missing = load_encoder(encoder, enc_sd, args.checkpoint)

@@ -465,3 +465,69 @@ def test_uncaptioned_video_is_a_bad_sample_when_text_is_required(demo, tmp_path)
     assert s["index"] != 0 and s["captions"] == caps[rel[s["index"]]]
     assert len(s["bad"]) == 1 and "no caption" in s["bad"][0][1]
     assert data.VideoDataset(str(tmp_path / "list.txt"), **kw)[0][0]["index"] == 0  # not required: kept
+
+
+# ----------------------------------------------------------------------------- finetuning augmentation
+
+
+@pytest.fixture(scope="module")
+def still_video(tmp_path_factory):
+    """A lossless video of 12 identical textured frames (every decoded frame equals the array), listed alone."""
+    d = tmp_path_factory.mktemp("still")
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    path = write(d / "still.mp4", np.stack([frame] * 12), codec="libx264rgb", pix_fmt="rgb24", options={"crf": "0"})
+    (d / "list.txt").write_text("still.mp4 0\n")
+    return str(d / "list.txt"), str(d), frame
+
+
+def finetune_clip(still_video, epoch=0, **aug):
+    lst, root, _ = still_video
+    ds = data.VideoDataset(lst, root, mode="finetune", num_frames=4, sampling_rate=2, input_size=32, **aug)
+    ds.set_epoch(epoch)
+    return ds[0][0]
+
+
+def test_augmentation_off_gives_the_plain_clip(still_video):
+    """Off (the default, or n = 0 and reprob = 0) is the float crop normalised, bit for bit, as before it existed;
+    and turning it on changes neither the crop nor the frames drawn (its seed is drawn after them)."""
+    _, _, frame = still_video
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].expand(4, -1, -1, -1)  # (T, C, H, W): the still frames
+    for epoch in range(3):
+        default, off = finetune_clip(still_video, epoch), finetune_clip(still_video, epoch, randaug_n=0, reprob=0.0)
+        plain = data.normalize(data.apply_crop(x, off["crop"], 32, torch.float32).permute(0, 2, 3, 1))
+        assert torch.equal(off["video"], plain) and torch.equal(default["video"], plain)
+        on = finetune_clip(still_video, epoch, randaug_n=4, randaug_m=7, reprob=0.25)
+        assert on["crop"] == off["crop"] and not torch.equal(on["video"], off["video"])
+
+
+def test_randaugment_is_one_draw_for_every_frame(still_video):
+    """The frames of the still video are identical, so after the same operations they must still be; the draw
+    is a function of (seed, epoch, index), so the same epoch gives the same clip and another epoch another."""
+    clips = []
+    for epoch in range(4):
+        s = finetune_clip(still_video, epoch, randaug_n=4, randaug_m=7, reprob=0.0)
+        v = s["video"]                                         # (C, T, S, S)
+        assert all(torch.equal(v[:, 0], v[:, t]) for t in range(1, v.shape[1]))
+        off = finetune_clip(still_video, epoch, randaug_n=0, reprob=0.0)["video"]
+        assert (v - off).abs().mean() > 0.05                  # changed beyond the uint8 rounding of the crop
+        assert torch.equal(finetune_clip(still_video, epoch, randaug_n=4, randaug_m=7, reprob=0.0)["video"], v)
+        clips.append(v)
+    assert not any(torch.equal(clips[0], c) for c in clips[1:])
+
+
+def test_random_erasing_is_one_box_in_every_frame(still_video):
+    """reprob 1: a rectangle of fresh N(0, 1) values in the normalised clip, at the same place in every frame,
+    and nothing else changed."""
+    boxes = set()
+    for epoch in range(4):
+        off = finetune_clip(still_video, epoch, randaug_n=0, reprob=0.0)["video"]
+        v = finetune_clip(still_video, epoch, randaug_n=0, reprob=1.0)["video"]  # (C, T, S, S)
+        erased = (v != off).any(0)                             # (T, S, S)
+        assert erased.any() and all(torch.equal(erased[0], erased[t]) for t in range(1, erased.shape[0]))
+        rows, cols = erased[0].any(1).nonzero().flatten(), erased[0].any(0).nonzero().flatten()
+        y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        assert erased[0, y0:y1, x0:x1].all() and erased[0].sum() == (y1 - y0) * (x1 - x0)  # one filled rectangle
+        assert torch.equal(v[:, :, ~erased[0]], off[:, :, ~erased[0]])
+        boxes.add((int(y0), int(y1), int(x0), int(x1)))
+    assert len(boxes) > 1                                      # a new box each epoch

@@ -1,12 +1,14 @@
 """
 Tests of finetune.py (Sec. 4.2): mixup/cutmix targets, layer-wise lr decay, the schedule, the linear probe with a
-frozen encoder, finetuning with resume, loading pretrained encoders, and the start-up errors. CPU, tiny shapes,
-no network.
+frozen encoder, finetuning with resume, loading pretrained encoders, the random encoder of --checkpoint none (its
+init, the same on two Gloo ranks), the augmentation per mode, and the start-up errors. CPU, tiny shapes, no network.
 
     python -m pytest -q tests/test_finetune.py
 """
 import json
+import math
 import os
+import socket
 from dataclasses import asdict
 
 import av
@@ -292,6 +294,82 @@ def test_finetune_skips_a_bad_video_logs_validation_and_resumes(colour_data, tmp
 
 
 # -----------------------------------------------------------------------------
+# --checkpoint none: the pretraining model's init, the same encoder on every rank; augmentation per mode
+
+def check_videomae_init(encoder):
+    """VideoMAE's init (model.init_weights): xavier-uniform Linear weights, zero biases, LayerNorm (1, 0). PyTorch's
+    default Linear init (bound 1/sqrt(fan_in), non-zero biases) fails it: every layer here is large enough for its
+    largest weight to reach within 5 % of the xavier bound, which lies above the default's."""
+    for name, m in encoder.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            bound = math.sqrt(6 / (m.in_features + m.out_features))
+            w = m.weight.detach().abs()
+            assert w.max() <= bound and w.max() > 0.95 * bound > 1 / math.sqrt(m.in_features), name
+            assert m.bias is None or not m.bias.any(), name
+        elif isinstance(m, torch.nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any(), name
+    for blk in encoder.blocks:                                 # the attention's own q and v biases start at zero too
+        assert not blk.attn.q_bias.any() and not blk.attn.v_bias.any()
+
+
+@pytest.mark.parametrize("mode", ["finetune", "linear"])
+def test_random_encoder_has_the_pretraining_init(mode):
+    cfg = M.make_config("vit_tiny", **TINY)
+    model = FT.build_model(FT.parser.parse_args(["--mode", mode, "--checkpoint", "none"]), cfg, 4)
+    check_videomae_init(model.encoder if mode == "finetune" else model["encoder"])
+    torch.manual_seed(0)
+    check_videomae_init(M.VideoMAE(cfg).encoder)               # the reference: what pretrain.py starts from
+
+
+def _rank_worker(rank, world, port, argv, out):
+    """One torchrun process: finetune.main with the model it builds recorded, then this rank's weights saved."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    built, build = [], FT.build_model
+    FT.build_model = lambda *a: built.append(build(*a)) or built[-1]  # this forked process only
+    FT.main(FT.parser.parse_args(argv))
+    torch.save(built[0].state_dict(), os.path.join(out, f"rank{rank}.pt"))
+
+
+def test_linear_probe_from_scratch_probes_one_encoder_on_two_ranks(colour_data, tmp_path):
+    """--mode linear --checkpoint none under torchrun (two Gloo ranks): the frozen random encoder is not in DDP, so
+    only building it under one seed on every rank makes the ranks probe the same encoder."""
+    with socket.socket() as s:                                 # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["--data", colour_data["train"], "--root", colour_data["root"], "--sampling-rate", "2", "--num-workers", "0",
+            "--mode", "linear", "--checkpoint", "none", "--model", "vit_tiny", "--num-frames", "4", "--input-size", "32",
+            "--batch-size", "2", "--epochs", "0", "--output-dir", str(tmp_path / "lp")]
+    # fork: the ranks inherit the imports
+    torch.multiprocessing.start_processes(_rank_worker, args=(2, port, argv, str(tmp_path)), nprocs=2, start_method="fork")
+    one, two = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert set(one) == set(two) and any(k.startswith("encoder.") for k in one)
+    for k in one:
+        assert torch.equal(one[k], two[k]), k
+
+
+@pytest.mark.parametrize("mode", ["finetune", "linear"])
+def test_augmentation_only_when_finetuning(colour_data, tmp_path, monkeypatch, mode):
+    """Finetuning trains on RandAugment + random erasing at VideoMAE's values; the linear probe on plain crops
+    (MAE's); validation never augments."""
+    made = []
+
+    class Recorded(FT.data.VideoDataset):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+    monkeypatch.setattr(FT.data, "VideoDataset", Recorded)
+    FT.main(run_args(colour_data, tmp_path, "--checkpoint", "none", "--model", "vit_tiny", "--num-frames", "4",
+                     "--input-size", "32", "--mode", mode, "--batch-size", "2", "--epochs", "0"))
+    train, val = made
+    assert val.randaug is None and val.erase is None
+    if mode == "linear":
+        assert train.randaug is None and train.erase is None
+    else:
+        assert (train.randaug.num_ops, train.randaug.magnitude, train.erase.p) == (4, 7, 0.25)
+
+
+# -----------------------------------------------------------------------------
 # start-up errors: one sentence, before any training
 
 def test_bad_flag_combinations_stop_with_a_sentence(colour_data, tmp_path):
@@ -302,6 +380,7 @@ def test_bad_flag_combinations_stop_with_a_sentence(colour_data, tmp_path):
         (["--checkpoint", str(tmp_path / "pre.pt"), "--mode", "linear", "--batch-size", "1"], "at least 2 clips"),
         (["--checkpoint", str(tmp_path / "pre.pt"), "--num-classes", "2"], "only 2 classes"),
         (["--checkpoint", str(tmp_path / "pre.pt"), "--batch-size", "64"], "fewer than one global batch"),
+        (["--checkpoint", str(tmp_path / "pre.pt"), "--randaug-m", "11"], "from 0 to 10"),
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit, match=message):

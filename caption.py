@@ -9,7 +9,7 @@ total of 3 captions per video" with BLIP-2 (Sec. 3.2). Table 6b's other text sou
              of a class gets its class's captions (Table 6b "GPT3.5"; here any local causal LM)
   blip2+llm  both lists joined, 3 + 3 captions per video (Table 6b "BLIP + GPT3.5")
 
-Output (DESIGN.md "Data formats"): JSONL, one line per video, appended and fsynced per batch:
+Output (docs/design.md, "Data formats"): JSONL, one line per video, appended and fsynced per batch:
     {"video": "<path as in the list>", "captions": ["...", "...", "..."], "source": "blip2"}
 Rerunning the same command resumes (videos already in --out are skipped). A video that cannot be read
 goes to <out stem>.failed.jsonl with the reason and is counted in the summary; it never stops the run,

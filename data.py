@@ -10,7 +10,7 @@ Sec. 3.2 / 3.3 need two more things from here: the video's captions ride along w
 every crop/flip is reported as a resolution-free `Crop` so that motion- and text-guided masks can be
 moved with the clip (`apply_crop`).
 
-NOTE: DESIGN.md puts this code inside model.py. We keep it in its own file so that model.py stays one
+NOTE: a second shared module beside model.py (docs/design.md, "Layout: why data.py"): model.py stays one
 sitting of reading and can be copied without PyAV; data.py imports only the ImageNet mean/std from it.
 
 Used by pretrain.py / finetune.py / evaluate.py / caption.py / masking.py:

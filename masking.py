@@ -101,7 +101,7 @@ class TubeMasker(LoaderMasker):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# MGM: motion-guided masking from the codec's motion vectors (no public code; our design, DESIGN.md "Masking")
+# MGM: motion-guided masking from the codec's motion vectors (no public code; our design, docs/design.md "Masking")
 
 def paint_motion(vectors, frame_size):
     """One frame's motion vectors (PyAV structured array, coded-frame pixels) -> (H, W) float map holding each
@@ -199,7 +199,7 @@ def _cached_or_reachable(name, tag, cache_dir):
 def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cache_dir=None):
     """-> (clip, tokenizer): a frozen open_clip model in eval mode and its tokenizer.
     pretrained: an open_clip tag ('openai': download or cache), a local weights file, or 'none' (random
-    weights). Use the -quickgelu name with 'openai': plain ViT-B-32 would silently build GELU (DESIGN.md).
+    weights). Use the -quickgelu name with 'openai': plain ViT-B-32 would silently build GELU (docs/design.md "Masking").
     name may also be the path of an open_clip model config (.json), for a CLIP open_clip does not list."""
     if name.endswith(".json") and os.path.isfile(name):
         open_clip.add_model_config(name)  # registers the config under the file's stem
@@ -304,7 +304,7 @@ class TextGuidedMasker:
     @torch.no_grad()
     def scores(self, video, text_emb):
         """Cosine similarity of every token to its clip's caption -> (B, T', h*w): per frame, then the mean over
-        the token's tubelet frames (DESIGN.md)."""
+        the token's tubelet frames (docs/design.md "Masking")."""
         device = next(self.clip.parameters()).device
         B, C, T, H, W = video.shape
         p, t = self.patch_size, self.tubelet_size

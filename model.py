@@ -358,7 +358,7 @@ class AllReduceSum(torch.autograd.Function):
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics are those of the global batch, summed over all ranks.
 
-    NOTE: differs from DESIGN.md's nn.SyncBatchNorm, which computes the same thing but runs only on GPUs;
+    NOTE: not nn.SyncBatchNorm, which computes the same thing but runs only on GPUs (docs/design.md);
     this one also runs under Gloo on CPUs, so one code path serves `python`, CPU torchrun and GPU torchrun.
     On one process it is exactly nn.BatchNorm1d.
     """

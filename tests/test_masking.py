@@ -51,7 +51,7 @@ def random_rows(mask):
 
 
 def test_paper_counts():
-    # DESIGN.md "Conventions": 176 of 196 per slice at 0.9, 117 at 0.6; random: int(0.9 * 1568) = 1411
+    # docs/design.md "Conventions": 176 of 196 per slice at 0.9, 117 at 0.6; random: int(0.9 * 1568) = 1411
     grid = (8, 14, 14)
     assert (per_slice(masking.tube_mask(2, grid, 0.9), grid).sum((2, 3)) == 176).all()
     assert (per_slice(masking.tube_mask(2, grid, 0.6), grid).sum((2, 3)) == 117).all()

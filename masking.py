@@ -137,12 +137,27 @@ def motion_scores(motion, frame_size, crop, grid, num_frames, size):
     maps = {i: paint_motion(motion[i], frame_size) for i in has}
     # frames without vectors (I-frames) borrow the nearest frame that has them (the earlier one on a tie)
     x = torch.stack([maps[min(has, key=lambda j: abs(j - i))] for i in range(num_frames)])  # (T, H, W)
-    # carry the map through the clip's own crop/resize/flip, so the mask lands where the motion is in the clip
-    x = data.apply_crop(x, crop, size)  # (T, H_out, W_out)
+    return token_sums(x, crop, grid, size)
+
+
+def token_sums(x, crop, grid, size):
+    """A per-pixel map of the clip's source frames (T, H, W) -> (T', h, w): carried through the clip's own
+    crop/resize/flip (so it lands where the clip shows it), then summed over each token's pixels and its
+    tubelet's frames. crop: the clip's data.Crop; size (H_out, W_out): the clip's pixel size."""
+    x = data.apply_crop(x.float(), crop, size)  # (T, H_out, W_out)
     T_, h, w = grid
-    t, p_h, p_w = num_frames // T_, size[0] // h, size[1] // w
-    # sum over each token's pixels and its tubelet's frames: (T', t, h, p, w, p) -> (T', h, w)
+    t, p_h, p_w = x.shape[0] // T_, size[0] // h, size[1] // w
+    # (T', t, h, p, w, p) -> (T', h, w)
     return x.view(T_, t, h, p_h, w, p_w).sum(dim=(1, 3, 5))
+
+
+def object_coverage(mask, object_pixels):
+    """How much of an object a mask hides: mask (B, N) bool, True = masked; object_pixels (B, N), the object's
+    pixels in each token (token_sums of its per-pixel mask, flattened) -> (B,) in [0, 1], the share of the
+    object's pixels that sit in masked tokens (1: all hidden). A random mask of ratio gamma covers gamma in
+    expectation; a text-guided mask that finds what the caption names covers more."""
+    w = object_pixels.float()
+    return (w * mask).sum(dim=1) / w.sum(dim=1).clamp_min(1e-12)  # a clip without the object scores 0
 
 
 class MotionMasker(LoaderMasker):

@@ -451,3 +451,24 @@ def test_command_line_demo_goes_on_offline_with_dense_features(demo, tiny_clip_c
     video = os.path.join(demo["root"], data.read_list(demo["val"])[0][0])
     with pytest.raises(SystemExit, match="neither a file nor a weights tag"):
         masking.main(masking.get_args(small + ["--video", video, "--caption", "a square", "--out", str(tmp_path / "v.png")]))
+
+
+def test_object_coverage_on_a_constructed_case():
+    """A 2 x 2 x 2 token grid (4 frames of 32 x 32, t = 2, p = 16); the object fills the top-left patch of every
+    frame and half of the top-right one: 16 * 16 + 16 * 8 = 384 pixels a frame, 1536 over the 4 frames."""
+    import data
+    obj = torch.zeros(4, 32, 32)
+    obj[:, :16, :16] = 1
+    obj[:, :16, 16:24] = 1
+    full = data.Crop(0.0, 0.0, 1.0, 1.0, False)
+    pixels = masking.token_sums(obj, full, (2, 2, 2), (32, 32)).flatten()[None]  # (1, N)
+    assert pixels.tolist() == [[512, 256, 0, 0, 512, 256, 0, 0]]  # (t, h, w) raster: 2 frames x 256 / 128 pixels
+    hide = torch.zeros(1, 8, dtype=torch.bool)
+    hide[0, [0, 4]] = True                                     # the top-left token of both time slices
+    assert masking.object_coverage(hide, pixels).item() == pytest.approx(1024 / 1536, rel=1e-7)
+    hide[0, [1, 5]] = True
+    assert masking.object_coverage(hide, pixels).tolist() == [1.0]
+    assert masking.object_coverage(~hide, pixels).tolist() == [0.0]
+    # flipped: the object moves to the right half, and so does its coverage
+    flipped = masking.token_sums(obj, data.Crop(0.0, 0.0, 1.0, 1.0, True), (2, 2, 2), (32, 32)).flatten()[None]
+    assert flipped.tolist() == [[256, 512, 0, 0, 256, 512, 0, 0]]

@@ -569,7 +569,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 if self.mask_fn is not None:
                     with torch.random.fork_rng(devices=[]):  # the masker draws from torch: seed it from rng too
                         torch.manual_seed(int(rng.integers(2 ** 62)))
-                        s["mask"] = self.mask_fn(s)  # (N,) bool, True = masked; computed here, in the worker
+                        s["mask"], s["mask_fallback"] = self.mask_fn(s)  # (N,) bool, True = masked; in the worker
                 samples.append(s)
         if self.mode == "test":
             # VideoMAE's order: temporal window outer, crop inner

@@ -468,7 +468,7 @@ def run_pictures(args, model, pre_args, device, out_dir, clip_fallback):
         elif mask_name == "random":
             mask = masking.random_mask(1, cfg.grid, ratio, gen)
         elif mask_name == "mgm":
-            mask = masking.MotionMasker(cfg.grid, ratio)(sample, gen)[None]
+            mask = masking.MotionMasker(cfg.grid, ratio)(sample, gen)[0][None]
         else:
             mask = tgm(sample["video"][None].to(device), embed([caption]), gen).cpu()
         with torch.no_grad():

@@ -77,8 +77,9 @@ def tube_mask(batch, grid, ratio, generator=None):
 
 
 class LoaderMasker:
-    """A mask_fn for data.VideoDataset, called in the loader workers: (sample, generator=None) -> (N,) bool,
-    True = masked, for a token grid (T', h, w) and a mask ratio. Without a generator it draws from torch's global
+    """A mask_fn for data.VideoDataset, called in the loader workers: (sample, generator=None) -> (mask (N,) bool,
+    True = masked; fell_back: whether the masker had to fall back to a tube mask), for a token grid (T', h, w) and
+    a mask ratio. Without a generator it draws from torch's global
     one, which data.VideoDataset seeds per (seed, epoch, video) around the call, so a mask does not depend on the
     worker that made it (exact resume)."""
 
@@ -87,17 +88,17 @@ class LoaderMasker:
 
 
 class RandomMasker(LoaderMasker):
-    """mask_fn: (sample, generator=None) -> (N,) bool random mask (ST-MAE), True = masked."""
+    """mask_fn: (sample, generator=None) -> ((N,) bool random mask (ST-MAE), True = masked; False)."""
 
     def __call__(self, sample, generator=None):
-        return random_mask(1, self.grid, self.ratio, generator)[0]
+        return random_mask(1, self.grid, self.ratio, generator)[0], False
 
 
 class TubeMasker(LoaderMasker):
-    """mask_fn: (sample, generator=None) -> (N,) bool tube mask (VideoMAE), True = masked."""
+    """mask_fn: (sample, generator=None) -> ((N,) bool tube mask (VideoMAE), True = masked; False)."""
 
     def __call__(self, sample, generator=None):
-        return tube_mask(1, self.grid, self.ratio, generator)[0]
+        return tube_mask(1, self.grid, self.ratio, generator)[0], False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -161,19 +162,17 @@ def object_coverage(mask, object_pixels):
 
 
 class MotionMasker(LoaderMasker):
-    """mask_fn for data.VideoDataset(motion=True): (sample, generator=None) -> (N,) bool, True = masked: the
-    top-k tokens of every time slice by codec motion (MGM). A video without motion vectors gets a tube mask and
-    sample['mask_fallback'] = True: the sample dict is what travels to the main process (collate keeps the
-    flag), so the training loop can count the fallbacks."""
+    """mask_fn for data.VideoDataset(motion=True): (sample, generator=None) -> (mask (N,) bool, True = masked;
+    fell_back): the top-k tokens of every time slice by codec motion (MGM). A video without motion vectors gets a
+    tube mask and fell_back = True, which the dataset keeps with the sample so the training loop can count it."""
 
     def __call__(self, sample, generator=None):
         C, T, H, W = sample["video"].shape
         scores = motion_scores(sample["motion"], sample["frame_size"], sample["crop"], self.grid, T, (H, W))
-        sample["mask_fallback"] = scores is None
         if scores is None:
-            return tube_mask(1, self.grid, self.ratio, generator)[0]
+            return tube_mask(1, self.grid, self.ratio, generator)[0], True
         # still regions all score 0: topk_mask orders those ties at random (generator note: LoaderMasker)
-        return topk_mask(scores.flatten(1)[None], self.ratio, generator=generator)[0]  # (N,)
+        return topk_mask(scores.flatten(1)[None], self.ratio, generator=generator)[0], False  # (N,)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -503,8 +502,8 @@ def main(args):
         mask = tube_mask(1, grid, ratio, g)[0]
     elif args.mask == "mgm":
         sample = {"video": video, "motion": motion, "frame_size": (info.height, info.width), "crop": crop}
-        mask = MotionMasker(grid, ratio)(sample, g)
-        if sample["mask_fallback"]:
+        mask, fell_back = MotionMasker(grid, ratio)(sample, g)
+        if fell_back:
             print(f"{args.video} carries no motion vectors: fell back to a tube mask")
     else:
         try:

@@ -397,7 +397,7 @@ def main(args):
                     mask = tgm(video, text, generator=gen)                             # (B, N), True = masked
             else:
                 mask = batch["mask"].to(device, non_blocking=True)                    # made in the loader workers
-                mask_fallbacks += sum(batch.get("mask_fallback", []))
+                mask_fallbacks += sum(batch["mask_fallback"])
             if step == 0 and master:
                 masking.save_mask_picture(batch["video"], mask.cpu(), cfg, os.path.join(args.output_dir, "masks.png"),
                                           titles=[c or "" for c in captions] if need_text else ())

@@ -94,7 +94,7 @@ if "mgm" not in args.skip:
     sample = {"video": torch.zeros(3, T, S, S), "motion": motion, "frame_size": (240, 320), "crop": crop}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker, where MotionMasker runs
-    t_mgm = timed(lambda: masking.MotionMasker(grid, 0.75)(sample), 10, 1)
+    t_mgm = timed(lambda: masking.MotionMasker(grid, 0.75)(sample)[0], 10, 1)
     torch.set_num_threads(threads)
     print(f"mgm       {t_mgm * 1e3:8.3f} ms/clip to mask (paint, crop, sum, top-k; one CPU thread); "
           f"decoding the 240x320 clip {t_plain * 1e3:.1f} ms plain, {t_mvs * 1e3:.1f} ms with motion vectors")

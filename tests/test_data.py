@@ -434,13 +434,14 @@ def test_demo_motion_vectors(demo):
 def test_demo_dataset_batches_with_masks_and_repeats(demo):
     grid_n = 4 * 2 * 2  # (T / 2) x (32 / 16) x (32 / 16) tokens
 
-    def mask_fn(s):  # a stand-in for masking.py's maskers: mask the first half of the tokens
-        return torch.arange(grid_n) < grid_n // 2
+    def mask_fn(s):  # a stand-in for masking.py's maskers: mask the first half of the tokens, no fallback
+        return torch.arange(grid_n) < grid_n // 2, False
 
     ds = data.VideoDataset(demo["train"], demo["root"], demo["captions"], mode="pretrain", num_frames=8,
                            sampling_rate=4, input_size=32, repeat_aug=2, motion=True, mask_fn=mask_fn)
     batch = data.collate([ds[0], ds[37]])
     assert batch["video"].shape == (4, 3, 8, 32, 32) and batch["mask"].shape == (4, grid_n)
+    assert batch["mask_fallback"] == [False] * 4
     assert batch["index"].tolist() == [0, 0, 37, 37] and batch["label"].tolist() == [ds.items[0][1]] * 2 + [ds.items[37][1]] * 2
     assert len(batch["captions"][0]) == 3 and batch["frame_size"][0] == (96, 128) and len(batch["motion"][0]) == 8
     assert batch["bad"] == [] and len(batch["crop"]) == 4

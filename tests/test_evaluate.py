@@ -165,6 +165,7 @@ def test_reconstruction_of_a_perfect_prediction_is_the_input(norm_pix_loss):
 
 
 def test_visualize_draws_four_rows_of_time_slices(tmp_path):
+    from PIL import Image
     mae = save_pretrain_checkpoint(tmp_path / "pre.pt").eval()
     T_, h, w = mae.cfg.grid
     sample = {"video": torch.randn(3, mae.cfg.num_frames, 32, 32)}
@@ -173,7 +174,21 @@ def test_visualize_draws_four_rows_of_time_slices(tmp_path):
     with torch.no_grad():
         img = EV.visualize(mae, sample, mask, "a caption", "tube", 0.5)
     cell = 112
-    assert img.size[0] > T_ * cell and img.size[1] > 4 * cell  # 4 rows (input, mask, recon, attention) x T' columns
+    rows = [np.zeros((T_, 32, 32, 3))] * 4                     # input, mask, reconstruction, attention
+    assert img.size == EV.picture(rows, [""] * 4, "", cell).size  # 4 rows of T' cells, the label column
+    # the mask row shades exactly the masked tokens: the drawn tiles match the mask, token by token
+    tiles = np.asarray(img.convert("RGB"), dtype=float)
+    top, label_w, p = 24, 230, mae.cfg.patch_size
+    frames = (sample["video"] * torch.tensor(M.IMAGENET_STD).view(3, 1, 1, 1)
+              + torch.tensor(M.IMAGENET_MEAN).view(3, 1, 1, 1)).clamp(0, 1)[:, ::2].permute(1, 2, 3, 0)  # (T', H, W, 3)
+    m = mask.view(T_, h, w).repeat_interleave(p, 1).repeat_interleave(p, 2)[..., None].float()
+    want = (frames * (1 - 0.8 * m) + 0.8 * m * (170 / 255)).numpy()  # the mask row, as visualize shades it
+    for c in range(T_):
+        y, x = top + (cell + 4), label_w + c * (cell + 4)      # row 1 (the mask), column c
+        got = tiles[y:y + cell, x:x + cell] / 255
+        ref = np.asarray(Image.fromarray((want[c] * 255).round().astype(np.uint8)).resize((cell, cell), Image.NEAREST),
+                         dtype=float) / 255
+        np.testing.assert_allclose(got, ref, atol=1 / 255)
     img.save(tmp_path / "vis.png")
     att = EV.centre_attention(mae, sample["video"][None])
     torch.testing.assert_close(att.sum(dim=(1, 2, 3)), torch.ones(1))  # one softmax row over all N tokens
@@ -304,7 +319,8 @@ def test_visualize_run_with_a_text_guided_mask(tmp_path, tiny_clip, tiny_clip_di
     from PIL import Image
     pictures = sorted(os.listdir(tmp_path / "vis"))
     assert pictures == ["vis_00_tgm.png", "vis_01_tgm.png"]
-    assert Image.open(tmp_path / "vis" / pictures[0]).size[1] > 4 * 112  # four rows
+    T_ = M.make_config("vit_tiny", **TINY).grid[0]
+    assert Image.open(tmp_path / "vis" / pictures[0]).size == EV.picture([np.zeros((T_, 32, 32, 3))] * 4, [""] * 4, "").size
 
 
 def test_evaluate_rejects_the_wrong_checkpoint_kind(tmp_path):

@@ -99,13 +99,13 @@ def test_topk_takes_the_extremes_and_breaks_ties_at_random():
 def test_loader_maskers_return_one_row_from_the_given_generator():
     grid = (8, 7, 7)
     for masker in (masking.RandomMasker(grid, 0.9), masking.TubeMasker(grid, 0.9)):
-        m = masker({"video": torch.zeros(3, 16, 112, 112)})
-        assert m.shape == (8 * 49,) and m.dtype == torch.bool
-        a, b = (masker({}, torch.Generator().manual_seed(7)) for _ in range(2))
+        m, fell_back = masker({"video": torch.zeros(3, 16, 112, 112)})
+        assert m.shape == (8 * 49,) and m.dtype == torch.bool and fell_back is False
+        a, b = (masker({}, torch.Generator().manual_seed(7))[0] for _ in range(2))
         assert torch.equal(a, b)
         torch.manual_seed(7)  # no generator: torch's global one, which data.VideoDataset seeds per video
-        assert not torch.equal(masker({}), masker({}))
-    assert masking.RandomMasker(grid, 0.9)({}).sum() == int(0.9 * 8 * 49)
+        assert not torch.equal(masker({})[0], masker({})[0])
+    assert masking.RandomMasker(grid, 0.9)({})[0].sum() == int(0.9 * 8 * 49)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -149,8 +149,10 @@ def test_mgm_masks_the_moving_square(videos):
     path = square_path(grid, 16)
     for seed in range(3):
         torch.manual_seed(seed)  # the still background is all ties: drawn from the global generator
-        mask = masking.MotionMasker(grid, 4 / 24)(sample).view(grid)
-        assert sample["mask_fallback"] is False
+        given = dict(sample)
+        mask, fell_back = masking.MotionMasker(grid, 4 / 24)(sample)
+        mask = mask.view(grid)
+        assert fell_back is False and sample.keys() == given.keys()  # it reports by returning, not by writing
         assert (mask.sum((1, 2)) == 4).all()
         assert not (mask & ~path).any()  # every masked token lies on the square's path, slice 0 included
     scores = masking.motion_scores(motion, (H, W), data.Crop(0, 0, 1, 1), grid, 16, (H, W))
@@ -184,8 +186,8 @@ def test_mgm_mask_moves_with_crop_and_flip(videos):
     # and the masks: wherever the choice is not a tie, the flipped clip's mask is the flipped mask
     sample = {"video": torch.zeros(3, 16, H, W), "motion": motion, "frame_size": (H, W)}
     k = int(0.25 * 24)
-    m = masking.MotionMasker(grid, 0.25)({**sample, "crop": data.Crop(0, 0, 1, 1)}).view(grid)
-    mf = masking.MotionMasker(grid, 0.25)({**sample, "crop": data.Crop(0, 0, 1, 1, flip=True)}).view(grid)
+    m = masking.MotionMasker(grid, 0.25)({**sample, "crop": data.Crop(0, 0, 1, 1)})[0].view(grid)
+    mf = masking.MotionMasker(grid, 0.25)({**sample, "crop": data.Crop(0, 0, 1, 1, flip=True)})[0].view(grid)
     kth = full.flatten(1).sort(-1, descending=True).values[:, k - 1, None, None]  # (T', 1, 1)
     decided = full != kth
     assert torch.equal(mf.flip(-1)[decided], m[decided])
@@ -422,16 +424,27 @@ def test_mask_picture_stacks_one_block_per_clip_each_under_its_title(tmp_path):
     assert not any(f.name.endswith(".tmp") for f in tmp_path.iterdir())  # written atomically
 
 
-def test_command_line_writes_a_picture_for_each_mask(videos, tiny_clip, tmp_path, capsys):
+def test_command_line_writes_a_picture_for_each_mask(videos, tiny_clip, tmp_path, capsys, monkeypatch):
+    """The picture the command writes is the drawing of the mask it made, and that mask hides k tokens a slice."""
     from PIL import Image
 
+    drawn = []
+    draw = masking.save_mask_picture
+    monkeypatch.setattr(masking, "save_mask_picture", lambda *a, **kw: (drawn.append(a), draw(*a, **kw)))
     for mask in ("random", "tube", "mgm", "tgm"):
         out = tmp_path / f"{mask}.png"
         masking.main(masking.get_args([
             "--video", videos[0], "--mask", mask, "--num-frames", "4", "--sampling-rate", "1", "--input-size", "32",
             "--caption", "a textured square", "--clip-model", "tgm-test-tiny", "--clip-pretrained", "none",
             "--out", str(out)]))
-        assert Image.open(out).format == "PNG" and Image.open(out).height == 18 + 32 + 2 * 2
+        video, m, cfg, _, titles = drawn[-1]
+        assert video.shape == (1, 3, 4, 32, 32) and cfg.grid == (2, 2, 2)
+        per_slice_count = m.view(2, 4).sum(1).tolist()
+        assert sum(per_slice_count) == int(m.sum()) and f"{int(m.sum())} of 8 tokens masked" in titles[0]
+        if mask != "random":                                   # top-k per time slice: k = int(ratio * h * w)
+            assert per_slice_count == [int(masking.PAPER_RATIO[mask] * 4)] * 2
+        draw(video, m, cfg, str(tmp_path / "again.png"), titles)
+        assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "again.png")))
     assert "4 of 8 tokens masked" in capsys.readouterr().out  # the default ratios: tgm 0.6 of 4 = 2 per slice
     with pytest.raises(SystemExit, match="needs --caption"):
         masking.main(masking.get_args(["--video", videos[0], "--mask", "tgm"]))

@@ -29,7 +29,6 @@ vis_*.png.
 Tests: python -m pytest -q tests/test_evaluate.py
 """
 import argparse
-import contextlib
 import json
 import os
 import time
@@ -37,7 +36,6 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
@@ -99,19 +97,9 @@ def load_classifier(ckpt):
         raise SystemExit("this is a pretraining checkpoint (no classifier): finetune it first with finetune.py, "
                          "or use it with --retrieval / --visualize")
     cfg, K, mode = M.config_from_checkpoint(ckpt), ckpt["num_classes"], ckpt.get("mode", "finetune")
-    if mode == "finetune":
-        model = M.VideoClassifier(cfg, K, drop_path=0.0)
-    else:
-        model = nn.ModuleDict({"encoder": M.Encoder(cfg, final_norm=True), "probe": M.LinearProbe(cfg.embed_dim, K)})
+    model = M.VideoClassifier(cfg, K, drop_path=0.0) if mode == "finetune" else M.ProbeClassifier(cfg, K)
     model.load_state_dict(ckpt["model"])
     return model.eval(), mode
-
-
-def classify(model, mode, video):
-    """video (B, C, T, H, W) -> logits (B, K), for either kind of finetune.py model."""
-    if mode == "finetune":
-        return model(video)
-    return model["probe"](model["encoder"](video).mean(dim=1).float())  # frozen encoder, mean over tokens
 
 
 def load_pretrained(path, args):
@@ -306,9 +294,7 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
     video = sample["video"][None]                              # (1, C, T, H, W)
     t, p = cfg.tubelet_size, cfg.patch_size
     T_, h, w = cfg.grid
-    mean = torch.tensor(M.IMAGENET_MEAN).view(1, 3, 1, 1, 1)
-    std = torch.tensor(M.IMAGENET_STD).view(1, 3, 1, 1, 1)
-    frames = (video * std + mean).clamp(0, 1)[0, :, ::t].permute(1, 2, 3, 0)  # (T', H, W, 3): first frame of each tubelet
+    frames = M.denormalize(video).clamp(0, 1)[0, :, ::t].permute(1, 2, 3, 0)  # (T', H, W, 3): first frame of each tubelet
     # the mask: hidden patches light grey with a trace of the pixels, as masking.draw_mask shades them
     m = mask.view(T_, h, w).float().repeat_interleave(p, 1).repeat_interleave(p, 2)[..., None]  # (T', H, W, 1)
     masked = frames * (1 - 0.8 * m) + 0.8 * m * (170 / 255)
@@ -425,7 +411,7 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, wr
         print("warning: a random CLIP gives random text embeddings: recall means something only against the "
               "same random CLIP the pretraining used (seeded identically)")
     # the texts in the precision the pretraining embedded its captions in, so the head meets the same targets
-    with autocast(device, pre_args.get("precision", "fp32")):
+    with M.autocast(device, pre_args.get("precision", "fp32")):
         text_emb = masking.TextEmbedder(clip, tok)(texts).float().cpu()  # (S, E) L2-normalised
     if text_emb.shape[1] != emb.shape[1]:
         raise SystemExit(f"{clip_model} embeds text in {text_emb.shape[1]} dims but the contrastive head gives "
@@ -498,14 +484,13 @@ def run_test(args, device, amp, rank, world, write_json):
     sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if world > 1 else None
     loader = torch.utils.data.DataLoader(ds, args.batch_size, sampler=sampler, num_workers=args.num_workers,
                                          collate_fn=data.collate)
-    if rank == 0:
-        print(f"multi-view test: {len(ds)} videos x {n_seg} {'TSN samplings' if tsn else 'windows'} x {n_crop} crops, "
-              f"{mode} checkpoint {args.checkpoint}, {world} process(es)", flush=True)
+    M.print0(f"multi-view test: {len(ds)} videos x {n_seg} {'TSN samplings' if tsn else 'windows'} x {n_crop} crops, "
+             f"{mode} checkpoint {args.checkpoint}, {world} process(es)")
     rows, bad, t0 = {"index": [], "view": [], "probs": []}, [], time.time()
     with torch.no_grad():
         for batch in tqdm(loader, desc="test", disable=rank != 0):
             with amp:
-                logits = classify(model, mode, batch["video"].to(device))  # (B * views, K)
+                logits = model(batch["video"].to(device))     # (B * views, K)
             rows["probs"].append(F.softmax(logits.float(), dim=-1).cpu().numpy())  # softmax per view
             rows["index"].append(batch["index"].numpy())
             rows["view"].append(np.array([tw * n_crop + c for tw, c in batch["view"]]))  # window-major view id
@@ -532,24 +517,8 @@ def run_test(args, device, amp, rank, world, write_json):
           f"(written to {path}; bad videos skipped: {len(bad_paths)})")
 
 
-def autocast(device, precision):
-    """bf16 (or fp16) autocast, or nothing for fp32; bf16 falls back to fp32 on a GPU without it."""
-    if precision == "fp32" or (precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported()):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def main(args):
-    # distributed setup: torchrun sets RANK; plain `python evaluate.py` is one process
-    ddp = "RANK" in os.environ
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world = 0, 1
-    if ddp:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
+    rank, world, device = M.setup_distributed()
 
     if args.checkpoint is None:
         raise SystemExit("evaluate.py needs --checkpoint: a finetune.py checkpoint for the multi-view test, or a "
@@ -565,9 +534,8 @@ def main(args):
         args.data, args.val_data = (demo["train"], args.val_data or demo["val"]) if args.retrieval else (demo["val"], None)
         args.root = demo["root"]
         args.captions, args.class_names = args.captions or demo["captions"], args.class_names or demo["class_names"]
-        if rank == 0:
-            print(f"no --data: the demo dataset in {demo['root']}", flush=True)
-    amp = autocast(device, args.precision)
+        M.print0(f"no --data: the demo dataset in {demo['root']}")
+    amp = M.autocast(device, args.precision)
     torch.manual_seed(args.seed)
 
     def write_json(name, obj):
@@ -589,7 +557,7 @@ def main(args):
         run_retrieval(args, model, pre_args, device, amp, rank, world, write_json)
     else:
         run_test(args, device, amp, rank, world, write_json)
-    if ddp:
+    if world > 1:
         dist.destroy_process_group()
 
 

@@ -28,7 +28,6 @@ Then: python evaluate.py --checkpoint runs/k400_ft/ckpt.pt --data lists/k400/val
 Tests: python -m pytest -q tests/test_finetune.py
 """
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -138,22 +137,10 @@ def load_encoder(encoder, enc_sd, path):
 
 
 def build_model(args, cfg, num_classes):
-    """-> the module that trains: a VideoClassifier (finetune), or {encoder, probe} (linear, encoder frozen)."""
+    """-> the module that trains: a VideoClassifier (finetune), or a ProbeClassifier (linear: frozen encoder, probe)."""
     if args.mode == "finetune":
         return M.VideoClassifier(cfg, num_classes, drop_path=args.drop_path)
-    encoder = M.Encoder(cfg, final_norm=True)
-    encoder.apply(M.init_weights)  # VideoMAE's init, as the pretraining model's encoder: where --checkpoint none starts
-    encoder.requires_grad_(False)                              # frozen: only the probe learns (MAE's protocol)
-    return nn.ModuleDict({"encoder": encoder, "probe": M.LinearProbe(cfg.embed_dim, num_classes)})
-
-
-def forward_logits(model, mode, video):
-    """video (B, C, T, H, W) -> logits (B, K). Linear mode: the frozen encoder runs without a graph."""
-    if mode == "finetune":
-        return model(video)
-    with torch.no_grad():
-        feats = model["encoder"](video).mean(dim=1)            # (B, N, D) -> (B, D): mean over all tokens
-    return model["probe"](feats.float())
+    return M.ProbeClassifier(cfg, num_classes)
 
 
 def resolve_args(args, pretrained_cfg=None, say=print):
@@ -238,14 +225,14 @@ def set_lr(optimizer, lr):
 
 
 @torch.no_grad()
-def validate(model, mode, loader, device, amp):
+def validate(model, loader, device, amp):
     """One-view top-1 / top-5 over this process's share of the val list -> (correct1, correct5, count) sums."""
     model.eval()
     c1 = c5 = n = 0
     for batch in loader:
         video, y = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
         with amp:
-            logits = forward_logits(model, mode, video).float()
+            logits = model(video).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
         c1 += (top[:, 0] == y).sum().item()
         c5 += (top == y[:, None]).any(1).sum().item()
@@ -254,27 +241,102 @@ def validate(model, mode, loader, device, amp):
 
 
 def main(args):
-    # -----------------------------------------------------------------------------
-    # Distributed setup: torchrun sets RANK; plain `python finetune.py` is one process
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    master = rank == 0
+    rank, world, device = M.setup_distributed()
+    state, enc_sd, cfg = starting_point(args)                  # fills args (paper / demo / checkpoint values)
+    train_ds, train_loader, val_loader, K = make_loaders(args, state, rank, world, device)
+    model = make_model(args, cfg, K, enc_sd, rank).to(device)
+    # DDP syncs the gradients of what trains: the whole classifier, or the probe (the frozen encoder has none)
+    trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    global_batch = args.batch_size * world
+    optimizer, lr, min_lr = make_optimizer(args, model, global_batch)
+    amp = M.autocast(device, args.precision)
+    start_epoch, best = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best = state["epoch"], state.get("best_top1", 0.0)
+        M.print0(f"resumed at epoch {start_epoch}")
+    steps_per_epoch = len(train_loader)
+    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
+    os.makedirs(args.output_dir, exist_ok=True)
+    log_path = os.path.join(args.output_dir, "log.jsonl")
+    mix_rng = np.random.default_rng([args.seed, rank])
 
-    def print0(*a, **kw):
-        if master:
-            print(*a, **kw, flush=True)
-
     # -----------------------------------------------------------------------------
-    # The pretrained encoder and the run's shape (from the checkpoint when it stores one)
+    # the loop: Sec. 4.2, VideoMAE's finetuning (mixup / cutmix, soft targets) or MAE's linear probe
+    bad_total, t_start = 0, time.time()
+    for epoch in range(start_epoch, args.epochs):
+        train_ds.set_epoch(epoch)  # new crops, flips and temporal offsets every epoch (data.py seeds per epoch)
+        if isinstance(train_loader.sampler, torch.utils.data.DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        model.train()
+        if args.mode == "linear":
+            model.encoder.eval()                               # frozen features: no drop path, as at test time
+        loss_sum, n_seen, bad_epoch, t0 = 0.0, 0, 0, time.time()
+        for i, batch in enumerate(tqdm(train_loader, desc=f"epoch {epoch}", disable=rank != 0, leave=False)):
+            step = epoch * steps_per_epoch + i
+            set_lr(optimizer, M.lr_at(step, total_steps, warmup_steps, lr, min_lr))
+            video, y = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
+            bad_epoch += len(batch["bad"])
+            if args.mode == "finetune":                        # soft targets of mixed clips, smoothed labels
+                video, target = mixup_cutmix(video, y, K, args.mixup, args.cutmix, args.mixup_switch_prob, args.smoothing, mix_rng)
+            with amp:
+                logits = trained(video)                        # (B, K)
+            loss = soft_cross_entropy(logits, target) if args.mode == "finetune" else F.cross_entropy(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise SystemExit(f"non-finite loss {loss.item()} at epoch {epoch} step {i}; the last good checkpoint "
+                                 f"is {args.output_dir}/ckpt.pt (try a lower --lr)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum, n_seen = loss_sum + loss.item(), n_seen + 1
+            if i % args.log_interval == 0:
+                cur_lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
+                rate = n_seen * global_batch * args.repeat_aug / (time.time() - t0)
+                log(log_path, dict(epoch=epoch, step=step, loss=loss.item(), lr=cur_lr, clips_per_s=rate),
+                    f"epoch {epoch} | step {step} | loss {loss.item():.4f} | lr {cur_lr:.2e} | {rate:.1f} clips/s")
+
+        # end of epoch: validation summed over ranks, then an atomic checkpoint
+        stats = torch.tensor([loss_sum, n_seen, bad_epoch, 0, 0, 0], dtype=torch.float64)
+        if val_loader is not None:
+            stats[3:] = torch.tensor(validate(model, val_loader, device, amp), dtype=torch.float64)
+        if world > 1:
+            stats = stats.to(device)
+            dist.all_reduce(stats)
+            stats = stats.cpu()
+        bad_total += int(stats[2])
+        record = dict(epoch=epoch + 1, train_loss=(stats[0] / stats[1]).item(), bad_videos=int(stats[2]),
+                      epoch_s=time.time() - t0)
+        line = f"epoch {epoch + 1}/{args.epochs} | train loss {record['train_loss']:.4f}"
+        if val_loader is not None:
+            top1, top5 = (100.0 * stats[3] / stats[5]).item(), (100.0 * stats[4] / stats[5]).item()
+            best = max(best, top1)
+            record.update(val_top1=top1, val_top5=top5, val_videos=int(stats[5]))
+            line += f" | val top-1 {top1:.2f} | top-5 {top5:.2f} (one view, {int(stats[5])} videos)"
+        log(log_path, record, line + f" | bad videos {int(stats[2])} | {record['epoch_s']:.0f}s")
+        if rank == 0:
+            M.save_checkpoint(os.path.join(args.output_dir, "ckpt.pt"), {
+                "model": model.state_dict(), "model_cfg": M.model_config_dict(cfg), "num_classes": K, "mode": args.mode,
+                "args": vars(args), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "best_top1": best})
+
+    if rank == 0:
+        summary = dict(done=True, mode=args.mode, epochs=args.epochs, best_val_top1=best if val_loader is not None else None,
+                       bad_videos=bad_total, train_s=time.time() - t_start)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(summary) + "\n")
+        print(f"done: {args.mode}, {args.epochs} epochs, best one-view val top-1 {best:.2f}, bad videos skipped {bad_total}, "
+              f"checkpoint {args.output_dir}/ckpt.pt; multi-view test: python evaluate.py --checkpoint {args.output_dir}/ckpt.pt")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# The set-up of main, in the order it runs
+
+def starting_point(args):
+    """Where the run starts -> (resume state or None, pretrained encoder state dict or None, the ModelConfig); fills
+    args' None defaults (resolve_args). The config comes from the checkpoint when it stores one."""
     resume = args.resume
     if resume == "auto":
         resume = os.path.join(args.output_dir, "ckpt.pt")
@@ -284,6 +346,7 @@ def main(args):
         raise SystemExit(f"--resume {resume} is not a finetune.py checkpoint (no 'num_classes'); pass it as --checkpoint")
     if state is not None:
         args.mode = state["mode"]
+        M.print0(f"resuming from {resume}")
     if args.checkpoint is None and state is None:
         raise SystemExit("finetune.py needs --checkpoint: a pretrain.py checkpoint (e.g. runs/pretrain/ckpt.pt), published "
                          "VideoMAE weights (.pth or a Hugging Face folder), or 'none' for a randomly initialised encoder")
@@ -292,19 +355,20 @@ def main(args):
         pretrained_cfg = M.config_from_checkpoint(state)
     elif args.checkpoint != "none":
         _, enc_sd, pretrained_cfg = read_pretrained(args.checkpoint)
-    args = resolve_args(args, pretrained_cfg, print0)
-    cfg = pretrained_cfg or M.make_config(args.model, num_frames=args.num_frames, img_size=args.input_size)
+    resolve_args(args, pretrained_cfg, M.print0)
     if args.checkpoint == "none" and state is None:
-        print0(f"--checkpoint none: the encoder starts from random weights ({args.model}), the from-scratch baseline")
+        M.print0(f"--checkpoint none: the encoder starts from random weights ({args.model}), the from-scratch baseline")
+    return state, enc_sd, pretrained_cfg or M.make_config(args.model, num_frames=args.num_frames, img_size=args.input_size)
 
-    # -----------------------------------------------------------------------------
-    # Data: random-resized-crop clips (and, finetuning, RandAugment and random erasing) to train; one centre view
-    # per video to validate
+
+def make_loaders(args, state, rank, world, device):
+    """Random-resized-crop clips to train (finetuning: with RandAugment and random erasing), one centre view per
+    video to validate -> (train dataset, train loader, val loader or None, K classes)."""
     if args.data is None:
         demo = data.demo_dataset()
         args.data, args.val_data, args.root = demo["train"], args.val_data or demo["val"], demo["root"]
         args.class_names = args.class_names or demo["class_names"]
-        print0(f"no --data: the built-in demo dataset in {demo['root']}")
+        M.print0(f"no --data: the built-in demo dataset in {demo['root']}")
     try:  # a missing list, or a malformed line (file:line: reason), stops here and not mid-run
         # RandAugment and random erasing only when finetuning: MAE's linear probe trains on plain crops
         aug = dict(randaug_n=args.randaug_n, randaug_m=args.randaug_m, reprob=args.reprob) if args.mode == "finetune" else {}
@@ -322,149 +386,58 @@ def main(args):
     K = (state or {}).get("num_classes") or args.num_classes or (len(class_names) if class_names else max_label + 1)
     if max_label >= K:
         raise SystemExit(f"a list has label {max_label} but there are only {K} classes; fix --num-classes / --class-names")
-    global_batch = args.batch_size * world
-    if len(train_ds) < global_batch:
-        raise SystemExit(f"{args.data} has {len(train_ds)} videos, fewer than one global batch of {global_batch}; lower --batch-size")
-    train_sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=args.seed) if ddp else None
+    if len(train_ds) < args.batch_size * world:
+        raise SystemExit(f"{args.data} has {len(train_ds)} videos, fewer than one global batch of "
+                         f"{args.batch_size * world}; lower --batch-size")
+    sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, shuffle=True, seed=args.seed) if world > 1 else None
     loader_kw = dict(num_workers=args.num_workers, collate_fn=data.collate, pin_memory=device.type == "cuda",
                      persistent_workers=False)  # workers must see each epoch's train_ds.set_epoch
-    train_loader = torch.utils.data.DataLoader(train_ds, args.batch_size, shuffle=train_sampler is None,
-                                               sampler=train_sampler, drop_last=True, **loader_kw)
+    train_loader = torch.utils.data.DataLoader(train_ds, args.batch_size, shuffle=sampler is None, sampler=sampler,
+                                               drop_last=True, **loader_kw)
     val_loader = None
     if val_ds is not None:
         # every rank takes every world-th video: no padding, so the summed counts are exact
         val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, range(rank, len(val_ds), world)),
                                                  args.batch_size, **loader_kw)
+    return train_ds, train_loader, val_loader, K
 
-    # -----------------------------------------------------------------------------
-    # Model: built under one seed on every rank, so every rank starts from the same weights (DDP would broadcast
-    # rank 0's to the trained modules, but the linear probe's frozen encoder is not in DDP); then a seed per rank
-    # for the draws that must differ between ranks (drop path)
+
+def make_model(args, cfg, K, enc_sd, rank):
+    """The classifier, built under one seed on every rank, so every rank starts from the same weights (the linear
+    probe's frozen encoder too); then a seed per rank for the draws that must differ between ranks (drop path)."""
     torch.manual_seed(args.seed)
     model = build_model(args, cfg, K)
     torch.manual_seed(args.seed + rank)
-    encoder = model.encoder if args.mode == "finetune" else model["encoder"]
     if enc_sd is not None:
-        missing = load_encoder(encoder, enc_sd, args.checkpoint)
+        missing = load_encoder(model.encoder, enc_sd, args.checkpoint)
         if args.mode == "linear" and missing:
-            print0(f"note: {args.checkpoint} has no final encoder LayerNorm (a finetuned model?): the probe sees un-normalised features")
-        print0(f"loaded the pretrained encoder from {args.checkpoint}")
-    model.to(device)
-    # the module that trains: the whole classifier, or only the probe (the frozen encoder needs no DDP)
-    trained = model if args.mode == "finetune" else model["probe"]
-    ddp_trained = nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None) if ddp else trained
-    n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    print0(f"{args.mode}: {cfg.embed_dim}-wide encoder, depth {cfg.depth}, grid {cfg.grid}, K={K}, {n_train:,} trained parameters")
+            M.print0(f"note: {args.checkpoint} has no final encoder LayerNorm (a finetuned model?): the probe sees "
+                     "un-normalised features")
+        M.print0(f"loaded the pretrained encoder from {args.checkpoint}")
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    M.print0(f"{args.mode}: {cfg.embed_dim}-wide encoder, depth {cfg.depth}, grid {cfg.grid}, K={K}, "
+             f"{n_train:,} trained parameters")
+    return model
 
-    # -----------------------------------------------------------------------------
-    # Optimizer and schedule: lr scales with the global batch (VideoMAE's linear scaling rule)
+
+def make_optimizer(args, model, global_batch):
+    """-> (optimizer, peak lr, final lr): the lr scales with the global batch (VideoMAE's linear scaling rule)."""
     lr, min_lr = args.lr * global_batch / 256, args.min_lr * global_batch / 256
     if args.mode == "finetune":
-        optimizer = torch.optim.AdamW(M.param_groups(model, args.weight_decay, args.layer_decay), lr=lr, betas=tuple(args.betas))
-    else:
-        # NOTE: differs from MAE, whose probe uses LARS: LARS's layer-wise trust ratio exists for MAE's batch of
-        # 16384; with one Linear layer and batches of hundreds it only rescales the lr, so SGD with momentum (as
-        # DINO's eval_linear) is the same method. wd 0 and a cosine to 0, as MAE.
-        optimizer = torch.optim.SGD(model["probe"].parameters(), lr=lr, momentum=0.9, weight_decay=args.weight_decay)
-        min_lr = 0.0
-    steps_per_epoch = len(train_loader)
-    total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
-    use_bf16 = args.precision == "bf16" and (device.type != "cuda" or torch.cuda.is_bf16_supported())
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        return torch.optim.AdamW(M.param_groups(model, args.weight_decay, args.layer_decay), lr=lr,
+                                 betas=tuple(args.betas)), lr, min_lr
+    # NOTE: differs from MAE, whose probe uses LARS: LARS's layer-wise trust ratio exists for MAE's batch of
+    # 16384; with one Linear layer and batches of hundreds it only rescales the lr, so SGD with momentum (as
+    # DINO's eval_linear) is the same method. wd 0 and a cosine to 0, as MAE.
+    return torch.optim.SGD(model.probe.parameters(), lr=lr, momentum=0.9, weight_decay=args.weight_decay), lr, 0.0
 
-    # -----------------------------------------------------------------------------
-    # Resume
-    start_epoch, best = 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best = state["epoch"], state.get("best_top1", 0.0)
-        print0(f"resumed from {resume} at epoch {start_epoch}")
 
-    # -----------------------------------------------------------------------------
-    # Training loop
-    os.makedirs(args.output_dir, exist_ok=True)
-    log_path = os.path.join(args.output_dir, "log.jsonl")
-    mix_rng = np.random.default_rng([args.seed, rank])
-
-    def log(record, line):
-        if master:
-            tqdm.write(line)                                   # above the progress bar, not through it
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    bad_total = 0
-    t_start = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)  # new crops, flips and temporal offsets every epoch (data.py seeds per epoch)
-        model.train()
-        if args.mode == "linear":
-            model["encoder"].eval()                            # frozen features: no drop path, as at test time
-        loss_sum, n_seen, bad_epoch, t0 = 0.0, 0, 0, time.time()
-        bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not master, leave=False)
-        for i, batch in enumerate(bar):
-            step = epoch * steps_per_epoch + i
-            set_lr(optimizer, M.lr_at(step, total_steps, warmup_steps, lr, min_lr))
-            video, y = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
-            bad_epoch += len(batch["bad"])
-            if args.mode == "finetune":
-                video, target = mixup_cutmix(video, y, K, args.mixup, args.cutmix, args.mixup_switch_prob, args.smoothing, mix_rng)
-                with amp:
-                    loss = soft_cross_entropy(ddp_trained(video), target)
-            else:
-                with amp:
-                    feats = model["encoder"](video).mean(dim=1)  # (B, D); no graph: the encoder has no trainable weights
-                loss = F.cross_entropy(ddp_trained(feats.float()), y)
-            if not torch.isfinite(loss):
-                raise SystemExit(f"non-finite loss {loss.item()} at epoch {epoch} step {i}; the last good checkpoint "
-                                 f"is {args.output_dir}/ckpt.pt (try a lower --lr)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum, n_seen = loss_sum + loss.item(), n_seen + 1
-            if i % args.log_interval == 0:
-                cur_lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
-                rate = n_seen * global_batch * args.repeat_aug / (time.time() - t0)
-                log(dict(epoch=epoch, step=step, loss=loss.item(), lr=cur_lr, clips_per_s=rate),
-                    f"epoch {epoch} | step {step} | loss {loss.item():.4f} | lr {cur_lr:.2e} | {rate:.1f} clips/s")
-
-        # -----------------------------------------------------------------------------
-        # End of epoch: validation, then an atomic checkpoint
-        stats = torch.tensor([loss_sum, n_seen, bad_epoch, 0, 0, 0], dtype=torch.float64)
-        if val_loader is not None:
-            stats[3:] = torch.tensor(validate(model, args.mode, val_loader, device, amp), dtype=torch.float64)
-        if ddp:
-            stats = stats.to(device)
-            dist.all_reduce(stats)
-            stats = stats.cpu()
-        train_loss = (stats[0] / stats[1]).item()
-        bad_total += int(stats[2])
-        record = dict(epoch=epoch + 1, train_loss=train_loss, bad_videos=int(stats[2]), epoch_s=time.time() - t0)
-        line = f"epoch {epoch + 1}/{args.epochs} | train loss {train_loss:.4f}"
-        if val_loader is not None:
-            top1, top5 = (100.0 * stats[3] / stats[5]).item(), (100.0 * stats[4] / stats[5]).item()
-            best = max(best, top1)
-            record.update(val_top1=top1, val_top5=top5, val_videos=int(stats[5]))
-            line += f" | val top-1 {top1:.2f} | top-5 {top5:.2f} (one view, {int(stats[5])} videos)"
-        log(record, line + f" | bad videos {int(stats[2])} | {record['epoch_s']:.0f}s")
-        if master:
-            M.save_checkpoint(os.path.join(args.output_dir, "ckpt.pt"), {
-                "model": model.state_dict(), "model_cfg": M.model_config_dict(cfg), "num_classes": K, "mode": args.mode,
-                "args": vars(args), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "best_top1": best})
-
-    # -----------------------------------------------------------------------------
-    # Summary
-    if master:
-        summary = dict(done=True, mode=args.mode, epochs=args.epochs, best_val_top1=best if val_loader is not None else None,
-                       bad_videos=bad_total, train_s=time.time() - t_start)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(summary) + "\n")
-        print(f"done: {args.mode}, {args.epochs} epochs, best one-view val top-1 {best:.2f}, bad videos skipped {bad_total}, "
-              f"checkpoint {args.output_dir}/ckpt.pt; multi-view test: python evaluate.py --checkpoint {args.output_dir}/ckpt.pt")
-    if ddp:
-        dist.destroy_process_group()
+def log(path, record, line):
+    """One line above the progress bar and the same fields appended to log.jsonl (rank 0 only)."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        tqdm.write(line)
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, patchify
+from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify
 
 # Notation: B clips, C channels, T frames of H x W pixels, tubelet t, patch p, grid (T', h, w) = (T/t, H/p, W/p),
 # N = T' * h * w tokens, k tokens masked per time slice, E the CLIP embedding width.
@@ -413,11 +413,9 @@ def save_mask_picture(video, mask, cfg, path, titles=(), max_clips=4):
 
     B, C, T, H, W = video.shape
     grid = (T // cfg.tubelet_size, H // cfg.patch_size, W // cfg.patch_size)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
     blocks = []
-    for x, m in zip(video[:max_clips].float().cpu(), mask[:max_clips].cpu()):
-        pixels = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)  # (T, H, W, C)
+    for x, m in zip(video[:max_clips].cpu(), mask[:max_clips].cpu()):
+        pixels = (denormalize(x) * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0)  # (T, H, W, C)
         blocks.append(draw_mask(pixels.numpy(), m, grid, titles[len(blocks)] if len(blocks) < len(titles) else ""))
     img = Image.new("RGB", (max(b.width for b in blocks), sum(b.height for b in blocks)), "white")
     for i, b in enumerate(blocks):

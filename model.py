@@ -28,6 +28,7 @@ Mask convention everywhere: mask is (B, N) bool, True = masked (hidden from the 
 
 Try it:  python -m pytest -q tests/test_model.py
 """
+import contextlib
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -117,15 +118,20 @@ def unpatchify(x, tubelet, patch, grid):
     return x.reshape(B, -1, tp * t, h * p, w * p)
 
 
+def denormalize(video):
+    """Undo the ImageNet normalisation of clips: (..., C, T, H, W) -> pixels in [0, 1] (unclamped), float32."""
+    mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(-1, 1, 1, 1)  # (C, 1, 1, 1): broadcasts over T, H, W
+    std = torch.tensor(IMAGENET_STD, device=video.device).view(-1, 1, 1, 1)
+    return video.float() * std + mean
+
+
 def pixel_target(video, tubelet, patch, norm_pix_loss=True):
     """What the decoder regresses, for every token. video: ImageNet-normalised (B, C, T, H, W) -> (B, N, P).
 
     VideoMAE's order: undo the ImageNet normalisation to [0, 1], cut into tokens, then normalise each token
     per channel over its t*p*p pixels with the unbiased std (the "norm pixel" target of MAE, Sec. 3.1).
     """
-    mean = torch.tensor(IMAGENET_MEAN, device=video.device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=video.device).view(1, -1, 1, 1, 1)
-    x = patchify(video.float() * std + mean, tubelet, patch)   # (B, N, P), pixels in [0, 1]
+    x = patchify(denormalize(video), tubelet, patch)           # (B, N, P), pixels in [0, 1]
     if not norm_pix_loss:
         return x
     B, N, P = x.shape
@@ -541,6 +547,23 @@ class LinearProbe(nn.Module):
         return self.head(self.bn(x))                           # (B, D) -> (B, K)
 
 
+class ProbeClassifier(nn.Module):
+    """The linear-probe classifier (MAE's protocol): the encoder, frozen (its final LayerNorm kept), mean-pooled
+    features, then a LinearProbe; only the probe trains. Keep the encoder in eval mode (no drop path)."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.encoder = Encoder(cfg, final_norm=True)
+        self.probe = LinearProbe(cfg.embed_dim, num_classes)
+        self.encoder.apply(init_weights)                       # VideoMAE's init: where --checkpoint none starts
+        self.encoder.requires_grad_(False)
+
+    def forward(self, video):
+        with torch.no_grad():                                  # frozen: no graph through the encoder
+            x = self.encoder(video).mean(dim=1)                # (B, N, D) -> (B, D): mean over all tokens
+        return self.probe(x.float())                           # (B, K)
+
+
 def param_groups(model, weight_decay, layer_decay=None, base_lr=None):
     """AdamW groups: no weight decay on biases, norms and mask_token (every 1-D parameter, VideoMAE's rule).
     The contrastive head (`projector.*`) has groups of its own: without --contrastive it is an online probe.
@@ -695,3 +718,32 @@ def load_videomae_weights(module, path):
     sd = {k: v for k, v in sd.items() if k not in skipped}
     missing, unexpected = module.load_state_dict(sd, strict=False)
     return list(missing), list(unexpected) + skipped
+
+
+# -----------------------------------------------------------------------------
+# Plumbing the scripts share, spelled once: distributed set-up, rank-0 printing, autocast
+
+def setup_distributed(device=None):
+    """torchrun sets RANK: join its process group (NCCL on GPUs, Gloo on CPUs) -> (rank, world, device). A plain
+    `python X.py` is rank 0 of 1. device: 'cuda' | 'cpu' | None (a GPU when there is one)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def print0(*args, **kwargs):
+    """print on rank 0 only, so that N ranks do not say everything N times."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def autocast(device, precision):
+    """--precision as a context: bf16 or fp16 autocast, nothing for fp32. bf16 on a GPU without it runs fp32."""
+    if precision == "fp32" or (precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

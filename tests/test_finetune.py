@@ -184,7 +184,7 @@ def test_loads_pretrain_checkpoint_into_classifier_and_probe(tmp_path):
     for mode in ("finetune", "linear"):
         args = FT.parser.parse_args(["--mode", mode])
         model = FT.build_model(args, cfg, 7)
-        encoder = model.encoder if mode == "finetune" else model["encoder"]
+        encoder = model.encoder
         assert FT.load_encoder(encoder, enc_sd, "ckpt.pt") == []
         # finetune: VideoMAE drops the pretrained final norm for fc_norm; the probe reads the normed features
         check_encoder_equals(encoder, mae, with_norm=mode == "linear")
@@ -243,7 +243,7 @@ def test_loads_a_checkpoint_written_by_pretrain_py(colour_data, tiny_clip_config
     assert cfg == mae.cfg and ckpt["args"]["mask"] == "tube"
     for mode in ("finetune", "linear"):
         model = FT.build_model(FT.parser.parse_args(["--mode", mode]), cfg, 4)
-        encoder = model.encoder if mode == "finetune" else model["encoder"]
+        encoder = model.encoder
         assert FT.load_encoder(encoder, enc_sd, "ckpt.pt") == []
         check_encoder_equals(encoder, mae, with_norm=mode == "linear")
 
@@ -316,7 +316,7 @@ def check_videomae_init(encoder):
 def test_random_encoder_has_the_pretraining_init(mode):
     cfg = M.make_config("vit_tiny", **TINY)
     model = FT.build_model(FT.parser.parse_args(["--mode", mode, "--checkpoint", "none"]), cfg, 4)
-    check_videomae_init(model.encoder if mode == "finetune" else model["encoder"])
+    check_videomae_init(model.encoder)
     torch.manual_seed(0)
     check_videomae_init(M.VideoMAE(cfg).encoder)               # the reference: what pretrain.py starts from
 

@@ -13,13 +13,11 @@ Several nodes: the same with torchrun --nnodes=N --node_rank=i --rdzv-endpoint=H
 Resume: add --resume auto (or a path): optimizer, schedule, step, sampler position and RNG states continue.
 """
 import argparse
-import copy
 import json
 import os
 import random
 import signal
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -42,21 +40,21 @@ def get_parser():
     parser.add_argument("--data", default=None, help="list file 'path label' per line; none: the built-in demo dataset")
     parser.add_argument("--root", default="", help="folder prefixed to every path of the list")
     parser.add_argument("--captions", default=None, help="captions JSONL from caption.py (needed by tgm and --contrastive)")
-    parser.add_argument("--num-frames", type=int, default=16, help="T, frames per clip; paper: 16")
-    parser.add_argument("--sampling-rate", type=int, default=4, help="temporal stride; paper: 4 on K400, 2 on SSv2")
-    parser.add_argument("--input-size", type=int, default=224, help="H = W after the crop; paper: 224")
+    parser.add_argument("--num-frames", type=int, default=None, help="T, frames per clip; paper: 16 (demo: 8)")
+    parser.add_argument("--sampling-rate", type=int, default=None, help="temporal stride; paper: 4 on K400, 2 on SSv2 (demo: 4)")
+    parser.add_argument("--input-size", type=int, default=None, help="H = W after the crop; paper: 224 (demo: 64)")
     parser.add_argument("--no-flip", action="store_true", help="no horizontal flip; paper: off for SSv2 (left/right labels)")
     parser.add_argument("--repeat-aug", type=int, default=1, help="clips cut from each decoded video (ST-MAE/MGMAE repeated augmentation)")
-    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="loader processes per rank")
+    parser.add_argument("--num-workers", type=int, default=None, help="loader processes per rank; default: min(8, CPUs) (demo: 1)")
     # masking
     parser.add_argument("--mask", choices=["random", "tube", "mgm", "tgm"], default="tgm", help="mask generator eta (Sec. 3.1, 3.3)")
     parser.add_argument("--ratio", type=float, default=None, help="mask ratio gamma; paper: 0.9 tube/random, 0.75 mgm, 0.6 tgm (Table 5a)")
     parser.add_argument("--tgm-order", choices=["top", "bottom"], default="top", help="mask the top-k or bottom-k tokens by text similarity (Table 5b)")
-    parser.add_argument("--tgm-features", choices=["patch", "dense"], default="patch", help="patch: CLIP per 16x16 patch (paper); dense: one CLIP pass per frame (fast)")
+    parser.add_argument("--tgm-features", choices=["patch", "dense"], default=None, help="patch: CLIP per 16x16 patch (paper, the default); dense: one CLIP pass per frame (fast; demo)")
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model of the mask and the text tower; paper: ViT-B/32")
-    parser.add_argument("--clip-pretrained", default="openai", help="openai | a local weights file | none (random CLIP: masks mean nothing)")
+    parser.add_argument("--clip-pretrained", default=None, help="openai (default) | a local weights file | none (random CLIP: masks mean nothing)")
     # model
-    parser.add_argument("--model", default="vit_base", choices=list(M.MODEL_SIZES), help="encoder size; paper: ViT-B")
+    parser.add_argument("--model", default=None, choices=list(M.MODEL_SIZES), help="encoder size; paper: vit_base (demo: vit_tiny)")
     parser.add_argument("--no-norm-pix-loss", action="store_true", help="regress [0, 1] pixels instead of per-patch normalised ones")
     # contrastive (Sec. 3.4)
     parser.add_argument("--contrastive", action="store_true", help="add the masked video-text InfoNCE loss (Sec. 3.4)")
@@ -64,20 +62,20 @@ def get_parser():
     parser.add_argument("--nce-weight", type=float, default=1.0, help="lambda in L_MSE + lambda L_NCE; paper: 1 (Sec. 3.5)")
     parser.add_argument("--mse-weight", type=float, default=1.0, help="weight of L_MSE; 0 = pure contrastive (Table 2 rows 'V->T' only)")
     # optimisation
-    parser.add_argument("--epochs", type=int, default=200, help="paper: 200 (Tables 1-6)")
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per process per step (repeated copies included)")
-    parser.add_argument("--blr", type=float, default=1.5e-4, help="base lr; lr = blr * global_batch / 256 (paper: 1.5e-4)")
+    parser.add_argument("--epochs", type=int, default=None, help="paper: 200 (Tables 1-6) (demo: 4)")
+    parser.add_argument("--batch-size", type=int, default=None, help="clips per process per step (repeated copies included); paper: 32 (demo: 16)")
+    parser.add_argument("--blr", type=float, default=None, help="base lr; lr = blr * global_batch / 256; paper: 1.5e-4 (demo: 1e-2)")
     parser.add_argument("--min-blr", type=float, default=1e-5, help="cosine floor, also scaled by global_batch / 256")
-    parser.add_argument("--warmup-epochs", type=float, default=40, help="linear warmup from 0 (VideoMAE: 40)")
+    parser.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup from 0; VideoMAE: 40 (demo: 1)")
     parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (none on biases, norms, mask_token)")
     parser.add_argument("--clip-grad", type=float, default=None, help="max gradient norm; VideoMAE pretraining: none")
     # system
     parser.add_argument("--output-dir", default="runs/pretrain", help="ckpt.pt, log.jsonl and masks.png go here")
     parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for output-dir/ckpt.pt if it exists")
-    parser.add_argument("--save-every", type=int, default=20, help="epochs between checkpoints (and one at the end)")
+    parser.add_argument("--save-every", type=int, default=None, help="epochs between checkpoints (and one at the end); default: 20 (demo: 1)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps; "
                         "the schedule still spans --epochs, so --resume continues the same run")
-    parser.add_argument("--log-interval", type=int, default=20, help="steps between log lines (also the NCE probe without --contrastive)")
+    parser.add_argument("--log-interval", type=int, default=None, help="steps between log lines; default: 20 (demo: 5)")
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="autocast dtype; bf16 falls back to fp32 where unsupported")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--seed", type=int, default=0)
@@ -85,30 +83,23 @@ def get_parser():
     return parser
 
 
-# With no --data, flags the user did not type get these, so the demo finishes in minutes on a CPU.
-DEMO_DEFAULTS = dict(model="vit_tiny", num_frames=8, sampling_rate=4, input_size=64, batch_size=16, epochs=4,
-                     warmup_epochs=1, blr=1e-2, tgm_features="dense", save_every=1, log_interval=5, num_workers=1)
-
-
-def user_flags(parser, argv):
-    """The dests of the flags typed on the command line (not left at their default)."""
-    probe = copy.deepcopy(parser)
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(probe.parse_args(argv)))
+# The flags whose default is None: (paper / real data, demo) values. With no --data the demo's apply, so that the
+# demo finishes in minutes on a CPU; a flag typed on the command line always wins.
+DEFAULTS = dict(model=("vit_base", "vit_tiny"), num_frames=(16, 8), sampling_rate=(4, 4), input_size=(224, 64),
+                batch_size=(32, 16), epochs=(200, 4), warmup_epochs=(40, 1), blr=(1.5e-4, 1e-2),
+                tgm_features=("patch", "dense"), save_every=(20, 1), log_interval=(20, 5),
+                num_workers=(min(8, os.cpu_count() or 1), 1))
 
 
 def parse_args(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
+    args = get_parser().parse_args(argv)
     args.demo = args.data is None
-    if args.demo:
-        typed = user_flags(parser, argv)
-        filled = {k: v for k, v in DEMO_DEFAULTS.items() if k not in typed}
-        for k, v in filled.items():
-            setattr(args, k, v)
-        args.demo_filled = filled
-    args.clip_pretrained_typed = args.data is not None or "clip_pretrained" in user_flags(parser, argv)
+    args.demo_filled = {}
+    for k, (paper, demo) in DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, demo if args.demo else paper)
+            if args.demo:
+                args.demo_filled[k] = demo
     if args.ratio is None:
         args.ratio = masking.PAPER_RATIO[args.mask]
     check_args(args)
@@ -137,20 +128,6 @@ def check_args(args):
         fail("--mse-weight 0 leaves no loss: add --contrastive for pure contrastive pretraining")
     if args.batch_size % args.repeat_aug:
         fail(f"--batch-size {args.batch_size} must be a multiple of --repeat-aug {args.repeat_aug}")
-
-
-# -----------------------------------------------------------------------------
-# Small helpers of the loop
-
-def print0(*a, **kw):
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*a, **kw, flush=True)
-
-
-def autocast_for(device, precision):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def rng_states():
@@ -226,187 +203,64 @@ def pretraining_loss(mae, raw_model, video, mask, text, text_ids, args):
 
 
 def main(args):
-    # -------------------------------------------------------------------------
-    # distributed setup: torchrun sets RANK; a plain `python pretrain.py` is one process
-    ddp = "RANK" in os.environ
-    if args.device:
-        device = torch.device(args.device)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if ddp:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-    master = rank == 0
-    # the same seed on every rank: the model (and a random CLIP) start identical everywhere; the data draws are
-    # seeded per (seed, epoch, video) in data.py, and the tgm tie-breaks per (seed, step, rank) below
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
-    if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        print0("this GPU has no bf16: training in fp32 (pass --precision fp16 for half precision)")
-        args.precision = "fp32"
-    if args.precision == "fp16" and device.type == "cpu":
-        raise SystemExit("pretrain.py: --precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
-    if args.demo:
-        print0("no --data: pretraining on the built-in demo dataset with demo-sized defaults: "
-               + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.demo_filled.items()))
-
-    # -------------------------------------------------------------------------
-    # data
-    if args.demo:
-        demo = data.demo_dataset() if master else None
-        if ddp:
-            dist.barrier()
-        demo = demo or data.demo_dataset()
-        args.data, args.root, args.captions = demo["train"], demo["root"], demo["captions"]
+    rank, world, device = M.setup_distributed(args.device)
+    set_up_run(args, device)
+    dataset, sampler, steps_per_epoch = make_data(args, rank, world)
     cfg = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames,
                         norm_pix_loss=not args.no_norm_pix_loss)
-    mask_fn = {"random": masking.RandomMasker, "tube": masking.TubeMasker, "mgm": masking.MotionMasker}.get(args.mask)
-    try:
-        dataset = data.VideoDataset(
-            args.data, args.root, captions=args.captions, mode="pretrain", num_frames=args.num_frames,
-            sampling_rate=args.sampling_rate, input_size=args.input_size, repeat_aug=args.repeat_aug,
-            flip=not args.no_flip, motion=args.mask == "mgm", seed=args.seed,
-            # decode no larger than the smallest crop needs (a no-op for 224 crops of 320p Kinetics)
-            short_side=data.multiscale_short_side(args.input_size),
-            require_captions=args.mask == "tgm" or args.contrastive,
-            mask_fn=mask_fn(cfg.grid, args.ratio) if mask_fn else None)
-    except ValueError as e:  # a malformed list or captions line: file, line and reason
-        raise SystemExit(f"pretrain.py: {e}")
-    videos_per_step = args.batch_size // args.repeat_aug
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // videos_per_step
-    if steps_per_epoch == 0:
-        raise SystemExit(f"pretrain.py: {len(dataset)} videos over {world} ranks give no full batch of "
-                         f"{videos_per_step} videos: lower --batch-size")
-    total_steps = steps_per_epoch * args.epochs
-
-    # -------------------------------------------------------------------------
-    # CLIP (for tgm masks and the text side of L_NCE), model, optimizer and schedule
-    # captions feed the tgm mask, L_NCE, and the NCE probe logged for pure MAE (Fig. 4) when there are captions
-    need_text = args.mask == "tgm" or args.contrastive or bool(args.captions)
-    embed_text, tgm = None, None
-    if need_text:
-        try:
-            clip, tokenizer = masking.load_clip(args.clip_model, args.clip_pretrained, device)
-        except masking.ClipWeightsError as e:
-            if args.clip_pretrained_typed:
-                raise SystemExit(f"pretrain.py: {e}")
-            print0("the demo found no OpenAI CLIP weights (offline, not cached): it goes on with a random CLIP")
-            clip, tokenizer = masking.load_clip(args.clip_model, "none", device)
-        embed_text = masking.TextEmbedder(clip, tokenizer)
-        # Every distinct caption of the list is embedded once, up front, in a fixed order and fixed chunks: a text
-        # target then never depends on which captions shared its CLIP batch (bit for bit, so --resume is exact).
-        # The cache holds E floats per caption on the CPU (K400, 3 captions per video: about 1.5 GB).
-        distinct = sorted({c for rel in dataset.rel for c in dataset.captions.get(rel, [])})
-        caption_ids = {c: i for i, c in enumerate(distinct)}  # info_nce tells same-caption pairs apart by these
-        for i in tqdm(range(0, len(distinct), 256), desc="embedding captions", disable=not master, leave=False):
-            with autocast_for(device, args.precision):  # CLIP in --precision too (bf16: ~3x faster on a CPU)
-                embed_text(distinct[i:i + 256])
-        # the head's output E must be CLIP's text width (512 for ViT-B/32), so video and text meet in one space
-        cfg.head_out_dim = embed_text(["a video"]).shape[1]
-        if args.mask == "tgm":
-            tgm = masking.TextGuidedMasker(clip, args.tgm_features, args.ratio, args.tgm_order, cfg.patch_size,
-                                           cfg.tubelet_size)
-    mae = M.VideoMAE(cfg).to(device)
-    raw_model = mae
-    # with no captions at all the head never runs: freeze it, so DDP does not wait for gradients that never come
-    raw_model.projector.requires_grad_(need_text)
-    if args.compile:
-        mae = torch.compile(mae)
-    if ddp:
+    embed_text, caption_ids, tgm = make_text_side(args, dataset, cfg, device)  # CLIP: None, None, None without text
+    raw_model = M.VideoMAE(cfg).to(device)
+    # what trains the video-text head: L_NCE, the Fig. 4 probe, or nothing (no captions: frozen, so that DDP does
+    # not wait for gradients that never come)
+    head = "contrastive" if args.contrastive else ("probe" if embed_text is not None else None)
+    raw_model.projector.requires_grad_(head is not None)
+    mae = torch.compile(raw_model) if args.compile else raw_model
+    if world > 1:
         mae = DDP(mae, device_ids=[device.index] if device.type == "cuda" else None)
     global_batch = args.batch_size * world
     lr, min_lr = args.blr * global_batch / 256, args.min_blr * global_batch / 256
     # fused: one kernel for all parameters (2-3x faster than the per-tensor loop on a CPU, and on GPUs)
     optimizer = torch.optim.AdamW(M.param_groups(raw_model, args.weight_decay), lr=lr, betas=(0.9, 0.95), fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-
-    # -------------------------------------------------------------------------
-    # resume
-    os.makedirs(args.output_dir, exist_ok=True)
     ckpt_path = os.path.join(args.output_dir, "ckpt.pt")
-    step = 0
-    resume = ckpt_path if args.resume == "auto" and os.path.isfile(ckpt_path) else (
-        None if args.resume in (None, "auto") else args.resume)
-    if resume:
-        ckpt = M.load_checkpoint(resume)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step = ckpt["step"]
-        set_rng_states(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
-        print0(f"resumed from {resume} at step {step} (epoch {step // steps_per_epoch})")
-
-    def save(step):
-        states = [None] * world
-        if ddp:
-            dist.all_gather_object(states, rng_states())
-        else:
-            states = [rng_states()]
-        if master:
-            M.save_checkpoint(ckpt_path, {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "epoch": step // steps_per_epoch, "model_cfg": M.model_config_dict(cfg),
-                # what trained the video-text head: L_NCE, the Fig. 4 probe, or nothing (no captions)
-                "head": "contrastive" if args.contrastive else ("probe" if need_text else None),
-                "args": {k: v for k, v in vars(args).items() if k != "demo_filled"}, "rng": states})
+    step = resume(args, ckpt_path, raw_model, optimizer, scaler, rank, steps_per_epoch)
+    total_steps, warmup_steps = steps_per_epoch * args.epochs, args.warmup_epochs * steps_per_epoch
+    stop_signal = catch_stop_signals()
+    log = Log(args.output_dir, rank)
 
     # -------------------------------------------------------------------------
-    # the loop
-    log_file = open(os.path.join(args.output_dir, "log.jsonl"), "a") if master else None
-    # SIGTERM (a preempted job) or Ctrl-C: finish the step, save, and exit; --resume continues mid-epoch
-    stop_signal = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
-    bad_videos, mask_fallbacks = 0, 0
-    nce_last = None
+    # the loop: Sec. 3.5, L = L_MSE + lambda L_NCE with the mask of Sec. 3.1 / 3.3
     mae.train()
-    start_epoch = step // steps_per_epoch
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        skip = (step - epoch * steps_per_epoch) * videos_per_step
-        loader = DataLoader(dataset, batch_size=videos_per_step, sampler=SkipSampler(sampler, skip),
-                            num_workers=args.num_workers, collate_fn=data.collate, drop_last=True,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not master, leave=False, dynamic_ncols=True)
-        t_data = time.perf_counter()
-        stop = torch.tensor(0.0)
+    for epoch in range(step // steps_per_epoch, args.epochs):
+        loader = epoch_loader(args, dataset, sampler, epoch, step - epoch * steps_per_epoch, device)
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=rank != 0, leave=False, dynamic_ncols=True)
+        t_data, stopped = time.perf_counter(), False
         for batch in bar:
-            data_ms = (time.perf_counter() - t_data) * 1e3
-            t_step = time.perf_counter()
-            for param_group in optimizer.param_groups:
-                param_group["lr"] = M.lr_at(step, total_steps, args.warmup_epochs * steps_per_epoch, lr, min_lr)
-            bad_videos += len(batch["bad"])
-            for path, reason in batch["bad"]:
-                print0(f"skipped bad video {path}: {reason}")
+            data_ms, t_step = (time.perf_counter() - t_data) * 1e3, time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = M.lr_at(step, total_steps, warmup_steps, lr, min_lr)
+            log.bad(batch["bad"])
             video = batch["video"].to(device, non_blocking=True)                      # (B, C, T, H, W)
-            text = text_ids = None
-            if need_text:
+            text = text_ids = captions = None
+            if embed_text is not None:  # Sec. 3.2: one of the video's captions; serves the mask and L_NCE alike
                 captions = pick_captions(batch["captions"], batch["index"], args.seed, step)
                 text, text_ids = text_targets(embed_text, captions, caption_ids, cfg.head_out_dim, device)  # (B, E)
-            if tgm is not None:
+            if tgm is not None:                                                        # Sec. 3.3: top-k per frame
                 gen = torch.Generator().manual_seed(hash((args.seed, step, rank)) % 2**63)
-                with autocast_for(device, args.precision):
+                with M.autocast(device, args.precision):
                     mask = tgm(video, text, generator=gen)                             # (B, N), True = masked
             else:
                 mask = batch["mask"].to(device, non_blocking=True)                    # made in the loader workers
-                mask_fallbacks += sum(batch["mask_fallback"])
-            if step == 0 and master:
+                log.mask_fallbacks += sum(batch["mask_fallback"])
+            if step == 0 and rank == 0:
                 masking.save_mask_picture(batch["video"], mask.cpu(), cfg, os.path.join(args.output_dir, "masks.png"),
-                                          titles=[c or "" for c in captions] if need_text else ())
+                                          titles=[c or "" for c in captions] if captions else ())
 
-            with autocast_for(device, args.precision):
+            with M.autocast(device, args.precision):
                 loss, loss_mse, loss_nce = pretraining_loss(mae, raw_model, video, mask, text, text_ids, args)
             if not torch.isfinite(loss):
                 raise SystemExit(f"pretrain.py: the loss is {loss.item()} at step {step} (epoch {epoch}); stopping. "
-                                 f"The last good checkpoint is {ckpt_path}" + (" (none saved yet)" if not os.path.isfile(ckpt_path) else ""))
+                                 f"The last good checkpoint is {ckpt_path}" + ("" if os.path.isfile(ckpt_path) else " (none saved yet)"))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if args.clip_grad:
@@ -417,46 +271,193 @@ def main(args):
             step += 1
 
             if step % args.log_interval == 0 or step == total_steps:
-                nce_value = loss_nce.item() if text is not None else None  # no captions: nothing to measure
-                nce_last = nce_value
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 step_ms = (time.perf_counter() - t_step) * 1e3
-                rec = {"step": step, "epoch": epoch, "loss_mse": loss_mse.item(), "loss_nce": nce_value,
-                       "nce_optimised": args.contrastive, "lr": optimizer.param_groups[0]["lr"],
-                       "data_ms": round(data_ms, 1), "step_ms": round(step_ms, 1),
-                       "clips_per_s": round(global_batch / ((data_ms + step_ms) / 1e3), 2),
-                       "bad_videos": bad_videos, "mask_fallbacks": mask_fallbacks}
-                if master:
-                    bar.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
-                    log_file.write(json.dumps(rec) + "\n")
-                    log_file.flush()
-            if master:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            stop = torch.tensor(float(bool(stop_signal) or step == args.max_steps), device=device)
-            if ddp:  # every rank must stop at the same step, or the collectives would hang
-                dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-            if stop.item():
+                log.write(step=step, epoch=epoch, loss_mse=loss_mse.item(), loss_nce=None if loss_nce is None else loss_nce.item(),
+                          nce_optimised=args.contrastive, lr=optimizer.param_groups[0]["lr"], data_ms=round(data_ms, 1),
+                          step_ms=round(step_ms, 1), clips_per_s=round(global_batch / ((data_ms + step_ms) / 1e3), 2))
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            stopped = stop_now(stop_signal, step == args.max_steps, device, world)
+            if stopped:
                 break
             t_data = time.perf_counter()
         bar.close()
-        if stop.item():
-            save(step)
-            print0(f"stopped at step {step}; continue with --resume {ckpt_path}")
+        if stopped or (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+            save(ckpt_path, args, cfg, raw_model, optimizer, scaler, step, steps_per_epoch, head, world, rank)
+        if stopped:
+            M.print0(f"stopped at step {step}; continue with --resume {ckpt_path}")
             break
-        if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
-            save(step)
 
-    # -------------------------------------------------------------------------
-    # final summary
-    nce_text = "none (no captions)" if nce_last is None else f"{nce_last:.4f}"
-    print0(f"done: {step} steps, last loss_nce {nce_text}, {bad_videos} bad videos skipped, "
-           f"{mask_fallbacks} mgm masks fell back to tube; checkpoint {ckpt_path}")
-    if log_file:
-        log_file.close()
-    if ddp:
+    M.print0(f"done: {step} steps, last loss_nce {log.last_nce}, {log.bad_videos} bad videos skipped, "
+             f"{log.mask_fallbacks} mgm masks fell back to tube; checkpoint {ckpt_path}")
+    log.close()
+    if world > 1:
         dist.destroy_process_group()
     return step
+
+
+# -----------------------------------------------------------------------------
+# The set-up of main, in the order it runs
+
+def set_up_run(args, device):
+    """Seeds, precision checks, and the demo's note. The same seed on every rank: the model (and a random CLIP)
+    start identical everywhere; the data draws are seeded per (seed, epoch, video) in data.py, and the tgm
+    tie-breaks per (seed, step, rank)."""
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        M.print0("this GPU has no bf16: training in fp32 (pass --precision fp16 for half precision)")
+        args.precision = "fp32"
+    if args.precision == "fp16" and device.type == "cpu":
+        raise SystemExit("pretrain.py: --precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    if args.demo:
+        M.print0("no --data: pretraining on the built-in demo dataset with demo-sized defaults: "
+                 + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.demo_filled.items()))
+
+
+def make_data(args, rank, world):
+    """The clips (and, for random/tube/mgm, their masks, made in the loader workers) -> (dataset, the rank's
+    DistributedSampler, steps per epoch). The demo data is built once, by rank 0."""
+    if args.demo:
+        demo = data.demo_dataset() if rank == 0 else None
+        if world > 1:
+            dist.barrier()
+        demo = demo or data.demo_dataset()
+        args.data, args.root, args.captions = demo["train"], demo["root"], demo["captions"]
+    grid = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames).grid
+    mask_fn = {"random": masking.RandomMasker, "tube": masking.TubeMasker, "mgm": masking.MotionMasker}.get(args.mask)
+    try:
+        dataset = data.VideoDataset(
+            args.data, args.root, captions=args.captions, mode="pretrain", num_frames=args.num_frames,
+            sampling_rate=args.sampling_rate, input_size=args.input_size, repeat_aug=args.repeat_aug,
+            flip=not args.no_flip, motion=args.mask == "mgm", seed=args.seed,
+            # decode no larger than the smallest crop needs (a no-op for 224 crops of 320p Kinetics)
+            short_side=data.multiscale_short_side(args.input_size),
+            require_captions=args.mask == "tgm" or args.contrastive,
+            mask_fn=mask_fn(grid, args.ratio) if mask_fn else None)
+    except ValueError as e:  # a malformed list or captions line: file, line and reason
+        raise SystemExit(f"pretrain.py: {e}")
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // (args.batch_size // args.repeat_aug)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"pretrain.py: {len(dataset)} videos over {world} ranks give no full batch of "
+                         f"{args.batch_size // args.repeat_aug} videos: lower --batch-size")
+    return dataset, sampler, steps_per_epoch
+
+
+def make_text_side(args, dataset, cfg, device):
+    """CLIP, for the tgm mask and the text side of L_NCE (and the Fig. 4 probe whenever there are captions)
+    -> (TextEmbedder, {caption: id}, TextGuidedMasker or None), or (None, None, None) in a run without text.
+    Sets cfg.head_out_dim to CLIP's joint width, so that video and text meet in one space."""
+    if not (args.mask == "tgm" or args.contrastive or args.captions):
+        return None, None, None
+    try:
+        clip, tokenizer = masking.load_clip(args.clip_model, args.clip_pretrained or "openai", device)
+    except masking.ClipWeightsError as e:
+        if not args.demo or args.clip_pretrained is not None:
+            raise SystemExit(f"pretrain.py: {e}")
+        M.print0("the demo found no OpenAI CLIP weights (offline, not cached): it goes on with a random CLIP")
+        clip, tokenizer = masking.load_clip(args.clip_model, "none", device)
+    embed_text = masking.TextEmbedder(clip, tokenizer)
+    # Every distinct caption of the list is embedded once, up front, in a fixed order and fixed chunks: a text
+    # target then never depends on which captions shared its CLIP batch (bit for bit, so --resume is exact).
+    # The cache holds E floats per caption on the CPU (K400, 3 captions per video: about 1.5 GB).
+    distinct = sorted({c for rel in dataset.rel for c in dataset.captions.get(rel, [])})
+    for i in tqdm(range(0, len(distinct), 256), desc="embedding captions", disable=int(os.environ.get("RANK", 0)) != 0,
+                  leave=False):
+        with M.autocast(device, args.precision):  # CLIP in --precision too (bf16: ~3x faster on a CPU)
+            embed_text(distinct[i:i + 256])
+    cfg.head_out_dim = embed_text(["a video"]).shape[1]
+    tgm = masking.TextGuidedMasker(clip, args.tgm_features, args.ratio, args.tgm_order, cfg.patch_size,
+                                   cfg.tubelet_size) if args.mask == "tgm" else None
+    # info_nce tells same-caption pairs apart by these ids
+    return embed_text, {c: i for i, c in enumerate(distinct)}, tgm
+
+
+def resume(args, ckpt_path, raw_model, optimizer, scaler, rank, steps_per_epoch):
+    """--resume auto | PATH: model, optimizer, scaler, step and this rank's RNG states -> the step to go on from."""
+    os.makedirs(args.output_dir, exist_ok=True)
+    path = ckpt_path if args.resume == "auto" and os.path.isfile(ckpt_path) else (
+        None if args.resume in (None, "auto") else args.resume)
+    if not path:
+        return 0
+    ckpt = M.load_checkpoint(path)
+    raw_model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_states(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
+    M.print0(f"resumed from {path} at step {ckpt['step']} (epoch {ckpt['step'] // steps_per_epoch})")
+    return ckpt["step"]
+
+
+def save(ckpt_path, args, cfg, raw_model, optimizer, scaler, step, steps_per_epoch, head, world, rank):
+    """One atomic checkpoint, with every rank's RNG states (a resumed run draws what the stopped one would have)."""
+    states = [None] * world
+    if world > 1:
+        dist.all_gather_object(states, rng_states())
+    else:
+        states = [rng_states()]
+    if rank == 0:
+        M.save_checkpoint(ckpt_path, {
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "step": step, "epoch": step // steps_per_epoch, "model_cfg": M.model_config_dict(cfg),
+            "head": head,                                      # contrastive | probe | None: what trained the head
+            "args": {k: v for k, v in vars(args).items() if k != "demo_filled"}, "rng": states})
+
+
+def epoch_loader(args, dataset, sampler, epoch, skip_steps, device):
+    """The epoch's loader over this rank's share, from step skip_steps on (a resumed run, mid-epoch)."""
+    sampler.set_epoch(epoch)
+    dataset.set_epoch(epoch)
+    videos_per_step = args.batch_size // args.repeat_aug
+    return DataLoader(dataset, batch_size=videos_per_step, sampler=SkipSampler(sampler, skip_steps * videos_per_step),
+                      num_workers=args.num_workers, collate_fn=data.collate, drop_last=True,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def catch_stop_signals():
+    """SIGTERM (a preempted job) or Ctrl-C: the step finishes, the run saves and exits; --resume continues."""
+    caught = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    return caught
+
+
+def stop_now(stop_signal, at_max_steps, device, world):
+    """Whether to stop after this step; every rank must stop at the same step, or the collectives would hang."""
+    stop = torch.tensor(float(bool(stop_signal) or at_max_steps), device=device)
+    if world > 1:
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    return bool(stop.item())
+
+
+class Log:
+    """One `|`-separated line per --log-interval steps and the same fields as JSON in output_dir/log.jsonl (rank 0);
+    the counts of bad videos and mgm fallbacks go in every line and in the final summary."""
+
+    def __init__(self, output_dir, rank):
+        self.file = open(os.path.join(output_dir, "log.jsonl"), "a") if rank == 0 else None
+        self.bad_videos, self.mask_fallbacks, self.last_nce = 0, 0, "none (no captions)"
+
+    def bad(self, bad):
+        self.bad_videos += len(bad)
+        for path, reason in bad:
+            M.print0(f"skipped bad video {path}: {reason}")
+
+    def write(self, **rec):
+        rec.update(bad_videos=self.bad_videos, mask_fallbacks=self.mask_fallbacks)
+        if rec["loss_nce"] is not None:
+            self.last_nce = f"{rec['loss_nce']:.4f}"
+        if self.file:
+            tqdm.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+
+    def close(self):
+        if self.file:
+            self.file.close()
 
 
 if __name__ == "__main__":

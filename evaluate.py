@@ -470,9 +470,7 @@ def run_test(args, device, amp, rank, world, write_json):
     model, mode = load_classifier(ckpt)
     model.to(device)
     cfg, ft_args = M.config_from_checkpoint(ckpt), ckpt.get("args", {})
-    for flag, have in (("num_frames", cfg.num_frames), ("input_size", cfg.img_size)):
-        if getattr(args, flag) not in (None, have):
-            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(args, flag)} differs from the checkpoint's {have}; leave it out")
+    M.check_shape_flags(cfg, args.num_frames, args.input_size)
     tsn = ft_args.get("tsn", False) if args.tsn is None else args.tsn
     ds = open_list(args.data, root=args.root, mode="test", num_frames=cfg.num_frames, input_size=cfg.img_size,
                    sampling_rate=args.sampling_rate or ft_args.get("sampling_rate", 4), tsn=tsn,

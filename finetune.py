@@ -150,12 +150,8 @@ def resolve_args(args, pretrained_cfg=None, say=print):
         if getattr(args, k) is None:
             setattr(args, k, small if demo else paper)
     if pretrained_cfg is not None:
-        for flag, have in (("num_frames", pretrained_cfg.num_frames), ("input_size", pretrained_cfg.img_size)):
-            want = getattr(args, flag)
-            if want is not None and want != have:
-                raise SystemExit(f"--{flag.replace('_', '-')} {want} differs from the checkpoint's {have}: its fixed "
-                                 f"position table is laid out for that token grid; leave --{flag.replace('_', '-')} out")
-            setattr(args, flag, have)
+        M.check_shape_flags(pretrained_cfg, args.num_frames, args.input_size)
+        args.num_frames, args.input_size = pretrained_cfg.num_frames, pretrained_cfg.img_size
         if args.model is not None:
             say(f"--model {args.model} is ignored: the checkpoint stores its own model config")
     for k, (paper, small) in SHAPE_DEFAULTS.items():

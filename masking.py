@@ -461,15 +461,22 @@ def get_args(argv=None):
     return parser.parse_args(argv)
 
 
+# The flags whose default is None: (paper / a real video, the demo video) values, as in the other scripts.
+DEFAULTS = dict(tgm_features=("patch", "dense"))
+
+
 def main(args):
     caption = args.caption
     demo = args.video is None
+    for k, (paper, demo_value) in DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, demo_value if demo else paper)
     if demo:
         demo = data.demo_dataset()
         rel = data.read_list(demo["val"])[0][0]
         args.video = os.path.join(demo["root"], rel)
         caption = caption or data.read_captions(demo["captions"])[rel][0]
-    features = args.tgm_features or ("dense" if demo else "patch")  # the demo's, as pretrain.py's demo
+    features = args.tgm_features
     if args.mask == "tgm" and not caption:
         sys.exit("error: --mask tgm needs --caption \"...\" (the text the mask follows)")
     ratio = PAPER_RATIO[args.mask] if args.ratio is None else args.ratio

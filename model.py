@@ -633,6 +633,15 @@ def load_checkpoint(path):
             "it may be truncated by an interrupted copy, or not a PyTorch checkpoint") from None
 
 
+def check_shape_flags(cfg, num_frames=None, input_size=None):
+    """A checkpoint's model fixes the clip's shape (its position table is laid out for its token grid): the
+    --num-frames and --input-size flags may only repeat it. Anything else stops with one sentence."""
+    for flag, want, have in (("--num-frames", num_frames, cfg.num_frames), ("--input-size", input_size, cfg.img_size)):
+        if want is not None and want != have:
+            raise SystemExit(f"{flag} {want} differs from the checkpoint's {have}: its fixed position table is laid "
+                             f"out for that token grid; leave {flag} out")
+
+
 def config_from_checkpoint(ckpt):
     """Rebuild the ModelConfig stored in a checkpoint written by this project."""
     if "model_cfg" not in ckpt:

@@ -130,37 +130,6 @@ def check_args(args):
         fail(f"--batch-size {args.batch_size} must be a multiple of --repeat-aug {args.repeat_aug}")
 
 
-def rng_states():
-    """Every generator this process draws from, as tensors and plain numbers (a weights_only checkpoint)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_states(s):
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    keys, pos, has_gauss, gauss = s["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if s["cuda"]:
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-class SkipSampler(torch.utils.data.Sampler):
-    """The rank's share of one epoch's shuffled order, from a position on: resuming mid-epoch draws the same
-    clips the stopped run would have drawn next."""
-
-    def __init__(self, sampler, skip):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self):
-        return iter(list(self.sampler)[self.skip:])
-
-    def __len__(self):
-        return len(self.sampler) - self.skip
-
-
 def pick_captions(captions, indices, seed, step):
     """Sec. 3.2: one of the video's captions at random, per sample; it serves the mask and the loss alike.
     Seeded by (seed, step, video index), so a resumed run draws the same captions."""
@@ -431,6 +400,37 @@ def stop_now(stop_signal, at_max_steps, device, world):
     if world > 1:
         dist.all_reduce(stop, op=dist.ReduceOp.MAX)
     return bool(stop.item())
+
+
+def rng_states():
+    """Every generator this process draws from, as tensors and plain numbers (a weights_only checkpoint)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(s):
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+class SkipSampler(torch.utils.data.Sampler):
+    """The rank's share of one epoch's shuffled order, from a position on: resuming mid-epoch draws the same
+    clips the stopped run would have drawn next."""
+
+    def __init__(self, sampler, skip):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip:])
+
+    def __len__(self):
+        return len(self.sampler) - self.skip
 
 
 class Log:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify
+from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify, print0
 
 # Notation: B clips, C channels, T frames of H x W pixels, tubelet t, patch p, grid (T', h, w) = (T/t, H/p, W/p),
 # N = T' * h * w tokens, k tokens masked per time slice, E the CLIP embedding width.
@@ -219,7 +219,7 @@ def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cach
         open_clip.add_model_config(name)  # registers the config under the file's stem
         name = os.path.splitext(os.path.basename(name))[0]
     if pretrained == "none":
-        print(f"CLIP {name} has random weights (--clip-pretrained none): text-guided masks carry no meaning")
+        print0(f"CLIP {name} has random weights (--clip-pretrained none): text-guided masks carry no meaning")
         source = None
     elif os.path.isfile(pretrained):
         source = pretrained

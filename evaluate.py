@@ -327,6 +327,14 @@ def open_list(list_file, **ds_kw):
         raise SystemExit(f"evaluate.py: {e}")
 
 
+def class_names_of(path):
+    """data.read_class_names, or one sentence when the file cannot be read."""
+    try:
+        return data.read_class_names(path)
+    except OSError as e:
+        raise SystemExit(f"evaluate.py: --class-names {path}: {e.strerror}")
+
+
 def embed_clips(embed, ds, args, device, amp, rank, world, desc):
     """embed: video (B, C, T, H, W) -> (B, F), over every clip of ds, shared among the ranks -> (dataset indices (V,),
     features (V, F) float32, bad videos), the same on every rank."""
@@ -391,7 +399,7 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, wr
     videos = args.val_data or args.data
     ds = open_list(videos, root=args.root, captions=args.captions, mode="val", num_frames=model.cfg.num_frames,
                    input_size=model.cfg.img_size, sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
-    class_names = data.read_class_names(args.class_names) if args.text == "classes" else None
+    class_names = class_names_of(args.class_names) if args.text == "classes" else None
     if class_names is not None and max(lbl for _, lbl in ds.items) >= len(class_names):
         raise SystemExit(f"{videos} has labels beyond the {len(class_names)} names of {args.class_names}: wrong file?")
     embed = lambda video: model.video_embedding(model.encoder(video))  # (B, E): all tokens, no mask, the head
@@ -434,7 +442,7 @@ def run_pictures(args, model, pre_args, device, out_dir, clip_fallback):
     ds = open_list(args.data, root=args.root, captions=args.captions, mode="val", motion=mask_name == "mgm",
                    num_frames=cfg.num_frames, input_size=cfg.img_size,
                    sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
-    class_names = data.read_class_names(args.class_names) if args.class_names else None
+    class_names = class_names_of(args.class_names) if args.class_names else None
     if mask_name == "tgm":
         torch.manual_seed(args.seed)                           # random CLIP ('none') is then the same every run
         clip, tok, _ = load_clip(args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu"),

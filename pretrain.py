@@ -54,7 +54,8 @@ def get_parser():
     parser.add_argument("--tgm-order", choices=["top", "bottom"], default="top", help="mask the top-k or bottom-k tokens by text similarity (Table 5b)")
     parser.add_argument("--tgm-features", choices=["patch", "dense"], default="patch", help="patch: CLIP per 16x16 patch (paper); dense: one CLIP pass per frame (fast)")
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model of the mask and the text tower; paper: ViT-B/32")
-    parser.add_argument("--clip-pretrained", default="openai", help="openai | a local weights file | none (random CLIP: masks mean nothing)")
+    parser.add_argument("--clip-pretrained", default="openai", help="openai | a local weights file | demo (a small CLIP trained on the demo data; "
+                        "the demo's default when openai's cannot be had) | none (random CLIP: masks mean nothing)")
     # model
     parser.add_argument("--model", default="vit_base", choices=list(M.MODEL_SIZES), help="encoder size; paper: ViT-B")
     parser.add_argument("--no-norm-pix-loss", action="store_true", help="regress [0, 1] pixels instead of per-patch normalised ones")
@@ -292,13 +293,17 @@ def main(args):
     need_text = args.mask == "tgm" or args.contrastive or bool(args.captions)
     embed_text, tgm = None, None
     if need_text:
+        # on the demo, unless --clip-pretrained was typed, the demo CLIP stands in for weights that cannot be had;
+        # rank 0 loads first (it may train the demo CLIP, about a minute) while the others wait, as for the demo data
+        fallback = demo if args.demo and not args.clip_pretrained_typed else None
         try:
-            clip, tokenizer = masking.load_clip(args.clip_model, args.clip_pretrained, device)
+            got = masking.load_clip_for(args.clip_model, args.clip_pretrained, device, fallback) if master else None
+            if ddp:
+                dist.barrier()
+            got = got or masking.load_clip_for(args.clip_model, args.clip_pretrained, device, fallback)
         except masking.ClipWeightsError as e:
-            if args.clip_pretrained_typed:
-                raise SystemExit(f"pretrain.py: {e}")
-            print0("the demo found no OpenAI CLIP weights (offline, not cached): it goes on with a random CLIP")
-            clip, tokenizer = masking.load_clip(args.clip_model, "none", device)
+            raise SystemExit(f"pretrain.py: {e}")
+        clip, tokenizer, args.clip_model, args.clip_pretrained = got  # the checkpoint records the CLIP it used
         embed_text = masking.TextEmbedder(clip, tokenizer)
         # Every distinct caption of the list is embedded once, up front, in a fixed order and fixed chunks: a text
         # target then never depends on which captions shared its CLIP batch (bit for bit, so --resume is exact).

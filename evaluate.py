@@ -75,7 +75,7 @@ parser.add_argument("--retrieval", action="store_true", help="zero-shot video->v
 parser.add_argument("--text", default=None, choices=["classes", "captions"], help="--retrieval video->text instead, through "
                     "the contrastive head: against the class names or the captions")
 parser.add_argument("--clip-model", default=None, help="CLIP for the text side; default: the pretraining run's (paper: ViT-B-32-quickgelu)")
-parser.add_argument("--clip-pretrained", default=None, help="openai | a local weights file | none (random: numbers mean nothing); default: the pretraining run's")
+parser.add_argument("--clip-pretrained", default=None, help="openai | a local weights file | demo (the demo CLIP) | none (random: numbers mean nothing); default: the pretraining run's")
 # pictures (Fig. 3)
 parser.add_argument("--visualize", action="store_true", help="write Fig. 3-style pictures instead of the test")
 parser.add_argument("--num-videos", type=int, default=4, help="videos to draw, spread over the list")
@@ -127,16 +127,14 @@ def load_pretrained(path, args):
     return model.eval(), {}, None                              # published weights: no contrastive head
 
 
-def load_clip(name, pretrained, device, fallback):
-    """masking.load_clip -> (clip, tokenizer, the weights used), with a sentence instead of a traceback when the
-    weights cannot be had. fallback (the demo, no --clip-pretrained typed): a random CLIP, as pretrain.py's demo."""
+def load_clip(name, pretrained, device, demo):
+    """masking.load_clip_for -> (clip, tokenizer, name, pretrained) of the CLIP loaded, with a sentence instead of a
+    traceback when the weights cannot be had. demo (the demo dataset, no --clip-pretrained typed): the demo CLIP
+    stands in for missing weights, as in pretrain.py's demo."""
     try:
-        return (*masking.load_clip(name, pretrained, device), pretrained)
+        return masking.load_clip_for(name, pretrained, device, demo)
     except masking.ClipWeightsError as e:
-        if not fallback:
-            raise SystemExit(f"evaluate.py: {e}")
-        print("the demo found no CLIP weights (offline, not cached): it goes on with a random CLIP")
-        return (*masking.load_clip(name, "none", device), "none")
+        raise SystemExit(f"evaluate.py: {e}")
 
 
 # -----------------------------------------------------------------------------
@@ -385,7 +383,7 @@ def run_retrieval(args, model, pre_args, device, amp, rank, world, write_json):
           f"(written to {path}; bad videos skipped: {len(res['bad_videos'])})")
 
 
-def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json, clip_fallback):
+def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json, clip_demo):
     """Video -> text retrieval through the contrastive head (Sec. 3.4), an extra beside Table 3: the --val-data
     videos (one centre view each) rank CLIP's embeddings of the class names or of the captions; a video's positives
     are its class's name or its own captions."""
@@ -413,8 +411,8 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, wr
         texts, positives = text_gallery(labels, video_captions=[ds.captions.get(ds.rel[i], []) for i in index])
     clip_model = args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu")
     torch.manual_seed(args.seed)                               # random CLIP ('none') is then the same every run
-    clip, tok, clip_pretrained = load_clip(clip_model, args.clip_pretrained or pre_args.get("clip_pretrained", "openai"),
-                                           device, clip_fallback)
+    clip, tok, clip_model, clip_pretrained = load_clip(clip_model, args.clip_pretrained or pre_args.get(
+        "clip_pretrained", "openai"), device, clip_demo)
     if clip_pretrained == "none":
         print("warning: a random CLIP gives random text embeddings: recall means something only against the "
               "same random CLIP the pretraining used (seeded identically)")
@@ -434,7 +432,7 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, wr
           f"(written to {path}; bad videos skipped: {len(bad)})")
 
 
-def run_pictures(args, model, pre_args, device, out_dir, clip_fallback):
+def run_pictures(args, model, pre_args, device, out_dir, clip_demo):
     """Fig. 3: one picture per video (input, mask, reconstruction, attention), on rank 0's CPU."""
     cfg = model.cfg
     mask_name = args.mask or pre_args.get("mask", "tube")
@@ -445,8 +443,8 @@ def run_pictures(args, model, pre_args, device, out_dir, clip_fallback):
     class_names = class_names_of(args.class_names) if args.class_names else None
     if mask_name == "tgm":
         torch.manual_seed(args.seed)                           # random CLIP ('none') is then the same every run
-        clip, tok, _ = load_clip(args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu"),
-                                 args.clip_pretrained or pre_args.get("clip_pretrained", "openai"), device, clip_fallback)
+        clip, tok, _, _ = load_clip(args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu"),
+                                    args.clip_pretrained or pre_args.get("clip_pretrained", "openai"), device, clip_demo)
         features = args.tgm_features or pre_args.get("tgm_features", "patch")
         tgm = masking.TextGuidedMasker(clip, features, ratio, pre_args.get("tgm_order", "top"), cfg.patch_size,
                                        cfg.tubelet_size)
@@ -533,9 +531,10 @@ def main(args):
         raise SystemExit("--retrieval and --visualize are separate runs; pass one of them")
     out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
-    clip_fallback = args.data is None and args.clip_pretrained is None
+    clip_demo = None  # the demo dataset, where the demo CLIP may stand in for CLIP weights that cannot be had
     if args.data is None:
         demo = data.demo_dataset()
+        clip_demo = demo if args.clip_pretrained is None else None
         # the test and the pictures read the val split; retrieval queries it against the train split
         args.data, args.val_data = (demo["train"], args.val_data or demo["val"]) if args.retrieval else (demo["val"], None)
         args.root = demo["root"]
@@ -556,9 +555,9 @@ def main(args):
         model.to(device)
     if args.visualize:
         if rank == 0:
-            run_pictures(args, model, pre_args, device, out_dir, clip_fallback)
+            run_pictures(args, model, pre_args, device, out_dir, clip_demo)
     elif args.retrieval and args.text:
-        run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json, clip_fallback)
+        run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json, clip_demo)
     elif args.retrieval:
         run_retrieval(args, model, pre_args, device, amp, rank, world, write_json)
     else:

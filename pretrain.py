@@ -52,7 +52,8 @@ def get_parser():
     parser.add_argument("--tgm-order", choices=["top", "bottom"], default="top", help="mask the top-k or bottom-k tokens by text similarity (Table 5b)")
     parser.add_argument("--tgm-features", choices=["patch", "dense"], default=None, help="patch: CLIP per 16x16 patch (paper, the default); dense: one CLIP pass per frame (fast; demo)")
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model of the mask and the text tower; paper: ViT-B/32")
-    parser.add_argument("--clip-pretrained", default=None, help="openai (default) | a local weights file | none (random CLIP: masks mean nothing)")
+    parser.add_argument("--clip-pretrained", default=None, help="openai (default) | a local weights file | demo (a small CLIP trained on "
+                        "the demo data; the demo's default when openai's cannot be had) | none (random CLIP: masks mean nothing)")
     # model
     parser.add_argument("--model", default=None, choices=list(M.MODEL_SIZES), help="encoder size; paper: vit_base (demo: vit_tiny)")
     parser.add_argument("--no-norm-pix-loss", action="store_true", help="regress [0, 1] pixels instead of per-patch normalised ones")
@@ -177,7 +178,7 @@ def main(args):
     dataset, sampler, steps_per_epoch = make_data(args, rank, world)
     cfg = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames,
                         norm_pix_loss=not args.no_norm_pix_loss)
-    embed_text, caption_ids, tgm = make_text_side(args, dataset, cfg, device)  # CLIP: None, None, None without text
+    embed_text, caption_ids, tgm = make_text_side(args, dataset, cfg, device, rank, world)  # None x 3 without text
     raw_model = M.VideoMAE(cfg).to(device)
     # what trains the video-text head: L_NCE, the Fig. 4 probe, or nothing (no captions: frozen, so that DDP does
     # not wait for gradients that never come)
@@ -316,19 +317,24 @@ def make_data(args, rank, world):
     return dataset, sampler, steps_per_epoch
 
 
-def make_text_side(args, dataset, cfg, device):
+def make_text_side(args, dataset, cfg, device, rank, world):
     """CLIP, for the tgm mask and the text side of L_NCE (and the Fig. 4 probe whenever there are captions)
     -> (TextEmbedder, {caption: id}, TextGuidedMasker or None), or (None, None, None) in a run without text.
-    Sets cfg.head_out_dim to CLIP's joint width, so that video and text meet in one space."""
+    Sets cfg.head_out_dim to CLIP's joint width, so that video and text meet in one space, and records in args the
+    CLIP actually used (the checkpoint then tells evaluate.py which CLIP to load)."""
     if not (args.mask == "tgm" or args.contrastive or args.captions):
         return None, None, None
+    # on the demo, unless --clip-pretrained was typed, the demo CLIP stands in for weights that cannot be had; rank 0
+    # loads first (it may train the demo CLIP, about a minute) while the others wait, as for the demo data
+    stand_in = data.demo_dataset() if args.demo and args.clip_pretrained is None else None
     try:
-        clip, tokenizer = masking.load_clip(args.clip_model, args.clip_pretrained or "openai", device)
+        got = masking.load_clip_for(args.clip_model, args.clip_pretrained or "openai", device, stand_in) if rank == 0 else None
+        if world > 1:
+            dist.barrier()
+        got = got or masking.load_clip_for(args.clip_model, args.clip_pretrained or "openai", device, stand_in)
     except masking.ClipWeightsError as e:
-        if not args.demo or args.clip_pretrained is not None:
-            raise SystemExit(f"pretrain.py: {e}")
-        M.print0("the demo found no OpenAI CLIP weights (offline, not cached): it goes on with a random CLIP")
-        clip, tokenizer = masking.load_clip(args.clip_model, "none", device)
+        raise SystemExit(f"pretrain.py: {e}")
+    clip, tokenizer, args.clip_model, args.clip_pretrained = got
     embed_text = masking.TextEmbedder(clip, tokenizer)
     # Every distinct caption of the list is embedded once, up front, in a fixed order and fixed chunks: a text
     # target then never depends on which captions shared its CLIP batch (bit for bit, so --resume is exact).

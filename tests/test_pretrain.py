@@ -135,7 +135,7 @@ def test_tgm_without_captions_says_how_to_fix(demo):
 def test_demo_defaults_fill_only_untyped_flags():
     args = pretrain.parse_args(["--mask", "tgm", "--epochs", "7"])
     assert args.demo and args.epochs == 7 and args.model == pretrain.DEMO_DEFAULTS["model"]
-    assert "epochs" not in args.demo_filled and args.demo_filled["tgm_features"] == "dense"
+    assert "epochs" not in args.demo_filled and args.tgm_features is None  # chosen with the CLIP, in main
 
 
 def test_nce_probe_trains_the_head_and_leaves_the_encoder_alone():

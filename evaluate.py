@@ -445,7 +445,7 @@ def run_pictures(args, model, pre_args, device, out_dir, clip_demo):
         torch.manual_seed(args.seed)                           # random CLIP ('none') is then the same every run
         clip, tok, _, _ = load_clip(args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu"),
                                     args.clip_pretrained or pre_args.get("clip_pretrained", "openai"), device, clip_demo)
-        features = args.tgm_features or pre_args.get("tgm_features", "patch")
+        features = args.tgm_features or pre_args.get("tgm_features") or "patch"
         tgm = masking.TextGuidedMasker(clip, features, ratio, pre_args.get("tgm_order", "top"), cfg.patch_size,
                                        cfg.tubelet_size)
         embed = masking.TextEmbedder(clip, tok)

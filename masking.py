@@ -621,7 +621,7 @@ def get_args(argv=None):
     parser.add_argument("--patch-size", type=int, default=16, help="p pixels per token side; paper: 16")
     parser.add_argument("--tgm-features", default=None, choices=["patch", "dense"],
                         help="patch: each 16x16 patch through CLIP (the paper, Sec. 3.3; the default); dense: CLIP's "
-                             "patch tokens (the demo video's default: ~50x faster on a CPU)")
+                             "patch tokens (~50x faster on a CPU: the demo video's default with a full-size CLIP)")
     parser.add_argument("--tgm-order", default="top", choices=["top", "bottom"],
                         help="mask the top-k or bottom-k tokens by text similarity; paper: top (Table 5b)")
     # CLIP
@@ -637,21 +637,13 @@ def get_args(argv=None):
     return parser.parse_args(argv)
 
 
-# The flags whose default is None: (paper / a real video, the demo video) values, as in the other scripts.
-DEFAULTS = dict(tgm_features=("patch", "dense"))
-
-
 def main(args):
     caption = args.caption
     demo = data.demo_dataset() if args.video is None else None  # no --video: the demo dataset's first val video
-    for k, (paper, demo_value) in DEFAULTS.items():
-        if getattr(args, k) is None:
-            setattr(args, k, demo_value if demo else paper)
     if demo:
         rel = data.read_list(demo["val"])[0][0]
         args.video = os.path.join(demo["root"], rel)
         caption = caption or data.read_captions(demo["captions"])[rel][0]
-    features = args.tgm_features
     if args.mask == "tgm" and not caption:
         sys.exit("error: --mask tgm needs --caption \"...\" (the text the mask follows)")
     ratio = PAPER_RATIO[args.mask] if args.ratio is None else args.ratio
@@ -687,10 +679,12 @@ def main(args):
             print(f"{args.video} carries no motion vectors: fell back to a tube mask")
     else:
         try:  # on the demo video, unless --clip-pretrained was typed, the demo CLIP stands in for missing weights
-            clip, tokenizer, _, _ = load_clip_for(args.clip_model, args.clip_pretrained or "openai", args.device,
-                                                  demo if args.clip_pretrained is None else None)
+            clip, tokenizer, _, pretrained = load_clip_for(args.clip_model, args.clip_pretrained or "openai",
+                                                           args.device, demo if args.clip_pretrained is None else None)
         except ClipWeightsError as e:
             sys.exit(f"error: {e}")
+        # the paper's patch features, except a full-size CLIP on the demo video (as pretrain.py's demo)
+        features = args.tgm_features or ("dense" if demo and pretrained != "demo" else "patch")
         text = TextEmbedder(clip, tokenizer)([caption])
         masker = TextGuidedMasker(clip, features, ratio, args.tgm_order, p, t, args.chunk_size)
         mask = masker(video[None], text, g)[0]

@@ -532,14 +532,14 @@ def test_load_clip_for_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_de
 def test_command_line_demo_goes_on_offline_with_the_demo_clip(demo, tiny_demo_clip, tiny_clip_config, tmp_path,
                                                              capsys, monkeypatch):
     # the README's `python masking.py --mask tgm` on a machine without CLIP weights: the demo video, the demo CLIP
-    # (said so), dense features; a real video with weights that cannot be had stops with the reason
+    # (said so), the paper's patch features; a real video with weights that cannot be had stops with the reason
     monkeypatch.setenv("TGM_CACHE", os.path.dirname(demo["root"]))  # the demo dataset the session built
     monkeypatch.setattr(masking, "demo_clip", lambda demo: tiny_demo_clip)  # the full-size one trains for a minute
     small = ["--mask", "tgm", "--num-frames", "4", "--sampling-rate", "1", "--input-size", "32",
              "--clip-model", tiny_clip_config]  # no --clip-pretrained: openai's, which this tiny model has none of
     masking.main(masking.get_args(small + ["--out", str(tmp_path / "demo.png")]))
     out = capsys.readouterr().out
-    assert "uses the demo CLIP" in out and "tgm dense top" in out and os.path.isfile(tmp_path / "demo.png")
+    assert "uses the demo CLIP" in out and "tgm patch top" in out and os.path.isfile(tmp_path / "demo.png")
     video = os.path.join(demo["root"], data.read_list(demo["val"])[0][0])
     with pytest.raises(SystemExit, match="neither a file nor a weights tag"):
         masking.main(masking.get_args(small + ["--video", video, "--caption", "a square", "--out", str(tmp_path / "v.png")]))

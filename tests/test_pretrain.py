@@ -135,14 +135,14 @@ def test_tgm_without_captions_says_how_to_fix(demo):
 def test_demo_defaults_fill_only_untyped_flags(demo):
     args = pretrain.parse_args(["--mask", "tgm", "--epochs", "7"])
     assert args.demo and args.epochs == 7 and args.model == "vit_tiny" == pretrain.DEFAULTS["model"][1]
-    assert "epochs" not in args.demo_filled and args.demo_filled["tgm_features"] == "dense"
+    assert "epochs" not in args.demo_filled and args.tgm_features is None  # chosen with the CLIP, in main
     # a flag typed with the very value of the paper's default is still the user's: the demo does not override it
     assert pretrain.parse_args(["--mask", "tgm", "--model", "vit_base"]).model == "vit_base"
     # real data: the paper's values (Sec. 4.2), none of the demo's
     real = pretrain.parse_args(["--data", demo["train"], "--captions", demo["captions"], "--mask", "tgm"])
     assert not real.demo and real.demo_filled == {}
-    assert (real.model, real.num_frames, real.input_size, real.epochs, real.blr, real.tgm_features, real.ratio) == \
-        ("vit_base", 16, 224, 200, 1.5e-4, "patch", 0.6)
+    assert (real.model, real.num_frames, real.input_size, real.epochs, real.blr, real.ratio) == \
+        ("vit_base", 16, 224, 200, 1.5e-4, 0.6)
 
 
 def test_nce_probe_trains_the_head_and_leaves_the_encoder_alone():

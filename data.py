@@ -617,7 +617,7 @@ def collate(batch):
 # actions are chosen to survive horizontal flip (no left vs right), so the default flip augmentation
 # never turns one class into another, and each caption stays true of the flipped clip.
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: the main object's per-frame mask is kept (objects.npz)
 DEMO_ACTIONS = [("moving up", "moves up"), ("moving down", "moves down"), ("moving sideways", "moves sideways"),
                 ("growing", "grows"), ("shrinking", "shrinks"), ("spinning", "spins"),
                 ("bouncing", "bounces"), ("staying still", "stays still")]
@@ -640,7 +640,8 @@ def _shape_mask(shape, u, v):
 
 
 def _render_demo(rng, label):
-    """One clip as uint8 (T, H, W, 3) plus the words its captions use."""
+    """One clip as uint8 (T, H, W, 3), the main object's mask (T, H, W) bool (the object that performs the action,
+    which the captions name first), and the words its captions use."""
     (H, W), T = DEMO_SIZE, DEMO_FRAMES
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     bg_name = list(DEMO_BACKGROUNDS)[rng.integers(len(DEMO_BACKGROUNDS))]
@@ -680,7 +681,8 @@ def _render_demo(rng, label):
     d0, dv = np.array([rng.uniform(15, W - 15), rng.uniform(15, H - 15)]), rng.normal(size=2) * 6
     objects = [(d0[0] + dv[0] * s, d0[1] + dv[1] * s, np.full(T, 6.0), np.zeros(T), colours[di], dshape),
                (cx, cy, r, ang, colours[ci], shape)]
-    for x0, y0, rad, a, name, shp in objects:
+    main_mask = np.zeros((T, H, W), bool)
+    for n, (x0, y0, rad, a, name, shp) in enumerate(objects):
         for f in range(T):
             # draw inside the object's bounding box only
             ya, yb = max(int(y0[f] - rad[f]) - 1, 0), min(int(y0[f] + rad[f]) + 2, H)
@@ -695,9 +697,11 @@ def _render_demo(rng, label):
             box[inside] = DEMO_COLOURS[name]
             # a dark dot off the centre makes rotation visible even for a circle
             box[inside & ((u - 0.45) ** 2 + v ** 2 < 0.06)] = (30, 30, 30)
+            if n == len(objects) - 1:                          # the actor, drawn last: what it covers is its own
+                main_mask[f, ya:yb, xa:xb] |= inside
     words = dict(colour=colours[ci], shape=shape, action=DEMO_ACTIONS[label], bg=bg_name,
                  dcolour=colours[di], dshape=dshape)
-    return np.clip(video, 0, 255).astype(np.uint8), words
+    return np.clip(video, 0, 255).astype(np.uint8), main_mask, words
 
 
 def _demo_captions(w):
@@ -721,12 +725,14 @@ def write_video(path, frames, fps=25, gop=16):
 
 
 def demo_dataset(cache_dir=None, seed=0, train_per_class=20, val_per_class=5):
-    """The built-in demo dataset, generated on first use -> dict(root, train, val, class_names, captions)."""
+    """The built-in demo dataset, generated on first use -> dict(root, train, val, class_names, captions, objects).
+    objects: one .npz, key = a video's file stem, value = its main object's mask, bool (T, H, W) as stored."""
     cache_dir = cache_dir or os.environ.get("TGM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tgm")
     name = f"demo-v{DEMO_VERSION}-seed{seed}" + ("" if (train_per_class, val_per_class) == (20, 5) else f"-{train_per_class}x{val_per_class}")
     root = os.path.join(cache_dir, name)
     paths = {k: os.path.join(root, f) for k, f in
-             [("train", "train.txt"), ("val", "val.txt"), ("class_names", "class_names.txt"), ("captions", "captions.jsonl")]}
+             [("train", "train.txt"), ("val", "val.txt"), ("class_names", "class_names.txt"), ("captions", "captions.jsonl"),
+              ("objects", "objects.npz")]}
     paths["root"] = root
     if os.path.isdir(root):
         return paths
@@ -736,15 +742,16 @@ def demo_dataset(cache_dir=None, seed=0, train_per_class=20, val_per_class=5):
     tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir)
     try:
         os.makedirs(os.path.join(tmp, "videos"))
-        lists, caps = {"train": [], "val": []}, []
+        lists, caps, objects = {"train": [], "val": []}, [], {}
         k = 0
         for split, per_class in (("train", train_per_class), ("val", val_per_class)):
             for label in range(len(DEMO_ACTIONS)):
                 for _ in range(per_class):
                     rng = np.random.default_rng([seed, k])  # one stream per video: deterministic, order-free
-                    frames, words = _render_demo(rng, label)
+                    frames, main_mask, words = _render_demo(rng, label)
                     rel = f"videos/{split}_{k:05d}.mp4"
                     write_video(os.path.join(tmp, rel), frames)
+                    objects[f"{split}_{k:05d}"] = main_mask
                     lists[split].append(f"{rel} {label}\n")
                     caps.append(json.dumps({"video": rel, "captions": _demo_captions(words), "source": "demo"}) + "\n")
                     k += 1
@@ -755,6 +762,7 @@ def demo_dataset(cache_dir=None, seed=0, train_per_class=20, val_per_class=5):
             f.writelines(a[0] + "\n" for a in DEMO_ACTIONS)
         with open(os.path.join(tmp, "captions.jsonl"), "w") as f:
             f.writelines(caps)
+        np.savez_compressed(os.path.join(tmp, "objects.npz"), **objects)  # a few hundred kB: masks compress well
         os.rename(tmp, root)
     except OSError:
         if not os.path.isdir(root):

@@ -3,6 +3,7 @@
 Run: python -m pytest -q tests/test_data.py   (CPU, no network, about half a minute)
 """
 import json
+import os
 import logging
 
 import av
@@ -400,7 +401,9 @@ def test_demo_is_deterministic_and_atomic(tmp_path):
     for (pa, _), (pb, _) in zip(data.read_list(a["train"], a["root"]), data.read_list(b["train"], b["root"])):
         np.testing.assert_array_equal(data.read_frames(pa, np.arange(72)), data.read_frames(pb, np.arange(72)))
     # no temporary folder is left behind, and a second call reuses the cache
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["demo-v1-seed3-1x1"]
+    oa, ob = np.load(a["objects"]), np.load(b["objects"])
+    assert oa.files == ob.files and all(np.array_equal(oa[k], ob[k]) for k in oa.files)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"demo-v{data.DEMO_VERSION}-seed3-1x1"]
     assert data.demo_dataset(cache_dir=str(tmp_path / "a"), seed=3, train_per_class=1, val_per_class=1) == a
 
 
@@ -532,3 +535,19 @@ def test_random_erasing_is_one_box_in_every_frame(still_video):
         assert torch.equal(v[:, :, ~erased[0]], off[:, :, ~erased[0]])
         boxes.add((int(y0), int(y1), int(x0), int(x1)))
     assert len(boxes) > 1                                      # a new box each epoch
+
+
+def test_demo_keeps_the_main_objects_mask(demo):
+    """objects.npz holds, for every demo video, the per-frame mask of the object the captions name first; rendered
+    pixels under it are that object's colour (or its dark rotation dot), and it moves as the action says."""
+    objects = np.load(demo["objects"])
+    stems = sorted(os.path.splitext(os.path.basename(rel))[0] for f in (demo["train"], demo["val"])
+                   for rel, _ in data.read_list(f))
+    assert sorted(objects.files) == stems
+    frames, mask, words = data._render_demo(np.random.default_rng([0, 0]), label=0)  # label 0: moving up
+    assert mask.shape == frames.shape[:3] and mask.any(axis=(1, 2)).all()
+    colours = {tuple(c) for c in frames[mask].tolist()}
+    assert colours <= {data.DEMO_COLOURS[words["colour"]], (30, 30, 30)}
+    rows = np.nonzero(mask.any(axis=2))                       # (frame, row) pairs covered by the object
+    first, last = rows[1][rows[0] == 0].mean(), rows[1][rows[0] == len(mask) - 1].mean()
+    assert last < first - 20                                  # "moving up": its rows climb

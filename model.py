@@ -166,8 +166,9 @@ def attention_weights(q, k):
 
 # NOTE: glibc's malloc gives every block above its mmap threshold (at most 32 MiB) fresh pages of its own and hands
 # them back on free, so a tensor that big is page-faulted in again on every step. Written out at once, the decoder's
-# (B, nh, N, N) weights and their gradients are such tensors; a chunk of queries at a time keeps each under it.
-ATTN_CHUNK_BYTES = 2 ** 24
+# (B, nh, N, N) weights and their gradients are such tensors; a chunk of queries at a time keeps each under it
+# (and the decoder's fwd + bwd is ~1.2x faster than at once: smaller blocks stay in cache; benchmarks/README.md).
+ATTN_CHUNK_BYTES = 2 ** 23
 
 
 def chunked_attention(q, k, v):
@@ -200,8 +201,8 @@ class Attention(nn.Module):
         B, N, D = x.shape
         q, k, v = self.qkv_heads(x)
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-            # NOTE: torch's CPU flash kernel is slow in bf16: fwd + bwd of softmax(q k^T) v written out is 1.1x
-            # (decoder, N = 1568) to 3x (encoder, N_vis = 157) faster at our sizes (benchmarks/bench_pretrain.py).
+            # NOTE: torch's CPU flash kernel is slow in bf16: fwd + bwd of softmax(q k^T) v written out in chunks
+            # is 1.4x (decoder, N) to 2x (encoder, N_vis) faster at our sizes (benchmarks/README.md).
             # In fp32 and on GPUs the fused kernel wins, and never holds the (B, nh, N, N) weights.
             x = chunked_attention(q, k, v)                     # (B, nh, N, hs)
         else:

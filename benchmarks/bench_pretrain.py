@@ -62,6 +62,9 @@ parser.add_argument("--keep-freed-memory", action="store_true",
                     help="CPU, glibc: tune the allocator as a user's process is not (mallopt M_MMAP_MAX=0, "
                          "M_TRIM_THRESHOLD=max): keep freed memory in the heap instead of unmapping big blocks, whose "
                          "pages then fault in again every step; off by default")
+parser.add_argument("--attn-chunk-mib", type=float, default=None,
+                    help="CPU bf16: our attention's query chunks, MiB of weights each (default: model.ATTN_CHUNK_BYTES; "
+                         "1e6: the (B, nh, N, N) weights at once, as before chunking)")
 parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
 parser.add_argument("--no-tgm", action="store_true", help="skip the text-guided mask timing")
 parser.add_argument("--tgm-patch-frames", type=int, default=None,
@@ -81,6 +84,8 @@ if args.keep_freed_memory:
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
     libc.mallopt(M_MMAP_MAX, 0)             # every block from the heap, none mmap'ed (and unmapped on free)
     libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)  # and the heap's top is not handed back to the kernel
+if args.attn_chunk_mib:
+    M.ATTN_CHUNK_BYTES = int(args.attn_chunk_mib * 2 ** 20)
 B = args.batch_size or (32 if cuda else 2)
 repeats = args.repeats or (20 if cuda else 5)
 precisions = args.precisions.split(",")
@@ -192,6 +197,7 @@ def run_child(extra, settings):
            "--input-size", str(args.input_size), "--model", args.model, "--optimizer", args.optimizer,
            "--warmup", str(args.warmup), "--repeats", str(repeats),
            *(["--keep-freed-memory"] if args.keep_freed_memory else []),
+           *(["--attn-chunk-mib", str(args.attn_chunk_mib)] if args.attn_chunk_mib else []),
            "--precisions", ",".join(p for p, _ in settings), "--ratios", ",".join(str(r) for _, r in settings)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -300,7 +306,8 @@ if args.setting:
 print(f"device {device} ({machine()}), torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
 print(f"model {args.model}, clips {B} x {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, tokens N = {cfg.num_patches},"
       f" warm-up {args.warmup}, repeats {repeats} (medians), AdamW {args.optimizer}, one fresh process per setting"
-      + (", freed memory kept (mallopt)" if args.keep_freed_memory else ""))
+      + (", freed memory kept (mallopt)" if args.keep_freed_memory else "")
+      + (f", attention chunks of {args.attn_chunk_mib:g} MiB" if args.attn_chunk_mib else ""))
 
 # -----------------------------------------------------------------------------
 # Where the time goes (in this process)

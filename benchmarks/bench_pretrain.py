@@ -31,6 +31,7 @@ On a shared CPU, two threads wait on each other whenever the other job holds a c
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -278,10 +279,13 @@ def time_setting(precision, ratio):
     for _ in range(args.warmup - 1):
         for s in steps.values():
             s(video, mask)
-    times, cpu = {"ours": [], "theirs": []}, {"ours": [], "theirs": []}
+    times, cpu, faults = ({"ours": [], "theirs": []} for _ in range(3))
     for i in range(repeats):
         for kind in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times[kind].append(timed(lambda: steps[kind](video, mask), cpu[kind]))
+            # page faults: memory the allocator handed back to the kernel and now takes again, zeroed
+            faults[kind].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     load = os.getloadavg()[0]
     # the matmul peak after the timed steps: its big blocks, freed, would otherwise warm the heap the steps meet
     peak = matmul_rate(dtypes[precision], n_mm)
@@ -290,6 +294,7 @@ def time_setting(precision, ratio):
                 ours_ms=statistics.median(times["ours"]) * 1e3, theirs_ms=statistics.median(times["theirs"]) * 1e3,
                 cpu_speedup=statistics.median(cpu["theirs"]) / statistics.median(cpu["ours"]),
                 cpu_ours_ms=statistics.median(cpu["ours"]) * 1e3, cpu_theirs_ms=statistics.median(cpu["theirs"]) * 1e3,
+                faults={k: statistics.median(f) for k, f in faults.items()},
                 gflop=step_flops(cfg.num_patches - n_mask, n_mask) / 1e9, attn=theirs.config._attn_implementation)
 
 
@@ -344,7 +349,8 @@ for precision in precisions:
         print(f"{precision} ratio {ratio}: first loss ours {r['first']['ours']:.5f} theirs {r['first']['theirs']:.5f}; "
               f"ours {' '.join(f'{t * 1e3:.0f}' for t in r['times']['ours'])} ms; "
               f"theirs {' '.join(f'{t * 1e3:.0f}' for t in r['times']['theirs'])} ms; CPU time ours "
-              f"{r['cpu_ours_ms']:.0f} theirs {r['cpu_theirs_ms']:.0f} ms ({r['cpu_speedup']:.2f}x); load {r['load']:.2f}",
+              f"{r['cpu_ours_ms']:.0f} theirs {r['cpu_theirs_ms']:.0f} ms ({r['cpu_speedup']:.2f}x); page faults per step "
+              f"ours {r['faults']['ours']:.0f} theirs {r['faults']['theirs']:.0f}; load {r['load']:.2f}",
               flush=True)
 peak = {p: max(r["peak"] for r in rows if r["precision"] == p) for p in {r["precision"] for r in rows}}
 for r in rows:  # MFU against the best matmul rate of the run

@@ -166,8 +166,22 @@ def drop_path(x, p, training):
 
 
 def attention_weights(q, k):
-    """softmax(q k^T / sqrt(hs)): q, k (B, nh, N, hs) -> (B, nh, N, N)."""
+    """softmax(q k^T / sqrt(hs)): q (B, nh, N_q, hs), k (B, nh, N, hs) -> (B, nh, N_q, N)."""
     return (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1)  # hs = 64: the scale 1/8 is exact
+
+
+# NOTE: glibc's malloc gives every block above its mmap threshold (at most 32 MiB) fresh pages of its own and hands
+# them back on free, so a tensor that big is page-faulted in again on every step. Written out at once, the decoder's
+# (B, nh, N, N) weights and their gradients are such tensors; a chunk of queries at a time keeps each under it
+# (and the decoder's fwd + bwd is ~1.2x faster than at once: smaller blocks stay in cache; benchmarks/README.md).
+ATTN_CHUNK_BYTES = 2 ** 23
+
+
+def chunked_attention(q, k, v):
+    """softmax(q k^T / sqrt(hs)) v, a chunk of queries at a time: q, k, v (B, nh, N, hs) -> (B, nh, N, hs)."""
+    B, nh, N, _ = q.shape
+    n = max(1, ATTN_CHUNK_BYTES // (B * nh * N * q.element_size()))  # queries whose weights (B, nh, n, N) fit
+    return torch.cat([attention_weights(qc, k) @ v for qc in q.split(n, dim=2)], dim=2)  # softmax is per query
 
 
 class Attention(nn.Module):
@@ -193,10 +207,10 @@ class Attention(nn.Module):
         B, N, D = x.shape
         q, k, v = self.qkv_heads(x)
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-            # NOTE: torch's CPU flash kernel is slow in bf16: fwd + bwd of softmax(q k^T) v written out is 1.1x
-            # (decoder, N = 1568) to 3x (encoder, N_vis = 157) faster at our sizes (benchmarks/bench_pretrain.py).
+            # NOTE: torch's CPU flash kernel is slow in bf16: fwd + bwd of softmax(q k^T) v written out in chunks
+            # is 1.4x (decoder, N) to 2x (encoder, N_vis) faster at our sizes (benchmarks/README.md).
             # In fp32 and on GPUs the fused kernel wins, and never holds the (B, nh, N, N) weights.
-            x = attention_weights(q, k) @ v                    # (B, nh, N, hs)
+            x = chunked_attention(q, k, v)                     # (B, nh, N, hs)
         else:
             x = F.scaled_dot_product_attention(q, k, v)        # (B, nh, N, hs); scale hs^-0.5 as VideoMAE
         x = x.transpose(1, 2).reshape(B, N, D)                 # (B, N, D)

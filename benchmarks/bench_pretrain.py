@@ -1,23 +1,28 @@
 """
 Sec. 3.1, 3.3, 3.5: the cost of one pretraining step, ours against transformers' VideoMAEForPreTraining.
 
-In one process, on the same clips, masks, batch size and precision, it times a full training step (forward,
+For each precision and tube-mask ratio, in a fresh process of its own, it times a full training step (forward,
 backward, AdamW) of our ViT-B (model.VideoMAE) and of transformers.VideoMAEForPreTraining with its default
 attention (config matched: use_mean_pooling=False, layer_norm_eps=1e-6, norm_pix_loss=True, same sizes, and the
-same weights, so the first losses agree), for each precision and tube-mask ratio. The two models alternate step
-by step (the order swapped every repeat), after a warm-up; it prints medians. It also measures the machine's
-matmul rate (large square matmuls) for each precision, counts the step's FLOPs analytically from the config and
-the visible/masked token counts (forward matmuls; backward = 2x forward, except the patch embedding whose input
-needs no gradient), and the peak memory of each model in a subprocess of its own (CPU: the growth of the
-process's peak RSS; GPU: torch.cuda.max_memory_allocated). Last, the per-step cost of text-guided masks (TGM,
-Sec. 3.3, features 'dense' and 'patch') with a random CLIP ViT-B-32-quickgelu, against a tube step.
+same weights, so the first losses agree), on the same clips, masks, batch size and precision. The two models
+alternate step by step (the order swapped every repeat), after a warm-up; it prints medians. The settings run in
+the order a user meets them (bf16, pretrain.py's default, first; ratio 0.9 then 0.6), each in a fresh process,
+because a process that has run other settings has a grown heap that a user's process does not have: on a CPU
+with glibc, blocks above malloc's mmap threshold get fresh pages every step. The allocator is left as a user's
+process has it, unless --keep-freed-memory.
+It also measures the machine's matmul rate (large square matmuls, after the timed steps) for each precision,
+counts the step's FLOPs analytically from the config and the visible/masked token counts (forward matmuls;
+backward = 2x forward, except the patch embedding whose input needs no gradient), and the peak memory of each
+model in a subprocess of its own (CPU: the growth of the process's peak RSS; GPU: torch.cuda.max_memory_allocated).
+Last, the per-step cost of text-guided masks (TGM, Sec. 3.3, features 'dense' and 'patch') with a random CLIP
+ViT-B-32-quickgelu, against a tube step.
 
-    python benchmarks/bench_pretrain.py                                   # CPU: batch 2, 16x224, 2 threads (~10 min)
+    python benchmarks/bench_pretrain.py                                   # CPU: batch 2, 16x224, 2 threads (~15 min)
     python benchmarks/bench_pretrain.py --num-frames 8 --input-size 112   # smaller, quicker
     python benchmarks/bench_pretrain.py --device cuda --precisions bf16   # one GPU: batch 32, 16x224 ViT-B
     python benchmarks/bench_pretrain.py --profile --precisions bf16 --ratios 0.9   # where the time goes
     python benchmarks/bench_pretrain.py --compile --precisions bf16 --ratios 0.9 --no-memory --no-tgm  # compile pays?
-    python benchmarks/bench_pretrain.py --threads 1 --keep-freed-memory   # a CPU that others share: 1 thread
+    python benchmarks/bench_pretrain.py --threads 1                       # a CPU that others share: 1 thread
 
 Machines are shared and noisy: compare only the ratio (their/our) from one run, and rerun when `uptime` is high.
 On a shared CPU, two threads wait on each other whenever the other job holds a core; the (CPU t) column and
@@ -26,6 +31,7 @@ On a shared CPU, two threads wait on each other whenever the other job holds a c
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,8 +60,12 @@ parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (t
 parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each model per setting (the first prints its loss)")
 parser.add_argument("--repeats", type=int, default=None, help="timed steps of each model (default: 5 CPU, 20 GPU)")
 parser.add_argument("--keep-freed-memory", action="store_true",
-                    help="CPU, glibc: keep freed memory in the heap (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=max) instead "
-                         "of unmapping big blocks, whose pages then fault in again every step")
+                    help="CPU, glibc: tune the allocator as a user's process is not (mallopt M_MMAP_MAX=0, "
+                         "M_TRIM_THRESHOLD=max): keep freed memory in the heap instead of unmapping big blocks, whose "
+                         "pages then fault in again every step; off by default")
+parser.add_argument("--attn-chunk-mib", type=float, default=None,
+                    help="CPU bf16: our attention's query chunks, MiB of weights each (default: model.ATTN_CHUNK_BYTES; "
+                         "1e6: the (B, nh, N, N) weights at once, as before chunking)")
 parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
 parser.add_argument("--no-tgm", action="store_true", help="skip the text-guided mask timing")
 parser.add_argument("--tgm-patch-frames", type=int, default=None,
@@ -63,6 +73,7 @@ parser.add_argument("--tgm-patch-frames", type=int, default=None,
                          "(default: 2 on CPU, 16 on GPU; it costs one CLIP image per patch)")
 parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of both steps and stop")
 parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: ours|theirs, in a subprocess
+parser.add_argument("--setting", default=None, help=argparse.SUPPRESS)  # internal: "precision,ratio", in a subprocess
 args = parser.parse_args()
 
 device = torch.device(args.device)
@@ -74,6 +85,8 @@ if args.keep_freed_memory:
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
     libc.mallopt(M_MMAP_MAX, 0)             # every block from the heap, none mmap'ed (and unmapped on free)
     libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)  # and the heap's top is not handed back to the kernel
+if args.attn_chunk_mib:
+    M.ATTN_CHUNK_BYTES = int(args.attn_chunk_mib * 2 ** 20)
 B = args.batch_size or (32 if cuda else 2)
 repeats = args.repeats or (20 if cuda else 5)
 precisions = args.precisions.split(",")
@@ -175,7 +188,24 @@ def timed(fn, cpu_times=None):
 
 
 # -----------------------------------------------------------------------------
-# Peak memory, one model per subprocess (CPU peak RSS only grows, so one setting per process there)
+# Fresh subprocesses of this script: one per setting (the heap a user's process starts with), one per model for memory
+
+def run_child(extra, settings):
+    """This script with the same sizes and extra flags, for settings [(precision, ratio)], in a fresh process
+    -> the JSON of its last line, or None (its error printed)."""
+    cmd = [sys.executable, os.path.abspath(__file__), *extra, "--device", args.device,
+           "--threads", str(args.threads), "--batch-size", str(B), "--num-frames", str(args.num_frames),
+           "--input-size", str(args.input_size), "--model", args.model, "--optimizer", args.optimizer,
+           "--warmup", str(args.warmup), "--repeats", str(repeats),
+           *(["--keep-freed-memory"] if args.keep_freed_memory else []),
+           *(["--attn-chunk-mib", str(args.attn_chunk_mib)] if args.attn_chunk_mib else []),
+           "--precisions", ",".join(p for p, _ in settings), "--ratios", ",".join(str(r) for _, r in settings)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"subprocess {' '.join(extra)} failed: {out.stderr[-2000:]}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
 
 def peak_rss_mib():
     """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: that one keeps, across exec, the
@@ -205,29 +235,14 @@ def memory_probe(kind, settings):
 
 
 def peak_memory(settings):
-    """{(kind, precision, ratio): MiB}, from fresh subprocesses of this script."""
+    """{(kind, precision, ratio): MiB}, from fresh subprocesses (CPU peak RSS only grows: one setting per process)."""
     result = {}
     for kind in ("ours", "theirs"):
-        groups = [settings] if cuda else [[s] for s in settings]
-        for group in groups:
-            cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", kind, "--device", args.device,
-                   "--threads", str(args.threads), "--batch-size", str(B), "--num-frames", str(args.num_frames),
-                   "--input-size", str(args.input_size), "--model", args.model, "--optimizer", args.optimizer,
-                   *(["--keep-freed-memory"] if args.keep_freed_memory else []),
-                   "--precisions", ",".join(p for p, _ in group), "--ratios", ",".join(str(r) for _, r in group)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"memory probe failed: {out.stderr[-2000:]}")
-                continue
-            for key, mib in json.loads(out.stdout.strip().splitlines()[-1]).items():
+        for group in ([settings] if cuda else [[s] for s in settings]):
+            for key, mib in (run_child(["--memory-probe", kind], group) or {}).items():
                 precision, ratio = key.split(",")
                 result[(kind, precision, float(ratio))] = mib
     return result
-
-
-if args.memory_probe:
-    print(json.dumps(memory_probe(args.memory_probe, [(p, r) for p in precisions for r in ratios])))
-    sys.exit(0)
 
 
 # -----------------------------------------------------------------------------
@@ -251,23 +266,61 @@ def machine():
     return f"{name}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
 
 
-print(f"device {device} ({machine()}), torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+# -----------------------------------------------------------------------------
+# Ours against theirs, alternated step by step, one setting per fresh process
+
+def time_setting(precision, ratio):
+    """In a fresh subprocess: both models, one setting, steps alternated -> medians and every step's time (dict)."""
+    theirs = build_theirs()
+    ours = build_ours(theirs)
+    video, mask = inputs(ratio)
+    steps = {"ours": make_step(ours, "ours", precision), "theirs": make_step(theirs, "theirs", precision)}
+    first = {k: s(video, mask).item() for k, s in steps.items()}  # same weights: the same loss
+    for _ in range(args.warmup - 1):
+        for s in steps.values():
+            s(video, mask)
+    times, cpu, faults = ({"ours": [], "theirs": []} for _ in range(3))
+    for i in range(repeats):
+        for kind in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            times[kind].append(timed(lambda: steps[kind](video, mask), cpu[kind]))
+            # page faults: memory the allocator handed back to the kernel and now takes again, zeroed
+            faults[kind].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    load = os.getloadavg()[0]
+    # the matmul peak after the timed steps: its big blocks, freed, would otherwise warm the heap the steps meet
+    peak = matmul_rate(dtypes[precision], n_mm)
+    n_mask = int(mask[0].sum())
+    return dict(precision=precision, ratio=ratio, first=first, times=times, load=load, peak=peak,
+                ours_ms=statistics.median(times["ours"]) * 1e3, theirs_ms=statistics.median(times["theirs"]) * 1e3,
+                cpu_speedup=statistics.median(cpu["theirs"]) / statistics.median(cpu["ours"]),
+                cpu_ours_ms=statistics.median(cpu["ours"]) * 1e3, cpu_theirs_ms=statistics.median(cpu["theirs"]) * 1e3,
+                faults={k: statistics.median(f) for k, f in faults.items()},
+                gflop=step_flops(cfg.num_patches - n_mask, n_mask) / 1e9, attn=theirs.config._attn_implementation)
+
+
 n_mm = 8192 if cuda else 2048
 dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
-peak = {p: matmul_rate(dtypes[p], n_mm) for p in precisions}  # measured again before each setting; the best is kept
-print("matmul peak (" + f"{n_mm}x{n_mm}): " + ", ".join(f"{p} {r / 1e12:.3f} TFLOP/s" for p, r in peak.items()))
-print(f"model {args.model}, clips {B} x {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, tokens N = {cfg.num_patches},"
-      f" warm-up {args.warmup}, repeats {repeats} (medians), AdamW {args.optimizer}"
-      + (", freed memory kept (mallopt)" if args.keep_freed_memory else ""))
+if args.memory_probe:
+    print(json.dumps(memory_probe(args.memory_probe, [(p, r) for p in precisions for r in ratios])))
+    sys.exit(0)
+if args.setting:
+    precision, ratio = args.setting.split(",")
+    print(json.dumps(time_setting(precision, float(ratio))))
+    sys.exit(0)
 
-theirs = build_theirs()
-ours = build_ours(theirs)
+print(f"device {device} ({machine()}), torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+print(f"model {args.model}, clips {B} x {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, tokens N = {cfg.num_patches},"
+      f" warm-up {args.warmup}, repeats {repeats} (medians), AdamW {args.optimizer}, one fresh process per setting"
+      + (", freed memory kept (mallopt)" if args.keep_freed_memory else "")
+      + (f", attention chunks of {args.attn_chunk_mib:g} MiB" if args.attn_chunk_mib else ""))
 
 # -----------------------------------------------------------------------------
-# Where the time goes
+# Where the time goes (in this process)
 
 if args.profile:
     from torch.profiler import ProfilerActivity, profile
+    theirs = build_theirs()
+    ours = build_ours(theirs)
     for precision in precisions:
         for ratio in ratios:
             video, mask = inputs(ratio)
@@ -284,41 +337,31 @@ if args.profile:
     sys.exit(0)
 
 # -----------------------------------------------------------------------------
-# Ours against theirs, alternated step by step
+# The settings, in the order a user meets them, each in a fresh process
 
 rows = []
 for precision in precisions:
     for ratio in ratios:
-        video, mask = inputs(ratio)
-        peak[precision] = max(peak[precision], matmul_rate(dtypes[precision], n_mm))
-        steps = {"ours": make_step(ours, "ours", precision), "theirs": make_step(theirs, "theirs", precision)}
-        first = {k: s(video, mask).item() for k, s in steps.items()}  # same weights: the same loss
-        for _ in range(args.warmup - 1):
-            for s in steps.values():
-                s(video, mask)
-        times, cpu = {"ours": [], "theirs": []}, {"ours": [], "theirs": []}
-        for i in range(repeats):
-            for kind in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
-                times[kind].append(timed(lambda: steps[kind](video, mask), cpu[kind]))
-        n_mask = int(mask[0].sum())
-        flops = step_flops(cfg.num_patches - n_mask, n_mask)
-        t_ours, t_theirs = statistics.median(times["ours"]), statistics.median(times["theirs"])
-        c_ours, c_theirs = statistics.median(cpu["ours"]), statistics.median(cpu["theirs"])
-        rows.append(dict(precision=precision, ratio=ratio, ours_ms=t_ours * 1e3, theirs_ms=t_theirs * 1e3,
-                         speedup=t_theirs / t_ours, cpu_speedup=c_theirs / c_ours,
-                         mfu=flops / t_ours / peak[precision], gflop=flops / 1e9))
-        print(f"{precision} ratio {ratio}: first loss ours {first['ours']:.5f} theirs {first['theirs']:.5f}; "
-              f"ours {' '.join(f'{t * 1e3:.0f}' for t in times['ours'])} ms; "
-              f"theirs {' '.join(f'{t * 1e3:.0f}' for t in times['theirs'])} ms; CPU time ours {c_ours * 1e3:.0f} "
-              f"theirs {c_theirs * 1e3:.0f} ms ({c_theirs / c_ours:.2f}x); load {os.getloadavg()[0]:.2f}", flush=True)
-        del steps
-        if cuda:
-            torch.cuda.empty_cache()
+        r = run_child(["--setting", f"{precision},{ratio}"], [(precision, ratio)])
+        if r is None:
+            continue
+        rows.append(r)
+        print(f"{precision} ratio {ratio}: first loss ours {r['first']['ours']:.5f} theirs {r['first']['theirs']:.5f}; "
+              f"ours {' '.join(f'{t * 1e3:.0f}' for t in r['times']['ours'])} ms; "
+              f"theirs {' '.join(f'{t * 1e3:.0f}' for t in r['times']['theirs'])} ms; CPU time ours "
+              f"{r['cpu_ours_ms']:.0f} theirs {r['cpu_theirs_ms']:.0f} ms ({r['cpu_speedup']:.2f}x); page faults per step "
+              f"ours {r['faults']['ours']:.0f} theirs {r['faults']['theirs']:.0f}; load {r['load']:.2f}",
+              flush=True)
+peak = {p: max(r["peak"] for r in rows if r["precision"] == p) for p in {r["precision"] for r in rows}}
+for r in rows:  # MFU against the best matmul rate of the run
+    r["speedup"] = r["theirs_ms"] / r["ours_ms"]
+    r["mfu"] = r["gflop"] * 1e9 / (r["ours_ms"] / 1e3) / peak[r["precision"]]
 
 # -----------------------------------------------------------------------------
 # torch.compile: compile time against per-step gain
 
-if args.compile:
+if args.compile:  # in this process: one compile serves every repeat
+    ours = build_ours()
     for precision in precisions:
         ratio = ratios[0]
         video, mask = inputs(ratio)
@@ -377,7 +420,8 @@ if not args.no_tgm:
 mem = {} if args.no_memory else peak_memory([(p, r) for p in precisions for r in ratios])
 unit = "MiB (peak RSS growth)" if not cuda else "MiB (max allocated)"
 print("matmul peak, best over the run: " + ", ".join(f"{p} {r / 1e12:.3f} TFLOP/s" for p, r in peak.items()))
-print(f"\nours vs transformers.VideoMAEForPreTraining ({theirs.config._attn_implementation} attention), "
+attn = rows[0]["attn"] if rows else "?"
+print(f"\nours vs transformers.VideoMAEForPreTraining ({attn} attention), one fresh process per setting, "
       f"{B} clips of {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, {device}; peak memory in {unit}")
 print(f"{'precision':>9} {'ratio':>5} {'ours ms':>9} {'theirs ms':>9} {'their/our':>9} {'(CPU t)':>7} {'clips/s':>15} "
       f"{'GFLOP':>7} {'our MFU':>7} {'mem ours':>8} {'theirs':>8}")

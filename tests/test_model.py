@@ -74,6 +74,19 @@ def test_parity_with_transformers_pretraining(tmp_path, norm_pix_loss):
     torch.testing.assert_close(latent, enc, rtol=1e-5, atol=1e-5)
 
 
+def test_chunked_attention_equals_attention_at_once(monkeypatch):
+    """The CPU bf16 path's query chunks (tiny here, so there are several, one of them ragged) change nothing."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8, requires_grad=True) for _ in range(3))  # (B, nh, N, hs)
+    monkeypatch.setattr(M, "ATTN_CHUNK_BYTES", 2 * 3 * 10 * 4 * 3)  # 3 queries per chunk
+    out = M.chunked_attention(q, k, v)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, ref)                       # up to float rounding
+    for g, g_ref in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v))):
+        torch.testing.assert_close(g, g_ref)
+
+
 def test_import_official_format_and_into_classifier(tmp_path):
     """Official-format keys (fused qkv, q_bias/v_bias) load exactly; a classifier takes the encoder part."""
     src = M.VideoMAE(tiny_cfg())

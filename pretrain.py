@@ -6,7 +6,7 @@ with the mask from random (ST-MAE), tube (VideoMAE), motion-guided (MGM) or text
 
 One CPU process, the built-in demo dataset (demo-sized defaults are filled in and printed):
     python pretrain.py --mask tgm --ratio 0.6 --contrastive
-One node with 8 GPUs, Kinetics-400 (the paper's TGM run; the README lists the others):
+One node with 8 GPUs, Kinetics-400 (the paper's TGM run; docs/pretraining.md lists the others):
     torchrun --nproc_per_node=8 pretrain.py --data k400/train.txt --root k400/ --captions k400_captions.jsonl \
         --mask tgm --ratio 0.6 --contrastive --batch-size 32 --epochs 200 --output-dir runs/k400_tgm
 Several nodes: the same with torchrun --nnodes=N --node_rank=i --rdzv-endpoint=HOST:PORT.

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import socket
@@ -350,7 +351,11 @@ def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_
     # go on with the same draws
     with _one_thread(), torch.random.fork_rng():
         torch.manual_seed(seed)
-        clip = open_clip.create_model(name)
+        logging.disable(logging.WARNING)  # open_clip warns that the model has random weights: here that is the point
+        try:
+            clip = open_clip.create_model(name)
+        finally:
+            logging.disable(logging.NOTSET)
         pp = open_clip.get_model_preprocess_cfg(clip)  # the statistics TextGuidedMasker normalises CLIP's input with
         mean = torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
         std = torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)

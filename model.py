@@ -8,9 +8,10 @@ copied into another project alone (it needs only torch). It holds, in the paper'
             and the light decoder of VideoMAE [38]: `VideoMAE.forward(video, mask) -> (loss, pred, latent)`
   Sec. 3.4  mean pooling + prediction head with (Sync)BatchNorm, and the symmetric InfoNCE of Eq. (4)
             over the global batch: `info_nce(v, t)`
-  Sec. 4.2  the finetuning classifier and the linear-probe head (MAE's protocol)
-  and the plumbing around them: parameter groups, atomic checkpoints, and the import of published
-  VideoMAE weights (official and Hugging Face formats).
+  Sec. 4.2  the finetuning classifier and the linear-probe classifier (MAE's protocol)
+  and the plumbing around them: parameter groups, atomic checkpoints, the import of published VideoMAE
+  weights (official and Hugging Face formats), and the few lines every script needs, spelled once
+  (distributed set-up, rank-0 printing, autocast).
 
 The model is VideoMAE exactly: loaded with the same weights it gives the same loss as
 `transformers.VideoMAEForPreTraining` (tests/test_model.py checks this to 1e-5).

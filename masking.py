@@ -5,7 +5,8 @@ Mask convention, everywhere in this file: mask (B, N) bool, True = masked (hidde
 (t, h, w) raster order, N = T' * h * w. Tube, MGM and TGM hide exactly k = int(ratio * h * w) tokens in every
 time slice; random hides int(ratio * N) over the whole volume; every row hides the same number.
 
-Look at a mask (one CPU process; no --video: a demo video; CLIP weights: openai | a local file | demo | none):
+Look at a mask (one CPU process; no --video: a demo video, cut as the demo pretraining cuts it: 8 frames, 64 px;
+CLIP weights: openai | a local file | demo | none):
     python masking.py --video V.mp4 --caption "a man is surfing" --mask tgm --ratio 0.6 --out mask.png
     python masking.py --mask mgm --ratio 0.75 --out mgm.png
     python masking.py --mask tgm --tgm-features dense --clip-pretrained none --out tgm.png
@@ -601,9 +602,9 @@ def get_args(argv=None):
     # data
     parser.add_argument("--video", default=None, help="video file; default: the demo dataset's first val video")
     parser.add_argument("--caption", default=None, help="the text --mask tgm follows; demo video: its first caption")
-    parser.add_argument("--num-frames", type=int, default=16, help="T frames per clip; paper: 16")
+    parser.add_argument("--num-frames", type=int, default=None, help="T frames per clip; paper: 16 (the demo video: 8)")
     parser.add_argument("--sampling-rate", type=int, default=4, help="frame stride; paper: 4 (K400), 2 (SSv2)")
-    parser.add_argument("--input-size", type=int, default=224, help="H = W in pixels; paper: 224")
+    parser.add_argument("--input-size", type=int, default=None, help="H = W in pixels; paper: 224 (the demo video: 64)")
     parser.add_argument("--flip", action="store_true", help="flip the clip horizontally (the masks must follow)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random, tube and tie-breaking draws")
     # mask
@@ -640,7 +641,10 @@ def main(args):
     if args.mask == "tgm" and not caption:
         sys.exit("error: --mask tgm needs --caption \"...\" (the text the mask follows)")
     ratio = PAPER_RATIO[args.mask] if args.ratio is None else args.ratio
-    T, S, t, p = args.num_frames, args.input_size, args.tubelet_size, args.patch_size
+    # the demo video is cut as pretrain.py's demo cuts its clips, the size the demo CLIP was trained for
+    T = args.num_frames or (8 if demo else 16)
+    S = args.input_size or (64 if demo else 224)
+    t, p = args.tubelet_size, args.patch_size
     if T % t or S % p:
         sys.exit(f"error: --num-frames {T} and --input-size {S} must be multiples of {t} and {p}")
     cfg = ModelConfig(img_size=S, num_frames=T, tubelet_size=t, patch_size=p)

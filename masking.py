@@ -274,16 +274,17 @@ class TextEmbedder:
 # NOTE: not in the paper. Offline (no OpenAI weights: CI, the tests, a machine without network) a random CLIP gives
 # text-guided masks that follow no word. This CLIP, trained in about a minute on the demo dataset's frames and
 # captions, knows the demo's colours, shapes and scenes, so the demo's TGM masks follow its captions; and it is
-# small, so a demo TGM step costs little more than a tube step. It is open_clip's own CLIP class built from a config
-# of its own, saved in open_clip's weight format and loaded by load_clip like any other weights file.
+# small, so a demo TGM step with the paper's per-patch features costs 1.4-1.8x a tube step (ViT-B/32's cheaper
+# 'dense' features cost 5-6x). It is open_clip's own CLIP class built from a config of its own, saved in
+# open_clip's weight format and loaded by load_clip like any other weights file.
 
 DEMO_CLIP_NAME = "tgm-demo-clip-v1"  # its config file's stem, the name load_clip registers it under; bump to retrain
 DEMO_CLIP = {
     "embed_dim": 64,
     # 32 px images in 8 px patches: a 4 x 4 token grid, the demo MAE's own (64 px clips in 16 px patches), so 'dense'
     # features run this CLIP at its trained size and 'patch' features upsample each 16 px patch to 32 px. Pooling is
-    # CLIP's usual class token: with mean pooling instead ('avg'), the patch tokens that 'dense' reads scored the
-    # background above the object the caption names (benchmarks/bench_demo_clip.py measures it).
+    # CLIP's usual class token: with mean pooling ('avg') instead, the patch tokens that 'dense' reads scored the
+    # background above the object the caption names (in our trials; benchmarks/bench_demo_clip.py measures masks).
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
@@ -427,11 +428,11 @@ def load_clip_for(name, pretrained, device="cpu", demo=None):
     if pretrained != "demo":
         try:
             return (*load_clip(name, pretrained, device), name, pretrained)
-        except ClipWeightsError:
+        except ClipWeightsError as e:
             if demo is None:
                 raise
-            _print0(f"the demo found no {pretrained!r} CLIP weights for {name} (offline, not cached): it uses the "
-                    f"demo CLIP instead, a small CLIP trained on the demo's frames and captions (--clip-pretrained demo)")
+            _print0(f"the demo uses the demo CLIP, a small CLIP trained on the demo's frames and captions "
+                    f"(--clip-pretrained demo), instead of {name} {pretrained!r}: {e}")
     else:
         if demo is None:  # typed on real data: the user asked for it
             _print0("--clip-pretrained demo: a small CLIP trained on the demo dataset; it knows the demo's words only")

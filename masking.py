@@ -5,7 +5,8 @@ Mask convention, everywhere in this file: mask (B, N) bool, True = masked (hidde
 (t, h, w) raster order, N = T' * h * w. Tube, MGM and TGM hide exactly k = int(ratio * h * w) tokens in every
 time slice; random hides int(ratio * N) over the whole volume; every row hides the same number.
 
-Look at a mask (one CPU process; no --video: a demo video; CLIP weights: openai | a local file | demo | none):
+Look at a mask (one CPU process; no --video: a demo video, cut as the demo pretraining cuts it: 8 frames, 64 px;
+CLIP weights: openai | a local file | demo | none):
     python masking.py --video V.mp4 --caption "a man is surfing" --mask tgm --ratio 0.6 --out mask.png
     python masking.py --mask mgm --ratio 0.75 --out mgm.png
     python masking.py --mask tgm --tgm-features dense --clip-pretrained none --out tgm.png
@@ -288,16 +289,17 @@ class TextEmbedder:
 # NOTE: not in the paper. Offline (no OpenAI weights: CI, the tests, a machine without network) a random CLIP gives
 # text-guided masks that follow no word. This CLIP, trained in about a minute on the demo dataset's frames and
 # captions, knows the demo's colours, shapes and scenes, so the demo's TGM masks follow its captions; and it is
-# small, so a demo TGM step costs little more than a tube step. It is open_clip's own CLIP class built from a config
-# of its own, saved in open_clip's weight format and loaded by load_clip like any other weights file.
+# small, so a demo TGM step with the paper's per-patch features costs 1.4-1.8x a tube step (ViT-B/32's cheaper
+# 'dense' features cost 5-6x). It is open_clip's own CLIP class built from a config of its own, saved in
+# open_clip's weight format and loaded by load_clip like any other weights file.
 
 DEMO_CLIP_NAME = "tgm-demo-clip-v1"  # its config file's stem, the name load_clip registers it under; bump to retrain
 DEMO_CLIP = {
     "embed_dim": 64,
     # 32 px images in 8 px patches: a 4 x 4 token grid, the demo MAE's own (64 px clips in 16 px patches), so 'dense'
     # features run this CLIP at its trained size and 'patch' features upsample each 16 px patch to 32 px. Pooling is
-    # CLIP's usual class token: with mean pooling instead ('avg'), the patch tokens that 'dense' reads scored the
-    # background above the object the caption names (benchmarks/bench_demo_clip.py measures it).
+    # CLIP's usual class token: with mean pooling ('avg') instead, the patch tokens that 'dense' reads scored the
+    # background above the object the caption names (in our trials; benchmarks/bench_demo_clip.py measures masks).
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
@@ -440,11 +442,11 @@ def load_clip_for(name, pretrained, device="cpu", demo=None):
     if pretrained != "demo":
         try:
             return (*load_clip(name, pretrained, device), name, pretrained)
-        except ClipWeightsError:
+        except ClipWeightsError as e:
             if demo is None:
                 raise
-            print0(f"the demo found no {pretrained!r} CLIP weights for {name} (offline, not cached): it uses the "
-                    f"demo CLIP instead, a small CLIP trained on the demo's frames and captions (--clip-pretrained demo)")
+            print0(f"the demo uses the demo CLIP, a small CLIP trained on the demo's frames and captions "
+                   f"(--clip-pretrained demo), instead of {name} {pretrained!r}: {e}")
     else:
         if demo is None:  # typed on real data: the user asked for it
             print0("--clip-pretrained demo: a small CLIP trained on the demo dataset; it knows the demo's words only")
@@ -613,9 +615,9 @@ def get_args(argv=None):
     # data
     parser.add_argument("--video", default=None, help="video file; default: the demo dataset's first val video")
     parser.add_argument("--caption", default=None, help="the text --mask tgm follows; demo video: its first caption")
-    parser.add_argument("--num-frames", type=int, default=16, help="T frames per clip; paper: 16")
+    parser.add_argument("--num-frames", type=int, default=None, help="T frames per clip; paper: 16 (the demo video: 8)")
     parser.add_argument("--sampling-rate", type=int, default=4, help="frame stride; paper: 4 (K400), 2 (SSv2)")
-    parser.add_argument("--input-size", type=int, default=224, help="H = W in pixels; paper: 224")
+    parser.add_argument("--input-size", type=int, default=None, help="H = W in pixels; paper: 224 (the demo video: 64)")
     parser.add_argument("--flip", action="store_true", help="flip the clip horizontally (the masks must follow)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random, tube and tie-breaking draws")
     # mask
@@ -652,7 +654,10 @@ def main(args):
     if args.mask == "tgm" and not caption:
         sys.exit("error: --mask tgm needs --caption \"...\" (the text the mask follows)")
     ratio = PAPER_RATIO[args.mask] if args.ratio is None else args.ratio
-    T, S, t, p = args.num_frames, args.input_size, args.tubelet_size, args.patch_size
+    # the demo video is cut as pretrain.py's demo cuts its clips, the size the demo CLIP was trained for
+    T = args.num_frames or (8 if demo else 16)
+    S = args.input_size or (64 if demo else 224)
+    t, p = args.tubelet_size, args.patch_size
     if T % t or S % p:
         sys.exit(f"error: --num-frames {T} and --input-size {S} must be multiples of {t} and {p}")
     cfg = ModelConfig(img_size=S, num_frames=T, tubelet_size=t, patch_size=p)

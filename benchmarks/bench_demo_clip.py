@@ -21,6 +21,7 @@ old stand-in):
      8 x 64 x 64, bf16 autocast) a tube step consists of, and the TGM masks of that batch.
 """
 import argparse
+import json
 import os
 import platform
 import re
@@ -56,7 +57,6 @@ if args.cached:
     config_path, weights = masking.demo_clip(demo, seed=args.seed)
     clip, tokenizer = masking.load_clip(config_path, weights)
 else:
-    import json
     with open(config_path, "w") as f:  # the same file masking.demo_clip writes: load_clip registers it
         json.dump(masking.DEMO_CLIP, f, indent=1)
     t0 = time.perf_counter()

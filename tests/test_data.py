@@ -434,6 +434,20 @@ def test_demo_motion_vectors(demo):
     assert dy["moving up"] < 0 < dy["moving down"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
+def test_motion_decoding_leaves_no_decoder_threads(demo):
+    # PyAV's frame <-> side-data cycles keep a decoder and its frame threads alive until the garbage collector runs;
+    # a process that forks DataLoader workers must not carry them (see read_clip)
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+    train = data.read_list(demo["train"], demo["root"])
+    before = threads()
+    for path, _ in train[:6]:
+        frames, mvs = data.read_frames(path, np.arange(0, 64, 4), motion=True)
+        assert any(m is not None for m in mvs)
+    assert threads() <= before
+
+
 def test_demo_dataset_batches_with_masks_and_repeats(demo):
     grid_n = 4 * 2 * 2  # (T / 2) x (32 / 16) x (32 / 16) tokens
 

@@ -60,12 +60,17 @@ parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (t
 parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each model per setting (the first prints its loss)")
 parser.add_argument("--repeats", type=int, default=None, help="timed steps of each model (default: 5 CPU, 20 GPU)")
 parser.add_argument("--keep-freed-memory", action="store_true",
-                    help="CPU, glibc: tune the allocator as a user's process is not (mallopt M_MMAP_MAX=0, "
-                         "M_TRIM_THRESHOLD=max): keep freed memory in the heap instead of unmapping big blocks, whose "
-                         "pages then fault in again every step; off by default")
+                    help="CPU, glibc: every process keeps its freed memory (model.keep_freed_memory), transformers' "
+                         "too, which its users' processes do not; by default only ours, as pretrain.py sets it")
+parser.add_argument("--bare-allocator", action="store_true",
+                    help="CPU: ours' process leaves glibc's allocator as it is (pretrain.py does not: "
+                         "model.keep_freed_memory)")
 parser.add_argument("--attn-chunk-mib", type=float, default=None,
                     help="CPU bf16: our attention's query chunks, MiB of weights each (default: model.ATTN_CHUNK_BYTES; "
                          "1e6: the (B, nh, N, N) weights at once, as before chunking)")
+parser.add_argument("--one-process", action="store_true",
+                    help="time both models in one fresh process per setting, as before (they then share one heap, "
+                         "and each model's freed blocks shape the other's page faults: no user's process does that)")
 parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
 parser.add_argument("--no-tgm", action="store_true", help="skip the text-guided mask timing")
 parser.add_argument("--tgm-patch-frames", type=int, default=None,
@@ -74,17 +79,16 @@ parser.add_argument("--tgm-patch-frames", type=int, default=None,
 parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of both steps and stop")
 parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: ours|theirs, in a subprocess
 parser.add_argument("--setting", default=None, help=argparse.SUPPRESS)  # internal: "precision,ratio", in a subprocess
+parser.add_argument("--stepper", default=None, help=argparse.SUPPRESS)  # internal: "kind,precision,ratio", a subprocess
+parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)  # internal: theirs saves, ours loads, here
 args = parser.parse_args()
 
 device = torch.device(args.device)
 cuda = device.type == "cuda"
 torch.set_num_threads(args.threads)
-if args.keep_freed_memory:
-    import ctypes
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
-    libc.mallopt(M_MMAP_MAX, 0)             # every block from the heap, none mmap'ed (and unmapped on free)
-    libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)  # and the heap's top is not handed back to the kernel
+ours_process = bool(args.stepper) and args.stepper.startswith("ours") and not args.bare_allocator
+if args.keep_freed_memory or (ours_process and not cuda):
+    M.keep_freed_memory()  # what pretrain.py's CPU process does (model.setup_distributed); theirs only on request
 if args.attn_chunk_mib:
     M.ATTN_CHUNK_BYTES = int(args.attn_chunk_mib * 2 ** 20)
 B = args.batch_size or (32 if cuda else 2)
@@ -123,14 +127,16 @@ def build_theirs():
     return theirs.to(device).train()
 
 
-def build_ours(theirs=None):
-    """Our VideoMAE, with theirs' weights (through our importer) when given."""
+def build_ours(theirs=None, folder=None):
+    """Our VideoMAE, with theirs' weights (through our importer) when given, or from the folder theirs was saved to."""
     import tempfile
     ours = M.VideoMAE(cfg)
     if theirs is not None:
         with tempfile.TemporaryDirectory() as tmp:
             theirs.save_pretrained(tmp)
             M.load_videomae_weights(ours, tmp)
+    elif folder is not None:
+        M.load_videomae_weights(ours, folder)
     return ours.to(device).train()
 
 
@@ -298,10 +304,90 @@ def time_setting(precision, ratio):
                 gflop=step_flops(cfg.num_patches - n_mask, n_mask) / 1e9, attn=theirs.config._attn_implementation)
 
 
+def stepper(kind, precision, ratio):
+    """In a fresh subprocess: one model, as a user's process has it, taking a step each time the parent asks.
+
+    Lines in: 'step' (-> one JSON line: wall s, CPU s, page faults), 'peak' (-> the matmul rate), 'quit'. theirs is
+    built first and saves its weights to --weights; ours loads them from there, so the first losses agree."""
+    if kind == "theirs":
+        model = build_theirs()
+        model.save_pretrained(args.weights)
+    else:
+        model = build_ours(folder=args.weights)
+    video, mask = inputs(ratio)
+    step = make_step(model, kind, precision)
+    first = step(video, mask).item()
+    for _ in range(args.warmup - 1):
+        step(video, mask)
+    n_mask = int(mask[0].sum())
+    print(json.dumps(dict(first=first, gflop=step_flops(cfg.num_patches - n_mask, n_mask) / 1e9,
+                          attn=getattr(getattr(model, "config", None), "_attn_implementation", None))), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            cpu, before = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t = timed(lambda: step(video, mask), cpu)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            print(json.dumps(dict(t=t, cpu=cpu[0], faults=faults)), flush=True)
+        elif line.strip() == "peak":
+            print(json.dumps(dict(peak=matmul_rate(dtypes[precision], n_mm))), flush=True)
+        else:
+            break
+
+
+def time_setting_apart(precision, ratio):
+    """Each model in a fresh process of its own (a user's heap), their steps alternated from here -> as time_setting."""
+    import tempfile
+
+    def start(kind, folder):
+        cmd = [sys.executable, os.path.abspath(__file__), "--stepper", f"{kind},{precision},{ratio}", "--weights",
+               folder, "--device", args.device, "--threads", str(args.threads), "--batch-size", str(B),
+               "--num-frames", str(args.num_frames), "--input-size", str(args.input_size), "--model", args.model,
+               "--optimizer", args.optimizer, "--warmup", str(args.warmup),
+               *(["--keep-freed-memory"] if args.keep_freed_memory else []),
+               *(["--bare-allocator"] if args.bare_allocator else []),
+               *(["--attn-chunk-mib", str(args.attn_chunk_mib)] if args.attn_chunk_mib else [])]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return proc, json.loads(proc.stdout.readline())
+
+    def ask(proc, what):
+        proc.stdin.write(what + "\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    with tempfile.TemporaryDirectory() as folder:
+        procs, ready = {}, {}
+        for kind in ("theirs", "ours"):  # theirs first: it writes the weights ours reads
+            procs[kind], ready[kind] = start(kind, folder)
+        times, cpu, faults = ({"ours": [], "theirs": []} for _ in range(3))
+        for i in range(repeats):
+            for kind in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
+                r = ask(procs[kind], "step")
+                times[kind].append(r["t"])
+                cpu[kind].append(r["cpu"])
+                faults[kind].append(r["faults"])
+        load = os.getloadavg()[0]
+        peak = ask(procs["ours"], "peak")["peak"]
+        for proc in procs.values():
+            proc.stdin.write("quit\n")
+            proc.stdin.close()
+            proc.wait()
+    return dict(precision=precision, ratio=ratio, first={k: r["first"] for k, r in ready.items()}, times=times,
+                load=load, peak=peak, ours_ms=statistics.median(times["ours"]) * 1e3,
+                theirs_ms=statistics.median(times["theirs"]) * 1e3,
+                cpu_speedup=statistics.median(cpu["theirs"]) / statistics.median(cpu["ours"]),
+                cpu_ours_ms=statistics.median(cpu["ours"]) * 1e3, cpu_theirs_ms=statistics.median(cpu["theirs"]) * 1e3,
+                faults={k: statistics.median(f) for k, f in faults.items()}, gflop=ready["ours"]["gflop"],
+                attn=ready["theirs"]["attn"])
+
+
 n_mm = 8192 if cuda else 2048
 dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
 if args.memory_probe:
     print(json.dumps(memory_probe(args.memory_probe, [(p, r) for p in precisions for r in ratios])))
+    sys.exit(0)
+if args.stepper:
+    kind, precision, ratio = args.stepper.split(",")
+    stepper(kind, precision, float(ratio))
     sys.exit(0)
 if args.setting:
     precision, ratio = args.setting.split(",")
@@ -310,8 +396,12 @@ if args.setting:
 
 print(f"device {device} ({machine()}), torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
 print(f"model {args.model}, clips {B} x {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, tokens N = {cfg.num_patches},"
-      f" warm-up {args.warmup}, repeats {repeats} (medians), AdamW {args.optimizer}, one fresh process per setting"
-      + (", freed memory kept (mallopt)" if args.keep_freed_memory else "")
+      f" warm-up {args.warmup}, repeats {repeats} (medians), AdamW {args.optimizer}, "
+      + ("both models in one fresh process per setting" if args.one_process else
+         "each model in a fresh process of its own per setting, steps alternated between them")
+      + (", both processes keep freed memory (mallopt)" if args.keep_freed_memory else
+         "" if cuda or args.one_process else ", glibc's allocator as each user's process has it (ours keeps freed memory, "
+         "as pretrain.py sets it; theirs as is)" if not args.bare_allocator else ", glibc's allocator as is in both")
       + (f", attention chunks of {args.attn_chunk_mib:g} MiB" if args.attn_chunk_mib else ""))
 
 # -----------------------------------------------------------------------------
@@ -342,7 +432,8 @@ if args.profile:
 rows = []
 for precision in precisions:
     for ratio in ratios:
-        r = run_child(["--setting", f"{precision},{ratio}"], [(precision, ratio)])
+        r = (run_child(["--setting", f"{precision},{ratio}"], [(precision, ratio)]) if args.one_process
+             else time_setting_apart(precision, ratio))
         if r is None:
             continue
         rows.append(r)
@@ -421,7 +512,8 @@ mem = {} if args.no_memory else peak_memory([(p, r) for p in precisions for r in
 unit = "MiB (peak RSS growth)" if not cuda else "MiB (max allocated)"
 print("matmul peak, best over the run: " + ", ".join(f"{p} {r / 1e12:.3f} TFLOP/s" for p, r in peak.items()))
 attn = rows[0]["attn"] if rows else "?"
-print(f"\nours vs transformers.VideoMAEForPreTraining ({attn} attention), one fresh process per setting, "
+print(f"\nours vs transformers.VideoMAEForPreTraining ({attn} attention), "
+      f"{'both in one fresh process' if args.one_process else 'each in a fresh process of its own'} per setting, "
       f"{B} clips of {cfg.num_frames}x{cfg.img_size}x{cfg.img_size}, {device}; peak memory in {unit}")
 print(f"{'precision':>9} {'ratio':>5} {'ours ms':>9} {'theirs ms':>9} {'their/our':>9} {'(CPU t)':>7} {'clips/s':>15} "
       f"{'GFLOP':>7} {'our MFU':>7} {'mem ours':>8} {'theirs':>8}")

@@ -1,15 +1,16 @@
 """
 Sec. 3.1, 3.3, 3.5: the cost of one pretraining step, ours against transformers' VideoMAEForPreTraining.
 
-For each precision and tube-mask ratio, in a fresh process of its own, it times a full training step (forward,
-backward, AdamW) of our ViT-B (model.VideoMAE) and of transformers.VideoMAEForPreTraining with its default
-attention (config matched: use_mean_pooling=False, layer_norm_eps=1e-6, norm_pix_loss=True, same sizes, and the
-same weights, so the first losses agree), on the same clips, masks, batch size and precision. The two models
-alternate step by step (the order swapped every repeat), after a warm-up; it prints medians. The settings run in
-the order a user meets them (bf16, pretrain.py's default, first; ratio 0.9 then 0.6), each in a fresh process,
-because a process that has run other settings has a grown heap that a user's process does not have: on a CPU
-with glibc, blocks above malloc's mmap threshold get fresh pages every step. The allocator is left as a user's
-process has it, unless --keep-freed-memory.
+For each precision and tube-mask ratio it times a full training step (forward, backward, AdamW) of our ViT-B
+(model.VideoMAE) and of transformers.VideoMAEForPreTraining with its default attention (config matched:
+use_mean_pooling=False, layer_norm_eps=1e-6, norm_pix_loss=True, same sizes, and the same weights, so the first losses
+agree), on the same clips, masks, batch size and precision. Each model runs in a fresh process of its own, as a
+user's training process would (its own heap; on a CPU ours keeps freed memory as pretrain.py sets it,
+model.keep_freed_memory, and theirs is left as is), and this script alternates their steps (the order swapped every
+repeat), after a warm-up; it prints medians. The settings run in the order a user meets them (bf16, pretrain.py's
+default, first; ratio 0.9 then 0.6), each with fresh processes. --one-process times both models in one process
+instead (they then share one heap, and each one's freed blocks shape the other's page faults); --bare-allocator
+leaves ours' allocator untouched too; --keep-freed-memory sets it in theirs as well.
 It also measures the machine's matmul rate (large square matmuls, after the timed steps) for each precision,
 counts the step's FLOPs analytically from the config and the visible/masked token counts (forward matmuls;
 backward = 2x forward, except the patch embedding whose input needs no gradient), and the peak memory of each

@@ -243,7 +243,13 @@ def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cach
         raise ClipWeightsError(
             f"--clip-pretrained {pretrained!r} is neither a file nor a weights tag of {name} "
             f"({', '.join(open_clip.list_pretrained_tags_by_model(name))}); pass one of those, a file, or none")
-    clip = open_clip.create_model(name, pretrained=source, device=device, cache_dir=cache_dir)
+    level = logging.root.manager.disable
+    if source is None:  # open_clip warns of random weights on every rank; the sentence above says it once
+        logging.disable(max(level, logging.WARNING))
+    try:
+        clip = open_clip.create_model(name, pretrained=source, device=device, cache_dir=cache_dir)
+    finally:
+        logging.disable(level)
     clip.eval().requires_grad_(False)  # frozen: the masks and the text targets never train CLIP (Sec. 3.3, 3.4)
     return clip, open_clip.get_tokenizer(name)
 

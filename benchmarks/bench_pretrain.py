@@ -197,16 +197,22 @@ def timed(fn, cpu_times=None):
 # -----------------------------------------------------------------------------
 # Fresh subprocesses of this script: one per setting (the heap a user's process starts with), one per model for memory
 
+def child_cmd(*extra):
+    """This script, with the same sizes and flags as this run, plus extra."""
+    return [sys.executable, os.path.abspath(__file__), *extra, "--device", args.device,
+            "--threads", str(args.threads), "--batch-size", str(B), "--num-frames", str(args.num_frames),
+            "--input-size", str(args.input_size), "--model", args.model, "--optimizer", args.optimizer,
+            "--warmup", str(args.warmup), "--repeats", str(repeats),
+            *(["--keep-freed-memory"] if args.keep_freed_memory else []),
+            *(["--bare-allocator"] if args.bare_allocator else []),
+            *(["--attn-chunk-mib", str(args.attn_chunk_mib)] if args.attn_chunk_mib else [])]
+
+
 def run_child(extra, settings):
-    """This script with the same sizes and extra flags, for settings [(precision, ratio)], in a fresh process
-    -> the JSON of its last line, or None (its error printed)."""
-    cmd = [sys.executable, os.path.abspath(__file__), *extra, "--device", args.device,
-           "--threads", str(args.threads), "--batch-size", str(B), "--num-frames", str(args.num_frames),
-           "--input-size", str(args.input_size), "--model", args.model, "--optimizer", args.optimizer,
-           "--warmup", str(args.warmup), "--repeats", str(repeats),
-           *(["--keep-freed-memory"] if args.keep_freed_memory else []),
-           *(["--attn-chunk-mib", str(args.attn_chunk_mib)] if args.attn_chunk_mib else []),
-           "--precisions", ",".join(p for p, _ in settings), "--ratios", ",".join(str(r) for _, r in settings)]
+    """This script with extra flags, for settings [(precision, ratio)], in a fresh process -> the JSON of its last
+    line, or None (its error printed)."""
+    cmd = child_cmd(*extra, "--precisions", ",".join(p for p, _ in settings),
+                    "--ratios", ",".join(str(r) for _, r in settings))
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         print(f"subprocess {' '.join(extra)} failed: {out.stderr[-2000:]}")
@@ -276,8 +282,40 @@ def machine():
 # -----------------------------------------------------------------------------
 # Ours against theirs, alternated step by step, one setting per fresh process
 
+def timed_step(step, video, mask):
+    """One step -> (wall s, CPU s, page faults: memory the allocator handed back to the kernel and takes again)."""
+    cpu, before = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = timed(lambda: step(video, mask), cpu)
+    return t, cpu[0], resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def alternate(take):
+    """take(kind) -> timed_step's triple for one step of that model; `repeats` steps of each, the order swapped every
+    repeat -> {kind: [(wall, CPU, faults)]}."""
+    got = {"ours": [], "theirs": []}
+    for i in range(repeats):
+        for kind in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
+            got[kind].append(take(kind))
+    return got
+
+
+def summary(precision, ratio, got, **rest):
+    """The setting's row: every step's time and the medians of wall time, CPU time and page faults."""
+    med = {k: [statistics.median(col) for col in zip(*rows)] for k, rows in got.items()}  # kind -> [wall, CPU, faults]
+    return dict(precision=precision, ratio=ratio, times={k: [r[0] for r in rows] for k, rows in got.items()},
+                ours_ms=med["ours"][0] * 1e3, theirs_ms=med["theirs"][0] * 1e3,
+                cpu_ours_ms=med["ours"][1] * 1e3, cpu_theirs_ms=med["theirs"][1] * 1e3,
+                cpu_speedup=med["theirs"][1] / med["ours"][1], faults={k: m[2] for k, m in med.items()},
+                load=os.getloadavg()[0], **rest)
+
+
+def gflop(mask):
+    n_mask = int(mask[0].sum())
+    return step_flops(cfg.num_patches - n_mask, n_mask) / 1e9
+
+
 def time_setting(precision, ratio):
-    """In a fresh subprocess: both models, one setting, steps alternated -> medians and every step's time (dict)."""
+    """--one-process, in a fresh subprocess: both models, one setting, steps alternated -> summary's dict."""
     theirs = build_theirs()
     ours = build_ours(theirs)
     video, mask = inputs(ratio)
@@ -286,29 +324,16 @@ def time_setting(precision, ratio):
     for _ in range(args.warmup - 1):
         for s in steps.values():
             s(video, mask)
-    times, cpu, faults = ({"ours": [], "theirs": []} for _ in range(3))
-    for i in range(repeats):
-        for kind in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            times[kind].append(timed(lambda: steps[kind](video, mask), cpu[kind]))
-            # page faults: memory the allocator handed back to the kernel and now takes again, zeroed
-            faults[kind].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    load = os.getloadavg()[0]
+    got = alternate(lambda kind: timed_step(steps[kind], video, mask))
     # the matmul peak after the timed steps: its big blocks, freed, would otherwise warm the heap the steps meet
-    peak = matmul_rate(dtypes[precision], n_mm)
-    n_mask = int(mask[0].sum())
-    return dict(precision=precision, ratio=ratio, first=first, times=times, load=load, peak=peak,
-                ours_ms=statistics.median(times["ours"]) * 1e3, theirs_ms=statistics.median(times["theirs"]) * 1e3,
-                cpu_speedup=statistics.median(cpu["theirs"]) / statistics.median(cpu["ours"]),
-                cpu_ours_ms=statistics.median(cpu["ours"]) * 1e3, cpu_theirs_ms=statistics.median(cpu["theirs"]) * 1e3,
-                faults={k: statistics.median(f) for k, f in faults.items()},
-                gflop=step_flops(cfg.num_patches - n_mask, n_mask) / 1e9, attn=theirs.config._attn_implementation)
+    return summary(precision, ratio, got, first=first, peak=matmul_rate(dtypes[precision], n_mm), gflop=gflop(mask),
+                   attn=theirs.config._attn_implementation)
 
 
 def stepper(kind, precision, ratio):
     """In a fresh subprocess: one model, as a user's process has it, taking a step each time the parent asks.
 
-    Lines in: 'step' (-> one JSON line: wall s, CPU s, page faults), 'peak' (-> the matmul rate), 'quit'. theirs is
+    Lines in: 'step' (-> timed_step's triple as JSON), 'peak' (-> the matmul rate), anything else ends it. theirs is
     built first and saves its weights to --weights; ours loads them from there, so the first losses agree."""
     if kind == "theirs":
         model = build_theirs()
@@ -320,35 +345,20 @@ def stepper(kind, precision, ratio):
     first = step(video, mask).item()
     for _ in range(args.warmup - 1):
         step(video, mask)
-    n_mask = int(mask[0].sum())
-    print(json.dumps(dict(first=first, gflop=step_flops(cfg.num_patches - n_mask, n_mask) / 1e9,
+    print(json.dumps(dict(first=first, gflop=gflop(mask),
                           attn=getattr(getattr(model, "config", None), "_attn_implementation", None))), flush=True)
     for line in sys.stdin:
         if line.strip() == "step":
-            cpu, before = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            t = timed(lambda: step(video, mask), cpu)
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-            print(json.dumps(dict(t=t, cpu=cpu[0], faults=faults)), flush=True)
+            print(json.dumps(timed_step(step, video, mask)), flush=True)
         elif line.strip() == "peak":
-            print(json.dumps(dict(peak=matmul_rate(dtypes[precision], n_mm))), flush=True)
+            print(json.dumps(matmul_rate(dtypes[precision], n_mm)), flush=True)
         else:
             break
 
 
 def time_setting_apart(precision, ratio):
-    """Each model in a fresh process of its own (a user's heap), their steps alternated from here -> as time_setting."""
+    """Each model in a fresh process of its own (a user's heap), their steps alternated from here -> summary's dict."""
     import tempfile
-
-    def start(kind, folder):
-        cmd = [sys.executable, os.path.abspath(__file__), "--stepper", f"{kind},{precision},{ratio}", "--weights",
-               folder, "--device", args.device, "--threads", str(args.threads), "--batch-size", str(B),
-               "--num-frames", str(args.num_frames), "--input-size", str(args.input_size), "--model", args.model,
-               "--optimizer", args.optimizer, "--warmup", str(args.warmup),
-               *(["--keep-freed-memory"] if args.keep_freed_memory else []),
-               *(["--bare-allocator"] if args.bare_allocator else []),
-               *(["--attn-chunk-mib", str(args.attn_chunk_mib)] if args.attn_chunk_mib else [])]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        return proc, json.loads(proc.stdout.readline())
 
     def ask(proc, what):
         proc.stdin.write(what + "\n")
@@ -358,27 +368,16 @@ def time_setting_apart(precision, ratio):
     with tempfile.TemporaryDirectory() as folder:
         procs, ready = {}, {}
         for kind in ("theirs", "ours"):  # theirs first: it writes the weights ours reads
-            procs[kind], ready[kind] = start(kind, folder)
-        times, cpu, faults = ({"ours": [], "theirs": []} for _ in range(3))
-        for i in range(repeats):
-            for kind in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
-                r = ask(procs[kind], "step")
-                times[kind].append(r["t"])
-                cpu[kind].append(r["cpu"])
-                faults[kind].append(r["faults"])
-        load = os.getloadavg()[0]
-        peak = ask(procs["ours"], "peak")["peak"]
+            procs[kind] = subprocess.Popen(child_cmd("--stepper", f"{kind},{precision},{ratio}", "--weights", folder),
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            ready[kind] = json.loads(procs[kind].stdout.readline())
+        got = alternate(lambda kind: ask(procs[kind], "step"))
+        peak = ask(procs["ours"], "peak")
         for proc in procs.values():
-            proc.stdin.write("quit\n")
-            proc.stdin.close()
+            proc.stdin.close()  # the end of its input ends it
             proc.wait()
-    return dict(precision=precision, ratio=ratio, first={k: r["first"] for k, r in ready.items()}, times=times,
-                load=load, peak=peak, ours_ms=statistics.median(times["ours"]) * 1e3,
-                theirs_ms=statistics.median(times["theirs"]) * 1e3,
-                cpu_speedup=statistics.median(cpu["theirs"]) / statistics.median(cpu["ours"]),
-                cpu_ours_ms=statistics.median(cpu["ours"]) * 1e3, cpu_theirs_ms=statistics.median(cpu["theirs"]) * 1e3,
-                faults={k: statistics.median(f) for k, f in faults.items()}, gflop=ready["ours"]["gflop"],
-                attn=ready["theirs"]["attn"])
+    return summary(precision, ratio, got, first={k: r["first"] for k, r in ready.items()}, peak=peak,
+                   gflop=ready["ours"]["gflop"], attn=ready["theirs"]["attn"])
 
 
 n_mm = 8192 if cuda else 2048

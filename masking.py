@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify, print0
+from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify, print0, save_checkpoint
 
 # Notation: B clips, C channels, T frames of H x W pixels, tubelet t, patch p, grid (T', h, w) = (T/t, H/p, W/p),
 # N = T' * h * w tokens, k tokens masked per time slice, E the CLIP embedding width.
@@ -222,6 +222,18 @@ def _register(name):
     return name
 
 
+@contextlib.contextmanager
+def _random_weights_meant():
+    """open_clip warns (root logger, on every rank) when it builds a CLIP without weights: held back where that is
+    what was asked for, and said once by our own sentence."""
+    level = logging.root.manager.disable
+    logging.disable(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logging.disable(level)
+
+
 def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cache_dir=None):
     """-> (clip, tokenizer): a frozen open_clip model in eval mode and its tokenizer.
     pretrained: an open_clip tag ('openai': download or cache), a local weights file, or 'none' (random
@@ -243,13 +255,8 @@ def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cach
         raise ClipWeightsError(
             f"--clip-pretrained {pretrained!r} is neither a file nor a weights tag of {name} "
             f"({', '.join(open_clip.list_pretrained_tags_by_model(name))}); pass one of those, a file, or none")
-    level = logging.root.manager.disable
-    if source is None:  # open_clip warns of random weights on every rank; the sentence above says it once
-        logging.disable(max(level, logging.WARNING))
-    try:
+    with _random_weights_meant() if source is None else contextlib.nullcontext():
         clip = open_clip.create_model(name, pretrained=source, device=device, cache_dir=cache_dir)
-    finally:
-        logging.disable(level)
     clip.eval().requires_grad_(False)  # frozen: the masks and the text targets never train CLIP (Sec. 3.3, 3.4)
     return clip, open_clip.get_tokenizer(name)
 
@@ -287,178 +294,6 @@ class TextEmbedder:
             emb = encode_text(self.clip, self.tokenizer(new).to(device)).float()  # (n_new, E)
             self.cache.update(zip(new, F.normalize(emb, dim=-1).cpu()))
         return torch.stack([self.cache[c] for c in captions]).to(device)  # (n, E)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The demo CLIP: a small open_clip model trained on the demo's own frames and captions
-#
-# NOTE: not in the paper. Offline (no OpenAI weights: CI, the tests, a machine without network) a random CLIP gives
-# text-guided masks that follow no word. This CLIP, trained in about a minute on the demo dataset's frames and
-# captions, knows the demo's colours, shapes and scenes, so the demo's TGM masks follow its captions; and it is
-# small, so a demo TGM step with the paper's per-patch features costs 1.4-1.8x a tube step (ViT-B/32's cheaper
-# 'dense' features cost 5-6x). It is open_clip's own CLIP class built from a config of its own, saved in
-# open_clip's weight format and loaded by load_clip like any other weights file.
-
-DEMO_CLIP_NAME = "tgm-demo-clip-v1"  # its config file's stem, the name load_clip registers it under; bump to retrain
-DEMO_CLIP = {
-    "embed_dim": 64,
-    # 32 px images in 8 px patches: a 4 x 4 token grid, the demo MAE's own (64 px clips in 16 px patches), so 'dense'
-    # features run this CLIP at its trained size and 'patch' features upsample each 16 px patch to 32 px. Pooling is
-    # CLIP's usual class token: with mean pooling ('avg') instead, the patch tokens that 'dense' reads scored the
-    # background above the object the caption names (in our trials; benchmarks/bench_demo_clip.py measures masks).
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-DEMO_CLIP_STEPS, DEMO_CLIP_BATCH, DEMO_CLIP_LR = 300, 128, 1e-3
-DEMO_CLIP_FRAMES = 8  # frames decoded per training video, spread over its length
-
-
-def _write_atomic(path, write):
-    """write(f) into a temporary file beside path, then rename it into place: never a half-written file, and
-    processes writing the same file at once leave one whole copy."""
-    tmp = f"{path}.{os.getpid()}.tmp"  # one per process
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """torch on one CPU thread inside the block. The demo CLIP trains so: the same weights for a seed whatever the
-    machine's thread count, and its matrices are too small to gain much from threads (on a busy 2-core machine,
-    two threads made its steps several times slower than one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_CLIP_BATCH, lr=DEMO_CLIP_LR,
-                    seed=0, crop_scale=(0.02, 1.0)):
-    """CLIP's contrastive training, from scratch, on frames and their captions -> the open_clip model, frozen, in
-    eval mode. videos: list of (frames uint8 (F, H, W, 3), captions list[str]); config_path: an open_clip config
-    (.json). Each step draws batch_size distinct videos and, for each, a frame, a random crop of it and one of its
-    captions, and takes an AdamW step on the symmetric InfoNCE with a learnt temperature (CLIP's loss). The crops
-    span crop_scale of the frame's area: small ones (about a 'patch' feature's 16 px of a demo clip) pair a part
-    of a frame with the words of its caption, large ones the whole scene. Deterministic for a seed (one thread)."""
-    name = _register(config_path)
-    tokenizer = open_clip.get_tokenizer(name)
-    distinct = sorted({c for _, caps in videos for c in caps})
-    ids = {c: i for i, c in enumerate(distinct)}  # two videos may share a caption: the loss tells them apart by id
-    tokens = tokenizer(distinct)  # (n_captions, context): tokenised once
-    rng = np.random.default_rng(seed)  # every draw of the batches below
-    B = min(batch_size, len(videos))
-    warmup = max(1, steps // 10)
-    # fork_rng: the caller's random state is left as it was, so a run that trains this CLIP and a run that loads it
-    # go on with the same draws
-    with _one_thread(), torch.random.fork_rng():
-        torch.manual_seed(seed)
-        logging.disable(logging.WARNING)  # open_clip warns that the model has random weights: here that is the point
-        try:
-            clip = open_clip.create_model(name)
-        finally:
-            logging.disable(logging.NOTSET)
-        pp = open_clip.get_model_preprocess_cfg(clip)  # the statistics TextGuidedMasker normalises CLIP's input with
-        mean = torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
-        std = torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
-        size = clip.visual.image_size
-        # CLIP's recipe: AdamW (0.9, 0.98), eps 1e-6, weight decay on matrices only (not gains, biases, logit scale)
-        params = list(clip.parameters())
-        optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
-                                       {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                                      lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
-        clip.train()
-        for step in tqdm(range(steps), desc="training the demo CLIP", leave=False, dynamic_ncols=True):
-            # linear warmup, then a cosine to 0
-            f = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * f
-            images, caption_ids = [], []
-            for v in rng.choice(len(videos), size=B, replace=False):  # distinct videos: no row's twin is a negative
-                frames, captions = videos[v]
-                frame = torch.from_numpy(frames[rng.integers(len(frames))]).permute(2, 0, 1)  # (C, H, W) uint8
-                # the crop's area log-uniform over crop_scale: as many patch-sized crops as frame-sized ones
-                area = math.exp(rng.uniform(math.log(crop_scale[0]), math.log(crop_scale[1])))
-                crop = data.random_resized_crop(*frame.shape[1:], scale=(area, area), flip=True, rng=rng)
-                images.append(data.apply_crop(frame, crop, size, torch.float32))  # (C, S, S) in [0, 255]
-                caption_ids.append(ids[captions[rng.integers(len(captions))]])
-            x = (torch.stack(images) / 255 - mean) / std  # (B, C, S, S), as CLIP's preprocessing gives it
-            c = torch.tensor(caption_ids)  # (B,)
-            img = F.normalize(clip.encode_image(x), dim=-1)  # (B, E)
-            txt = F.normalize(encode_text(clip, tokens[c]), dim=-1)  # (B, E)
-            logits = clip.logit_scale.exp() * img @ txt.t()  # (B, B): cosine / tau, the positive pairs on the diagonal
-            same = c[:, None] == c[None, :]  # two rows with the same caption are neither positive nor negative:
-            same.fill_diagonal_(False)       # that pair leaves both denominators
-            logits = logits.masked_fill(same, float("-inf"))
-            labels = torch.arange(B)
-            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2  # image->text, text->image
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                clip.logit_scale.clamp_(0, math.log(100))  # CLIP's cap: 1 / tau <= 100
-    return clip.eval().requires_grad_(False)
-
-
-def demo_clip_videos(list_file, root, captions_file, num_frames=DEMO_CLIP_FRAMES):
-    """The training material of the demo CLIP: [(frames uint8 (F, H, W, 3), captions)] for every video of the list
-    that has captions, F = num_frames spread over the video. A video that cannot be read is left out."""
-    captions = data.read_captions(captions_file)
-    videos = []
-    for rel, _ in tqdm(data.read_list(list_file), desc="decoding demo frames", leave=False):
-        if not captions.get(rel):
-            continue
-        path = os.path.join(root, rel)
-        try:
-            n = data.probe_video(path).num_frames
-            videos.append((data.read_frames(path, np.linspace(0, n - 1, num_frames).round().astype(int)), captions[rel]))
-        except data.VideoError:
-            continue
-    return videos
-
-
-def demo_clip(demo, seed=0, name=DEMO_CLIP_NAME, config=DEMO_CLIP, steps=DEMO_CLIP_STEPS):
-    """The demo CLIP of a demo dataset (data.demo_dataset()'s dict) -> (config path, weights path), both in the
-    dataset's folder, for load_clip; trained on its train split on first use (about a minute on 2 CPU cores)."""
-    config_path = os.path.join(demo["root"], f"{name}.json")
-    weights = os.path.join(demo["root"], f"{name}-seed{seed}.pt")
-    if not os.path.isfile(weights):
-        _write_atomic(config_path, lambda f: f.write(json.dumps(config, indent=1).encode()))
-        videos = demo_clip_videos(demo["train"], demo["root"], demo["captions"])
-        clip = train_demo_clip(videos, config_path, steps=steps, seed=seed)
-        # open_clip's own format, a state dict: open_clip.create_model(name, pretrained=weights) loads it
-        _write_atomic(weights, lambda f: torch.save(clip.state_dict(), f))
-    return config_path, weights
-
-
-def load_clip_for(name, pretrained, device="cpu", demo=None):
-    """load_clip, and the one place that decides when the demo CLIP stands in -> (clip, tokenizer, name, pretrained)
-    of the CLIP actually loaded (a run records those two, so evaluate.py loads the same CLIP).
-
-    pretrained: as load_clip's, or 'demo': the demo CLIP (its own config: name is then not used), trained on first
-    use. demo: the demo dataset's dict, given only when a run is on the demo and --clip-pretrained was not typed:
-    then weights that cannot be had (offline, not cached) give the demo CLIP instead, with one message. Without
-    it they raise ClipWeightsError: real data never gets a stand-in CLIP silently."""
-    if pretrained != "demo":
-        try:
-            return (*load_clip(name, pretrained, device), name, pretrained)
-        except ClipWeightsError as e:
-            if demo is None:
-                raise
-            print0(f"the demo uses the demo CLIP, a small CLIP trained on the demo's frames and captions "
-                   f"(--clip-pretrained demo), instead of {name} {pretrained!r}: {e}")
-    else:
-        if demo is None:  # typed on real data: the user asked for it
-            print0("--clip-pretrained demo: a small CLIP trained on the demo dataset; it knows the demo's words only")
-            demo = data.demo_dataset()
-    config_path, weights = demo_clip(demo)
-    return (*load_clip(config_path, weights, device), _register(config_path), "demo")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -566,6 +401,172 @@ class TextGuidedMasker:
                 x = v.ln_post(x[:, 1:]) @ v.proj  # (n, h*w, E): patch tokens, projected like CLIP's CLS token
                 feats.append(x.float().flatten(0, 1))  # (n*h*w, E), frame-major then (h, w) raster
         return F.normalize(torch.cat(feats), dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The demo CLIP: a small open_clip model trained on the demo's own frames and captions
+#
+# NOTE: not in the paper. Offline (no OpenAI weights: CI, the tests, a machine without network) a random CLIP gives
+# text-guided masks that follow no word. This CLIP, trained in about a minute on the demo dataset's frames and
+# captions, knows the demo's colours, shapes and scenes, so the demo's TGM masks follow its captions; and it is
+# small, so a demo TGM step with the paper's per-patch features costs 1.4-1.8x a tube step (ViT-B/32's cheaper
+# 'dense' features cost 5-6x). It is open_clip's own CLIP class built from a config of its own, saved in
+# open_clip's weight format and loaded by load_clip like any other weights file.
+
+DEMO_CLIP_NAME = "tgm-demo-clip-v1"  # its config file's stem, the name load_clip registers it under; bump to retrain
+DEMO_CLIP = {
+    "embed_dim": 64,
+    # 32 px images in 8 px patches: a 4 x 4 token grid, the demo MAE's own (64 px clips in 16 px patches), so 'dense'
+    # features run this CLIP at its trained size and 'patch' features upsample each 16 px patch to 32 px. Pooling is
+    # CLIP's usual class token: with mean pooling ('avg') instead, the patch tokens that 'dense' reads scored the
+    # background above the object the caption names (in our trials; benchmarks/bench_demo_clip.py measures masks).
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+DEMO_CLIP_STEPS, DEMO_CLIP_BATCH, DEMO_CLIP_LR = 300, 128, 1e-3
+DEMO_CLIP_FRAMES = 8  # frames decoded per training video, spread over its length
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch on one CPU thread inside the block. The demo CLIP trains so: the same weights for a seed whatever the
+    machine's thread count, and its matrices are too small to gain much from threads (on a busy 2-core machine,
+    two threads made its steps several times slower than one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_CLIP_BATCH, lr=DEMO_CLIP_LR,
+                    seed=0, crop_scale=(0.02, 1.0)):
+    """CLIP's contrastive training, from scratch, on frames and their captions -> the open_clip model, frozen, in
+    eval mode. videos: list of (frames uint8 (F, H, W, 3), captions list[str]); config_path: an open_clip config
+    (.json). Each step draws batch_size distinct videos and, for each, a frame, a random crop of it and one of its
+    captions, and takes an AdamW step on the symmetric InfoNCE with a learnt temperature (CLIP's loss). The crops
+    span crop_scale of the frame's area: small ones (about a 'patch' feature's 16 px of a demo clip) pair a part
+    of a frame with the words of its caption, large ones the whole scene. Deterministic for a seed (one thread)."""
+    name = _register(config_path)
+    tokenizer = open_clip.get_tokenizer(name)
+    distinct = sorted({c for _, caps in videos for c in caps})
+    ids = {c: i for i, c in enumerate(distinct)}  # two videos may share a caption: the loss tells them apart by id
+    tokens = tokenizer(distinct)  # (n_captions, context): tokenised once
+    rng = np.random.default_rng(seed)  # every draw of the batches below
+    B = min(batch_size, len(videos))
+    warmup = max(1, steps // 10)
+    # fork_rng: the caller's random state is left as it was, so a run that trains this CLIP and a run that loads it
+    # go on with the same draws
+    with _one_thread(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        with _random_weights_meant():  # from scratch: random weights are the point
+            clip = open_clip.create_model(name)
+        pp = open_clip.get_model_preprocess_cfg(clip)  # the statistics TextGuidedMasker normalises CLIP's input with
+        mean = torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
+        std = torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
+        size = clip.visual.image_size
+        # CLIP's recipe: AdamW (0.9, 0.98), eps 1e-6, weight decay on matrices only (not gains, biases, logit scale)
+        params = list(clip.parameters())
+        optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
+                                       {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                                      lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+        clip.train()
+        for step in tqdm(range(steps), desc="training the demo CLIP", leave=False, dynamic_ncols=True):
+            # linear warmup, then a cosine to 0
+            f = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * f
+            images, caption_ids = [], []
+            for v in rng.choice(len(videos), size=B, replace=False):  # distinct videos: no row's twin is a negative
+                frames, captions = videos[v]
+                frame = torch.from_numpy(frames[rng.integers(len(frames))]).permute(2, 0, 1)  # (C, H, W) uint8
+                # the crop's area log-uniform over crop_scale: as many patch-sized crops as frame-sized ones
+                area = math.exp(rng.uniform(math.log(crop_scale[0]), math.log(crop_scale[1])))
+                crop = data.random_resized_crop(*frame.shape[1:], scale=(area, area), flip=True, rng=rng)
+                images.append(data.apply_crop(frame, crop, size, torch.float32))  # (C, S, S) in [0, 255]
+                caption_ids.append(ids[captions[rng.integers(len(captions))]])
+            x = (torch.stack(images) / 255 - mean) / std  # (B, C, S, S), as CLIP's preprocessing gives it
+            c = torch.tensor(caption_ids)  # (B,)
+            img = F.normalize(clip.encode_image(x), dim=-1)  # (B, E)
+            txt = F.normalize(encode_text(clip, tokens[c]), dim=-1)  # (B, E)
+            logits = clip.logit_scale.exp() * img @ txt.t()  # (B, B): cosine / tau, the positive pairs on the diagonal
+            same = c[:, None] == c[None, :]  # two rows with the same caption are neither positive nor negative:
+            same.fill_diagonal_(False)       # that pair leaves both denominators
+            logits = logits.masked_fill(same, float("-inf"))
+            labels = torch.arange(B)
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2  # image->text, text->image
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                clip.logit_scale.clamp_(0, math.log(100))  # CLIP's cap: 1 / tau <= 100
+    return clip.eval().requires_grad_(False)
+
+
+def demo_clip_videos(list_file, root, captions_file, num_frames=DEMO_CLIP_FRAMES):
+    """The training material of the demo CLIP: [(frames uint8 (F, H, W, 3), captions)] for every video of the list
+    that has captions, F = num_frames spread over the video. A video that cannot be read is left out."""
+    captions = data.read_captions(captions_file)
+    videos = []
+    for rel, _ in tqdm(data.read_list(list_file), desc="decoding demo frames", leave=False):
+        if not captions.get(rel):
+            continue
+        path = os.path.join(root, rel)
+        try:
+            n = data.probe_video(path).num_frames
+            videos.append((data.read_frames(path, np.linspace(0, n - 1, num_frames).round().astype(int)), captions[rel]))
+        except data.VideoError:
+            continue
+    return videos
+
+
+def demo_clip(demo, seed=0, name=DEMO_CLIP_NAME, config=DEMO_CLIP, steps=DEMO_CLIP_STEPS):
+    """The demo CLIP of a demo dataset (data.demo_dataset()'s dict) -> (config path, weights path), both in the
+    dataset's folder, for load_clip; trained on its train split on first use (about a minute on 2 CPU cores)."""
+    config_path = os.path.join(demo["root"], f"{name}.json")
+    weights = os.path.join(demo["root"], f"{name}-seed{seed}.pt")
+    if not os.path.isfile(weights):
+        tmp = f"{config_path}.{os.getpid()}.tmp"  # renamed into place, as the weights: never half a file
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=1)
+        os.replace(tmp, config_path)
+        videos = demo_clip_videos(demo["train"], demo["root"], demo["captions"])
+        clip = train_demo_clip(videos, config_path, steps=steps, seed=seed)
+        # open_clip's own format, a state dict: open_clip.create_model(name, pretrained=weights) loads it
+        save_checkpoint(weights, clip.state_dict())
+    return config_path, weights
+
+
+def default_features(on_demo, clip_pretrained):
+    """--tgm-features when not typed: the paper's 'patch', except on the demo with a full-size CLIP, where ViT-B/32 on
+    each of a step's 2,048 patches would take minutes on a CPU. The demo CLIP is small enough for them, and only they
+    follow its words (benchmarks/bench_demo_clip.py: its dense features find the salient object, not the named one)."""
+    return "dense" if on_demo and clip_pretrained != "demo" else "patch"
+
+
+def load_clip_for(name, pretrained, device="cpu", demo=None):
+    """load_clip, and the one place that decides when the demo CLIP stands in -> (clip, tokenizer, name, pretrained)
+    of the CLIP actually loaded (a run records those two, so evaluate.py loads the same CLIP).
+
+    pretrained: as load_clip's, or 'demo': the demo CLIP (its own config: name is then not used), trained on first
+    use. demo: the demo dataset's dict, given only when a run is on the demo and --clip-pretrained was not typed:
+    then weights that cannot be had (offline, not cached) give the demo CLIP instead, with one message. Without
+    it they raise ClipWeightsError: real data never gets a stand-in CLIP silently."""
+    if pretrained != "demo":
+        try:
+            return (*load_clip(name, pretrained, device), name, pretrained)
+        except ClipWeightsError as e:
+            if demo is None:
+                raise
+            print0(f"the demo uses the demo CLIP, a small CLIP trained on the demo's frames and captions "
+                   f"(--clip-pretrained demo), instead of {name} {pretrained!r}: {e}")
+    else:
+        if demo is None:  # typed on real data: the user asked for it
+            print0("--clip-pretrained demo: a small CLIP trained on the demo dataset; it knows the demo's words only")
+            demo = data.demo_dataset()
+    config_path, weights = demo_clip(demo)
+    return (*load_clip(config_path, weights, device), _register(config_path), "demo")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -699,8 +700,7 @@ def main(args):
                                                            args.device, demo if args.clip_pretrained is None else None)
         except ClipWeightsError as e:
             sys.exit(f"error: {e}")
-        # the paper's patch features, except a full-size CLIP on the demo video (as pretrain.py's demo)
-        features = args.tgm_features or ("dense" if demo and pretrained != "demo" else "patch")
+        features = args.tgm_features or default_features(demo is not None, pretrained)
         text = TextEmbedder(clip, tokenizer)([caption])
         masker = TextGuidedMasker(clip, features, ratio, args.tgm_order, p, t, args.chunk_size)
         mask = masker(video[None], text, g)[0]

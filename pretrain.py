@@ -348,11 +348,7 @@ def make_text_side(args, dataset, cfg, device, rank, world):
     cfg.head_out_dim = embed_text(["a video"]).shape[1]
     tgm = None
     if args.mask == "tgm":
-        # The paper's patch features, except on the demo with a full-size CLIP: ViT-B/32 on each of a step's 2,048
-        # patches would take minutes on a CPU. The demo CLIP is small enough for them, and only they follow its
-        # words (benchmarks/bench_demo_clip.py: its dense features find the salient object, not the named one).
-        if args.tgm_features is None:
-            args.tgm_features = "dense" if args.demo and args.clip_pretrained != "demo" else "patch"
+        args.tgm_features = args.tgm_features or masking.default_features(args.demo, args.clip_pretrained)
         M.print0(f"text-guided masks from the {args.tgm_features} features of CLIP {args.clip_model} ({args.clip_pretrained})")
         tgm = masking.TextGuidedMasker(clip, args.tgm_features, args.ratio, args.tgm_order, cfg.patch_size,
                                        cfg.tubelet_size)

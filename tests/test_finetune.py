@@ -299,26 +299,32 @@ def test_finetune_skips_a_bad_video_logs_validation_and_resumes(colour_data, tmp
 def check_videomae_init(encoder):
     """VideoMAE's init (model.init_weights): xavier-uniform Linear weights, zero biases, LayerNorm (1, 0). PyTorch's
     default Linear init (bound 1/sqrt(fan_in), non-zero biases) fails it: every layer here is large enough for its
-    largest weight to reach within 5 % of the xavier bound, which lies above the default's."""
+    largest weight to reach within 5 % of the xavier bound, which lies above the default's. -> the Linear layers
+    checked, by name."""
+    checked = []
     for name, m in encoder.named_modules():
         if isinstance(m, torch.nn.Linear):
             bound = math.sqrt(6 / (m.in_features + m.out_features))
             w = m.weight.detach().abs()
             assert w.max() <= bound and w.max() > 0.95 * bound > 1 / math.sqrt(m.in_features), name
             assert m.bias is None or not m.bias.any(), name
+            checked.append(name)
         elif isinstance(m, torch.nn.LayerNorm):
             assert torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any(), name
     for blk in encoder.blocks:                                 # the attention's own q and v biases start at zero too
         assert not blk.attn.q_bias.any() and not blk.attn.v_bias.any()
+    return checked
 
 
 @pytest.mark.parametrize("mode", ["finetune", "linear"])
 def test_random_encoder_has_the_pretraining_init(mode):
     cfg = M.make_config("vit_tiny", **TINY)
     model = FT.build_model(FT.parser.parse_args(["--mode", mode, "--checkpoint", "none"]), cfg, 4)
-    check_videomae_init(model.encoder)
+    checked = check_videomae_init(model.encoder)
     torch.manual_seed(0)
-    check_videomae_init(M.VideoMAE(cfg).encoder)               # the reference: what pretrain.py starts from
+    reference = check_videomae_init(M.VideoMAE(cfg).encoder)  # what pretrain.py starts from
+    # every Linear of the encoder passed, and they are the pretraining encoder's layers: 4 per block
+    assert checked == reference and len(checked) == 4 * cfg.depth, checked
 
 
 def _rank_worker(rank, world, port, argv, out):

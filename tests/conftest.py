@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    """The built-in demo dataset (data.demo_dataset), generated once per test session (~7 s):
+    """The built-in demo dataset (data.demo_dataset), generated once per test session (~20 s):
     dict(root, train, val, class_names, captions) of paths."""
     import data
     return data.demo_dataset(cache_dir=str(tmp_path_factory.mktemp("tgm-cache")))

@@ -485,13 +485,15 @@ class VideoDataset(torch.utils.data.Dataset):
     `num_sample`, ST-MAE / MGMAE repeated augmentation) to amortise decoding.
     randaug_n, randaug_m, reprob: VideoMAE's finetuning RandAugment and random erasing (`finetune_transforms`),
     'finetune' mode only; off by default (0), and off means the clips are exactly those without them.
+    text_maps: a masking.TextMaps (TGM from maps made offline): one of the video's captions is drawn per video and
+    each sample carries it ('caption') and its map at the clip's frames ('text_map', for the mask_fn).
     __getitem__ returns a list of dicts (R of them; in 'test' mode one per view); see `collate`.
     """
 
     def __init__(self, list_file, root="", captions=None, mode="pretrain", num_frames=16, sampling_rate=4,
                  input_size=224, repeat_aug=1, flip=True, tsn=False, motion=False, mask_fn=None, seed=0,
                  test_num_segment=5, test_num_crop=3, short_side=None, require_captions=False,
-                 randaug_n=0, randaug_m=7, reprob=0.0):
+                 randaug_n=0, randaug_m=7, reprob=0.0, text_maps=None):
         if mode not in ("pretrain", "finetune", "val", "test"):
             raise ValueError(f"mode must be pretrain, finetune, val or test, not {mode!r}")
         self.list_file = list_file
@@ -503,7 +505,8 @@ class VideoDataset(torch.utils.data.Dataset):
         self.mode, self.num_frames, self.sampling_rate = mode, num_frames, sampling_rate
         self.input_size, self.repeat_aug, self.flip, self.tsn = input_size, repeat_aug, flip, tsn
         self.motion, self.mask_fn, self.seed, self.short_side = motion, mask_fn, seed, short_side
-        self.require_captions = require_captions
+        self.require_captions = require_captions or text_maps is not None
+        self.text_maps = text_maps
         self.test_num_segment = 2 if tsn else test_num_segment  # SSv2: the two interleaved samplings
         self.test_num_crop = test_num_crop
         self.randaug, self.erase = finetune_transforms(randaug_n, randaug_m, reprob) if mode == "finetune" else (None, None)
@@ -552,9 +555,14 @@ class VideoDataset(torch.utils.data.Dataset):
         if self.require_captions and not self.captions.get(self.rel[index]):
             # a video caption.py could not caption: text-guided masks and L_NCE have nothing to use
             raise VideoError("no caption for it in the captions file")
-        frames, mvs, _, info = read_clip(path, lambda info: self._indices(info, rng), self.motion, self.short_side)
+        frames, mvs, indices, info = read_clip(path, lambda info: self._indices(info, rng), self.motion, self.short_side)
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W) uint8
         T = self.num_frames
+        if self.text_maps is not None:  # TGM from maps made offline: the caption is drawn here, with its map
+            captions = self.captions[self.rel[index]]
+            maps, map_frames = self.text_maps.load(self.rel[index], captions)  # (n, F, g_h, g_w), (F,)
+            pick = int(rng.integers(len(captions)))
+            nearest = np.abs(map_frames[None, :] - indices[:, None]).argmin(1)  # each clip frame's stored frame
         samples = []
         for crop in self._crops(info, rng):
             # 'test' decodes all windows at once: view t is frames [t*T, (t+1)*T), crops vary fastest
@@ -572,6 +580,8 @@ class VideoDataset(torch.utils.data.Dataset):
                      "frame_size": (info.height, info.width), "bad": []}
                 if self.motion:
                     s["motion"] = mvs[t * T:(t + 1) * T]
+                if self.text_maps is not None:
+                    s["caption"], s["text_map"] = captions[pick], maps[pick, nearest[t * T:(t + 1) * T]]  # (T, g_h, g_w)
                 if self.mode == "test":
                     s["view"] = (t, len(samples) // self.test_num_segment)
                 if self.mask_fn is not None:
@@ -614,7 +624,7 @@ def collate(batch):
            "frame_size": [s["frame_size"] for s in flat], "bad": [b for s in flat for b in s["bad"]]}
     if "mask" in flat[0]:
         out["mask"] = torch.stack([s["mask"] for s in flat])  # (B, N) bool, True = masked
-    for key in ("motion", "view", "mask_fallback"):
+    for key in ("motion", "view", "mask_fallback", "caption"):
         if key in flat[0]:
             out[key] = [s[key] for s in flat]
     return out

@@ -16,6 +16,7 @@ tgm runs on the GPU in the training loop, since CLIP is too heavy for a worker.
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -404,6 +405,167 @@ class TextGuidedMasker:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# TGM maps: the CLIP side of text-guided masks made once per video, offline, so that the masks ride with the data
+#
+# NOTE: not in the paper, which says only that TGM cost 15 % on top of an MGM run (Sec. 5). Online, CLIP in the step
+# costs 2.7x a tube step (dense) to 80x (patch) on an H100 (benchmarks/README.md). Here each stored frame of a
+# video (every --frame-stride-th) goes through CLIP once, dense, over the whole frame, and its similarity to each of
+# the video's captions is kept as a small grid (cells along the short side). The loader then picks the caption,
+# carries that caption's map through the clip's own crop and flip (as MGM's motion maps are carried) and takes
+# the top-k per time slice: the step itself does no CLIP work. docs/design.md "TGM maps" says what this gives up
+# against the paper's per-patch features and benchmarks/bench_tgm_maps.py measures it.
+
+MAPS_VERSION = 1
+MAPS_UPSAMPLE = 8  # each map cell becomes 8 x 8 pixels before the crop: the crop's edges then cut cells finely
+
+
+def maps_identity(clip_model, clip_pretrained, captions, rels):
+    """What a maps folder is made from -> a dict (in its meta.json; a run compares it with its own at start-up):
+    the CLIP (a weights file named by path, size and mtime) and a digest of the list's videos and their captions."""
+    digest = hashlib.sha256()
+    for rel in sorted(rels):
+        digest.update(json.dumps([rel, captions.get(rel, [])]).encode())
+    if clip_model.endswith(".json"):  # a config file: the name open_clip registers it under (load_clip)
+        clip_model = os.path.splitext(os.path.basename(clip_model))[0]
+    weights = clip_pretrained
+    if os.path.isfile(clip_pretrained):
+        st = os.stat(clip_pretrained)
+        weights = f"{os.path.abspath(clip_pretrained)} ({st.st_size} bytes, mtime {int(st.st_mtime)})"
+    return {"version": MAPS_VERSION, "clip_model": clip_model, "clip_pretrained": weights,
+            "captions_sha256": digest.hexdigest()}
+
+
+def map_path(folder, rel):
+    """A video's map file: its list path under the folder, plus .npz."""
+    return os.path.join(folder, rel + ".npz")
+
+
+def check_maps(folder, identity, rels):
+    """Refuse maps made from other captions, another CLIP or other settings, and a folder not finished yet ->
+    None, or the sentence that says what differs. Videos the maker could not read (its failed.jsonl) have no map:
+    the loader skips them as bad videos, as it would anyway."""
+    meta_path = os.path.join(folder, "meta.json")
+    if not os.path.isfile(meta_path):
+        return f"{folder} holds no maps (no meta.json): make them with masking.py --make-maps {folder}"
+    with open(meta_path) as f:
+        meta = json.load(f)
+    differ = [k for k in identity if meta.get(k) != identity[k]]
+    if differ:
+        return (f"the maps in {folder} were made with other " + ", ".join(
+            f"{k} ({meta.get(k)!r}, this run: {identity[k]!r})" if k != "captions_sha256" else
+            "captions (or another video list)" for k in differ) + ": make them again for this run's settings")
+    failed = set()
+    failed_path = os.path.join(folder, "failed.jsonl")
+    if os.path.isfile(failed_path):
+        with open(failed_path) as f:
+            failed = {json.loads(line)["video"] for line in f if line.strip()}
+    missing = [rel for rel in rels if rel not in failed and not os.path.isfile(map_path(folder, rel))]
+    if missing:
+        return (f"{len(missing)} of {len(rels)} videos have no map in {folder} yet (e.g. {missing[0]}): rerun "
+                f"masking.py --make-maps {folder} with the same flags (it resumes)")
+    return None
+
+
+def frame_maps(clip, tokenizer, frames, captions, cells, chunk_size=64):
+    """uint8 frames (F, H, W, 3) -> float16 (n_captions, F, g_h, g_w): each frame once through CLIP, dense over the
+    whole frame at `cells` tokens along its short side, each token's cosine similarity to each caption."""
+    F_, H, W, _ = frames.shape
+    g_h, g_w = (cells, max(1, round(cells * W / H))) if H <= W else (max(1, round(cells * H / W)), cells)
+    masker = TextGuidedMasker(clip, "dense", chunk_size=chunk_size)
+    device = next(clip.parameters()).device
+    video = data.normalize(torch.from_numpy(frames).float())[None].to(device)  # (1, C, F, H, W)
+    with torch.no_grad():
+        feats = masker._dense_features(video, (g_h, g_w))  # (F*g_h*g_w, E) L2-normalised
+        text = TextEmbedder(clip, tokenizer)(list(captions)).to(device)  # (n, E)
+        sim = text.float() @ feats.T  # (n, F*g_h*g_w)
+    return sim.view(len(captions), F_, g_h, g_w).half().cpu().numpy()
+
+
+def make_maps(clip, tokenizer, items, captions, folder, identity, cells=14, frame_stride=4, chunk_size=64):
+    """The maps of a list's videos, one .npz per video (maps float16 (n_captions, F, g_h, g_w), frames (F,) the
+    stored frame indices, captions), each written whole (temp file, then rename). Videos with a map are skipped,
+    so a rerun resumes, and shards of one list (items[i::n]) can run at once into one folder. items: [(path, rel)].
+    -> (made, already there, failed)."""
+    os.makedirs(folder, exist_ok=True)
+    meta_path = os.path.join(folder, "meta.json")
+    meta = {**identity, "cells": cells, "frame_stride": frame_stride}
+    if os.path.isfile(meta_path):  # resuming: the same settings, or a sentence
+        with open(meta_path) as f:
+            old = json.load(f)
+        if old != meta:
+            raise ValueError(f"{folder} holds maps made with other settings ({old}, now {meta}): use another folder")
+    tmp = f"{meta_path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, meta_path)  # every shard writes the same meta
+    made = done = failed = 0
+    for path, rel in tqdm(items, desc="text maps", dynamic_ncols=True):
+        out = map_path(folder, rel)
+        if os.path.isfile(out):
+            done += 1
+            continue
+        caps = captions.get(rel)
+        try:
+            if not caps:
+                raise data.VideoError("no caption for it in the captions file")
+            info = data.probe_video(path)
+            stored = np.arange(0, info.num_frames, frame_stride)
+            maps = frame_maps(clip, tokenizer, data.read_frames(path, stored), caps, cells, chunk_size)
+        except data.VideoError as e:
+            failed += 1
+            with open(os.path.join(folder, "failed.jsonl"), "a") as f:
+                f.write(json.dumps({"video": rel, "error": str(e)}) + "\n")
+            continue
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(f"{out}.{os.getpid()}.tmp", "wb") as f:
+            np.savez(f, maps=maps, frames=stored, captions=np.array(caps))
+        os.replace(f"{out}.{os.getpid()}.tmp", out)
+        made += 1
+    return made, done, failed
+
+
+class TextMaps:
+    """A maps folder, read in the loader workers: (rel, the run's captions of the video) -> (maps float32
+    (n_captions, F, g_h, g_w), stored frame indices (F,)). Raises data.VideoError (the loader then skips the video
+    as bad, logged and counted) when the video has no map or its map was made from other captions."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def load(self, rel, captions):
+        path = map_path(self.folder, rel)
+        try:
+            with np.load(path) as z:
+                maps, frames, made_from = z["maps"], z["frames"], z["captions"].tolist()
+        except (OSError, ValueError, KeyError) as e:
+            raise data.VideoError(f"no readable text map ({path}: {e})") from None
+        if made_from != list(captions):
+            raise data.VideoError(f"its text map {path} was made from other captions")
+        return torch.from_numpy(maps.astype(np.float32)), frames
+
+
+def map_scores(text_map, crop, grid, size):
+    """One caption's map at the clip's frames (T, g_h, g_w) -> (T', h, w): carried through the clip's crop and flip
+    as a per-pixel map (each cell MAPS_UPSAMPLE pixels wide), summed over each token's pixels and tubelet frames."""
+    r = MAPS_UPSAMPLE
+    return token_sums(text_map.repeat_interleave(r, -2).repeat_interleave(r, -1), crop, grid, size)
+
+
+class TextMapMasker(LoaderMasker):
+    """mask_fn for data.VideoDataset(text_maps=TextMaps(...)): (sample, generator=None) -> (mask (N,) bool, True =
+    masked; False): TGM's top-k (or bottom-k) tokens of every time slice, from the sample's caption's map."""
+
+    def __init__(self, grid, ratio, order="top"):
+        super().__init__(grid, ratio)
+        self.order = order
+
+    def __call__(self, sample, generator=None):
+        C, T, H, W = sample["video"].shape
+        scores = map_scores(sample["text_map"], sample["crop"], self.grid, (H, W))
+        return topk_mask(scores.flatten(1)[None], self.ratio, self.order, generator)[0], False
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The demo CLIP: a small open_clip model trained on the demo's own frames and captions
 #
 # NOTE: not in the paper. Offline (no OpenAI weights: CI, the tests, a machine without network) a random CLIP gives
@@ -648,7 +810,53 @@ def get_args(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where CLIP runs")
     # output
     parser.add_argument("--out", default="mask.png", help="PNG to write")
+    # TGM maps, made once before pretraining (pretrain.py --tgm-maps DIR)
+    maps = parser.add_argument_group("TGM maps (instead of a picture)")
+    maps.add_argument("--make-maps", default=None, metavar="DIR", help="write every video's CLIP similarity maps for "
+                      "pretrain.py --tgm-maps DIR into DIR; rerunning resumes")
+    maps.add_argument("--data", default=None, help="list file 'path label' per line; none: the demo's train list")
+    maps.add_argument("--root", default="", help="folder prefixed to every path of the list")
+    maps.add_argument("--captions", default=None, help="captions JSONL from caption.py (the demo: its own)")
+    maps.add_argument("--cells", type=int, default=None, help="map cells along a frame's short side; default: one per "
+                      "token of a full-frame crop (input size / patch size: 14 at 224 px, 4 on the demo)")
+    maps.add_argument("--frame-stride", type=int, default=4, help="map every n-th frame (a clip frame takes the "
+                      "nearest); paper's clips: every 4th frame (K400), 2nd (SSv2)")
+    maps.add_argument("--shard", default="0/1", help="i/n: every n-th video of the list from the i-th, to split a "
+                      "list over GPUs or machines (all shards may write into one DIR)")
     return parser.parse_args(argv)
+
+
+def make_maps_main(args):
+    """masking.py --make-maps DIR: the maps of a list's videos (make_maps), the demo's train list without --data."""
+    demo = None
+    if args.data is None:
+        demo = data.demo_dataset()
+        args.data, args.root, args.captions = demo["train"], demo["root"], args.captions or demo["captions"]
+    if not args.captions:
+        sys.exit("error: --make-maps needs --captions FILE (make one with caption.py)")
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        sys.exit(f"error: --shard {args.shard!r}: expected i/n with 0 <= i < n, e.g. 0/8")
+    items = data.read_list(args.data, args.root)
+    prefix = os.path.join(args.root, "") if args.root else ""
+    rels = [p[len(prefix):] if prefix and p.startswith(prefix) else p for p, _ in items]
+    captions = data.read_captions(args.captions)
+    try:
+        clip, tokenizer, name, pretrained = load_clip_for(args.clip_model, args.clip_pretrained or "openai", args.device,
+                                                          demo if args.clip_pretrained is None else None)
+    except ClipWeightsError as e:
+        sys.exit(f"error: {e}")
+    cells = args.cells or (args.input_size or (64 if demo else 224)) // args.patch_size
+    try:
+        made, done, failed = make_maps(clip, tokenizer, list(zip([p for p, _ in items], rels))[i::n], captions,
+                                       args.make_maps, maps_identity(name, pretrained, captions, rels), cells,
+                                       args.frame_stride)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(f"{args.make_maps}: {made} maps made, {done} already there, {failed} videos failed (failed.jsonl); "
+          f"CLIP {name} ({pretrained}), {cells} cells along the short side, every {args.frame_stride}th frame")
 
 
 def main(args):
@@ -715,4 +923,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args())
+    args = get_args()
+    make_maps_main(args) if args.make_maps else main(args)

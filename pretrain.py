@@ -52,6 +52,8 @@ def get_parser():
     parser.add_argument("--tgm-order", choices=["top", "bottom"], default="top", help="mask the top-k or bottom-k tokens by text similarity (Table 5b)")
     parser.add_argument("--tgm-features", choices=["patch", "dense"], default=None, help="patch: CLIP per 16x16 patch (paper; the default); "
                         "dense: one CLIP pass per frame (fast; the demo's default with a full-size CLIP)")
+    parser.add_argument("--tgm-maps", default=None, help="folder of CLIP similarity maps made once by masking.py --make-maps: "
+                        "TGM masks made in the loader workers, not in the step (real data's default; docs/design.md \"TGM maps\")")
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model of the mask and the text tower; paper: ViT-B/32")
     parser.add_argument("--clip-pretrained", default=None, help="openai (default) | a local weights file | demo (a small CLIP trained on "
                         "the demo data; the demo's default when openai's cannot be had) | none (random CLIP: masks mean nothing)")
@@ -122,6 +124,12 @@ def check_args(args):
     if args.data is not None and (args.mask == "tgm" or args.contrastive) and not args.captions:
         what = "--mask tgm" if args.mask == "tgm" else "--contrastive"
         fail(f"{what} needs a caption per video: pass --captions FILE (make one with caption.py)")
+    if args.tgm_maps and (args.mask != "tgm" or args.tgm_features):
+        fail("--tgm-maps gives --mask tgm its masks from maps made offline: drop --tgm-features, or --tgm-maps")
+    if args.data is not None and args.mask == "tgm" and not (args.tgm_maps or args.tgm_features):
+        fail("--mask tgm on your data reads CLIP similarity maps made once, offline (CLIP in the step costs 2.7x to 80x "
+             "a tube step): make them with masking.py --make-maps DIR --data LIST --root ROOT --captions FILE, then "
+             "pass --tgm-maps DIR; or pass --tgm-features patch|dense to run CLIP in the step")
     if args.data is not None and not os.path.isfile(args.data):
         fail(f"--data {args.data}: no such list file")
     if args.captions and not os.path.isfile(args.captions):
@@ -214,7 +222,8 @@ def main(args):
             video = batch["video"].to(device, non_blocking=True)                      # (B, C, T, H, W)
             text = text_ids = captions = None
             if embed_text is not None:  # Sec. 3.2: one of the video's captions; serves the mask and L_NCE alike
-                captions = pick_captions(batch["captions"], batch["index"], args.seed, step)
+                # (with --tgm-maps the loader drew it, with the map its mask came from)
+                captions = batch.get("caption") or pick_captions(batch["captions"], batch["index"], args.seed, step)
                 text, text_ids = text_targets(embed_text, captions, caption_ids, cfg.head_out_dim, device)  # (B, E)
             if tgm is not None:                                                        # Sec. 3.3: top-k per frame
                 gen = torch.Generator().manual_seed(hash((args.seed, step, rank)) % 2**63)
@@ -299,6 +308,9 @@ def make_data(args, rank, world):
         args.data, args.root, args.captions = demo["train"], demo["root"], demo["captions"]
     grid = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames).grid
     mask_fn = {"random": masking.RandomMasker, "tube": masking.TubeMasker, "mgm": masking.MotionMasker}.get(args.mask)
+    mask_fn = mask_fn(grid, args.ratio) if mask_fn else None
+    if args.tgm_maps:  # TGM from maps made offline: in the loader, as MGM
+        mask_fn = masking.TextMapMasker(grid, args.ratio, args.tgm_order)
     try:
         dataset = data.VideoDataset(
             args.data, args.root, captions=args.captions, mode="pretrain", num_frames=args.num_frames,
@@ -307,7 +319,7 @@ def make_data(args, rank, world):
             # decode no larger than the smallest crop needs (a no-op for 224 crops of 320p Kinetics)
             short_side=data.multiscale_short_side(args.input_size),
             require_captions=args.mask == "tgm" or args.contrastive,
-            mask_fn=mask_fn(grid, args.ratio) if mask_fn else None)
+            mask_fn=mask_fn, text_maps=masking.TextMaps(args.tgm_maps) if args.tgm_maps else None)
     except ValueError as e:  # a malformed list or captions line: file, line and reason
         raise SystemExit(f"pretrain.py: {e}")
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
@@ -347,7 +359,13 @@ def make_text_side(args, dataset, cfg, device, rank, world):
             embed_text(distinct[i:i + 256])
     cfg.head_out_dim = embed_text(["a video"]).shape[1]
     tgm = None
-    if args.mask == "tgm":
+    if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions
+        problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
+            args.clip_model, args.clip_pretrained, dataset.captions, dataset.rel), dataset.rel)
+        if problem:
+            raise SystemExit(f"pretrain.py: {problem}")
+        M.print0(f"text-guided masks from the maps in {args.tgm_maps} (CLIP {args.clip_model}, {args.clip_pretrained})")
+    elif args.mask == "tgm":
         args.tgm_features = args.tgm_features or masking.default_features(args.demo, args.clip_pretrained)
         M.print0(f"text-guided masks from the {args.tgm_features} features of CLIP {args.clip_model} ({args.clip_pretrained})")
         tgm = masking.TextGuidedMasker(clip, args.tgm_features, args.ratio, args.tgm_order, cfg.patch_size,

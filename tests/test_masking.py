@@ -4,6 +4,7 @@ CLIP loading without network. CPU, tiny shapes, no network, well under a minute.
 
     python -m pytest -q tests/test_masking.py
 """
+import dataclasses
 import json
 import logging
 import math
@@ -567,3 +568,88 @@ def test_object_coverage_on_a_constructed_case():
     # flipped: the object moves to the right half, and so does its coverage
     flipped = masking.token_sums(obj, data.Crop(0.0, 0.0, 1.0, 1.0, True), (2, 2, 2), (32, 32)).flatten()[None]
     assert flipped.tolist() == [[256, 512, 0, 0, 256, 512, 0, 0]]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TGM maps made offline (masking.make_maps, TextMaps, TextMapMasker)
+
+def test_map_carried_through_crop_and_flip_equals_the_map_of_the_cropped_frames():
+    """A constructed case: per-pixel scores piecewise constant on 8 x 8 cells (a map of 4 x 6 cells over a 32 x 48
+    frame, as the maps store them). The map carried through a cell-aligned crop and a flip, per token, equals the
+    same scores computed on the cropped, flipped frames; and the loader's mask is the top-k of those."""
+    g = torch.Generator().manual_seed(0)
+    T, gh, gw, cell = 4, 4, 6, masking.MAPS_UPSAMPLE
+    text_map = torch.rand(T, gh, gw, generator=g)                           # one caption's map, a value per cell
+    pixels = text_map.repeat_interleave(cell, 1).repeat_interleave(cell, 2)  # (T, 32, 48) the scores of each pixel
+    crop = data.Crop(top=8 / 32, left=16 / 48, height=16 / 32, width=24 / 48, flip=True)
+    cropped = pixels[:, 8:24, 16:40].flip(-1)                               # (T, 16, 24) the cropped, flipped frames
+    p, t = 4, 2
+    grid = (T // t, 16 // p, 24 // p)
+    want = cropped.reshape(T // t, t, 16 // p, p, 24 // p, p).mean(dim=(1, 3, 5))  # per token: its pixels' mean score
+    got = masking.map_scores(text_map, crop, grid, (16, 24)) / (t * p * p)
+    assert torch.allclose(got, want, atol=1e-6)
+    sample = {"video": torch.zeros(3, T, 16, 24), "text_map": text_map, "crop": crop}
+    mask, fell_back = masking.TextMapMasker(grid, 0.5)(sample, torch.Generator().manual_seed(1))
+    assert not fell_back
+    assert torch.equal(mask, masking.topk_mask(want.flatten(1)[None], 0.5)[0])
+    # and not by accident: without the flip the map lands elsewhere
+    unflipped = masking.map_scores(text_map, dataclasses.replace(crop, flip=False), grid, (16, 24)) / (t * p * p)
+    assert not torch.allclose(unflipped, want)
+
+
+@pytest.fixture(scope="module")
+def few_videos(demo):
+    """Six demo videos with their captions: (items [(path, rel)], captions {rel: [...]})."""
+    rels = [rel for rel, _ in data.read_list(demo["train"])][::50][:6]
+    captions = data.read_captions(demo["captions"])
+    return [(os.path.join(demo["root"], r), r) for r in rels], {r: captions[r] for r in rels}
+
+
+def test_make_maps_resumes_without_duplicates_and_shards_share_a_folder(tiny_clip, few_videos, tmp_path):
+    clip, tokenizer = tiny_clip
+    items, captions = few_videos
+    identity = masking.maps_identity("tgm-test-tiny", "none", captions, [r for _, r in items])
+    folder = str(tmp_path / "maps")
+    assert masking.make_maps(clip, tokenizer, items[:2], captions, folder, identity, cells=3, frame_stride=8) == (2, 0, 0)
+    first = {r: os.stat(masking.map_path(folder, r)).st_mtime_ns for _, r in items[:2]}
+    # the run stopped after two videos; the rerun, in two shards into the same folder, makes only the other four
+    made = [masking.make_maps(clip, tokenizer, items[i::2], captions, folder, identity, cells=3, frame_stride=8)
+            for i in (0, 1)]
+    assert sum(m for m, _, _ in made) == 4 and sum(d for _, d, _ in made) == 2
+    assert {r: os.stat(masking.map_path(folder, r)).st_mtime_ns for _, r in items[:2]} == first  # not made again
+    files = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+    assert files == sorted([r + ".npz" for _, r in items] + ["meta.json"])  # one file per video, no temp files
+    assert masking.check_maps(folder, identity, [r for _, r in items]) is None
+    maps, frames = masking.TextMaps(folder).load(items[0][1], captions[items[0][1]])
+    info = data.probe_video(items[0][0])
+    assert frames.tolist() == list(range(0, info.num_frames, 8))
+    assert maps.shape == (3, len(frames), 3, 4)  # 3 captions, 3 cells along the short side (96 x 128: 3 x 4)
+    # the stored similarities are CLIP's: dense features of the frame against each caption's text embedding
+    f0 = data.read_frames(items[0][0], frames[:1])
+    want = masking.frame_maps(clip, tokenizer, f0, captions[items[0][1]], 3)[:, 0]
+    assert np.allclose(maps[:, 0].numpy(), want.astype(np.float32))
+    with pytest.raises(ValueError, match="other settings"):  # resuming with other settings into the same folder
+        masking.make_maps(clip, tokenizer, items, captions, folder, identity, cells=4, frame_stride=8)
+
+
+def test_stale_or_mismatched_maps_are_refused(tiny_clip, few_videos, tmp_path):
+    clip, tokenizer = tiny_clip
+    items, captions = few_videos
+    rels = [r for _, r in items]
+    identity = masking.maps_identity("tgm-test-tiny", "none", captions, rels)
+    folder = str(tmp_path / "maps")
+    masking.make_maps(clip, tokenizer, items[:4], captions, folder, identity, cells=2, frame_stride=16)
+    assert "have no map" in masking.check_maps(folder, identity, rels)  # two videos not made yet
+    masking.make_maps(clip, tokenizer, items, captions, folder, identity, cells=2, frame_stride=16)
+    assert masking.check_maps(folder, identity, rels) is None
+    other = {**captions, rels[3]: ["a different caption"] + captions[rels[3]][1:]}
+    msg = masking.check_maps(folder, masking.maps_identity("tgm-test-tiny", "none", other, rels), rels)
+    assert msg.startswith("the maps in") and "captions" in msg
+    msg = masking.check_maps(folder, masking.maps_identity("ViT-B-32-quickgelu", "openai", captions, rels), rels)
+    assert "clip_model" in msg and "clip_pretrained" in msg
+    assert "no meta.json" in masking.check_maps(str(tmp_path / "empty"), identity, rels)
+    # a single stale file (made from other captions) is refused by the reader too: the loader skips that video
+    with pytest.raises(data.VideoError, match="other captions"):
+        masking.TextMaps(folder).load(rels[3], other[rels[3]])
+    with pytest.raises(data.VideoError, match="no readable text map"):
+        masking.TextMaps(folder).load("not/there.mp4", ["a caption"])

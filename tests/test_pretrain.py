@@ -132,6 +132,52 @@ def test_tgm_without_captions_says_how_to_fix(demo):
         pretrain.parse_args(["--data", demo["train"], "--mask", "tube", "--contrastive"])
 
 
+def test_tgm_on_real_data_asks_for_maps_or_online_features(demo):
+    real = ["--data", demo["train"], "--captions", demo["captions"], "--mask", "tgm"]
+    with pytest.raises(SystemExit, match="masking.py --make-maps"):
+        pretrain.parse_args(real)
+    assert pretrain.parse_args(real + ["--tgm-features", "dense"]).tgm_maps is None  # online, when asked for
+    with pytest.raises(SystemExit, match="drop --tgm-features"):
+        pretrain.parse_args(real + ["--tgm-maps", "m", "--tgm-features", "patch"])
+
+
+@pytest.fixture(scope="module")
+def small_maps(demo, tiny_clip, small_list, tmp_path_factory):
+    """TGM maps of small_list's videos, made with the tiny random CLIP: (folder, the small list's captions file)."""
+    import data
+    import masking
+    clip, tokenizer = masking.load_clip(tiny_clip, "none")
+    items = data.read_list(small_list, demo["root"])
+    rels = [os.path.relpath(p, demo["root"]) for p, _ in items]
+    captions = data.read_captions(demo["captions"])
+    folder = str(tmp_path_factory.mktemp("maps"))
+    masking.make_maps(clip, tokenizer, [(p, r) for (p, _), r in zip(items, rels)], captions, folder,
+                      masking.maps_identity("tgm-test-tiny", "none", captions, rels), cells=2, frame_stride=4)
+    return folder
+
+
+def test_tgm_from_maps_trains_and_refuses_maps_of_other_captions(demo, tiny_clip, small_list, small_maps, tmp_path):
+    common = flags(demo, tiny_clip, None, small_list) + ["--mask", "tgm", "--tgm-maps", small_maps, "--contrastive",
+                                                         "--max-steps", "8", "--epochs", "3"]
+    pretrain.main(pretrain.parse_args(common + out_flag(tmp_path / "run")))
+    log = read_log(tmp_path / "run")
+    assert [r["step"] for r in log] == list(range(1, 9)) and log[0]["nce_optimised"]
+    assert sum(r["loss_mse"] for r in log[-3:]) < sum(r["loss_mse"] for r in log[:3])
+    assert log[-1]["bad_videos"] == 0  # every video found its map
+    # the same maps with one caption of a listed video changed: refused at start-up, in one sentence
+    changed = open(small_list).readline().split()[0]
+    records = [json.loads(line) for line in open(demo["captions"])]
+    for r in records:
+        if r["video"] == changed:
+            r["captions"][0] = "a caption the maps were not made from"
+    other = tmp_path / "other_captions.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = common + out_flag(tmp_path / "stale")
+    args[args.index("--captions") + 1] = str(other)
+    with pytest.raises(SystemExit, match="made with other captions"):
+        pretrain.main(pretrain.parse_args(args))
+
+
 def test_demo_defaults_fill_only_untyped_flags(demo):
     args = pretrain.parse_args(["--mask", "tgm", "--epochs", "7"])
     assert args.demo and args.epochs == 7 and args.model == "vit_tiny" == pretrain.DEFAULTS["model"][1]
@@ -139,7 +185,7 @@ def test_demo_defaults_fill_only_untyped_flags(demo):
     # a flag typed with the very value of the paper's default is still the user's: the demo does not override it
     assert pretrain.parse_args(["--mask", "tgm", "--model", "vit_base"]).model == "vit_base"
     # real data: the paper's values (Sec. 4.2), none of the demo's
-    real = pretrain.parse_args(["--data", demo["train"], "--captions", demo["captions"], "--mask", "tgm"])
+    real = pretrain.parse_args(["--data", demo["train"], "--captions", demo["captions"], "--mask", "tgm", "--tgm-maps", "m"])
     assert not real.demo and real.demo_filled == {}
     assert (real.model, real.num_frames, real.input_size, real.epochs, real.blr, real.ratio) == \
         ("vit_base", 16, 224, 200, 1.5e-4, 0.6)

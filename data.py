@@ -632,14 +632,15 @@ def collate(batch):
 
 # ----------------------------------------------------------------------------- the demo dataset
 # Shaded, patterned shapes doing one of 8 actions over a lit background that drifts, with a small distractor. The
-# actor glows: its light falls on the background around it, so the patches next to it carry smooth structure that
-# says where it is. Shading, pattern and glow give the paper's normalised-pixel target something to predict inside
+# actor glows: its white light falls on the background around it, so the patches next to it carry smooth structure
+# that says where it is. Shading, pattern and glow give the paper's normalised-pixel target something to predict inside
 # a patch; flat colours left it nothing beyond the mean (loss_mse stalled at 1.0), and so did high-contrast
 # background textures (nothing in the visible 10% says what lies under a masked tube). The actions are chosen to
 # survive horizontal flip (no left vs right), so the default flip augmentation never turns one class into another,
 # and each caption stays true of the flipped clip.
 
-DEMO_VERSION = 3  # 3: shading, patterns, the actor's glow, a lit drifting background, frame captions, 40 + 10 a class
+DEMO_VERSION = 4  # 3: shading, patterns, the actor's glow, a lit drifting background, frame captions, 40 + 10 a class;
+                  # 4: the glow is white light, not the actor's colour
 DEMO_ACTIONS = [("moving up", "moves up"), ("moving down", "moves down"), ("moving sideways", "moves sideways"),
                 ("growing", "grows"), ("shrinking", "shrinks"), ("spinning", "spins"),
                 ("bouncing", "bounces"), ("staying still", "stays still")]
@@ -651,9 +652,11 @@ DEMO_TEXTURES = ["striped", "checkered", "dotted", "speckled"]
 DEMO_SIZE, DEMO_FRAMES = (96, 128), 72  # (H, W); 72 frames: a 16 x 4 clip fits, with a little room to move
 # the renderer's knobs: motion speed; the actor's radius (px); the background's light (+- grey levels across the
 # frame) and drift (px per frame, the camera pans); the objects' pattern contrast and frequency (radians per
-# radius); one-sided shading; the actor's glow (grey levels at its centre) and its reach (in radii)
+# radius); one-sided shading; the actor's glow (grey levels at its centre), its reach (in radii) and how much of the
+# actor's colour it carries (0: white light; in the actor's colour it tinted a wide ring of background with the colour
+# the caption names, and the demo CLIP's text-guided masks then covered the actor no better than chance: 0.50-0.53)
 DEMO_KNOBS = dict(speed=1.0, radius=(16, 22), light=45, bg_drift=0.3, obj_tex=0.4, obj_f=(1.5, 2.5), shade=0.45,
-                  glow=60, glow_sigma=2.0)
+                  glow=60, glow_sigma=2.0, glow_tint=0.0)
 
 
 def _shape_mask(shape, u, v):
@@ -735,8 +738,8 @@ def _render_demo(rng, label):
     objects = [(d0[0] + dv[0] * t, d0[1] + dv[1] * t, np.full(T, rng.uniform(7, 9)), np.zeros(T) + rng.uniform(0, 6),
                 colours[di], dshape, dtex, _texture_params(rng, K["obj_f"])),
                (x, y, r, ang, colours[ci], shape, tex, _texture_params(rng, K["obj_f"]))]
-    if K["glow"]:  # the actor's light on the background: its colour, falling off over a few radii
-        col = np.array(DEMO_COLOURS[colours[ci]], np.float32) / 255
+    if K["glow"]:  # the actor's light on the background, falling off over a few radii
+        col = K["glow_tint"] * np.array(DEMO_COLOURS[colours[ci]], np.float32) / 255 + (1 - K["glow_tint"])
         for f in range(T):
             fall = np.exp(-((xx - x[f]) ** 2 + (yy - y[f]) ** 2) / (2 * (K["glow_sigma"] * r[f]) ** 2))
             video[f] += (K["glow"] * fall)[..., None] * col

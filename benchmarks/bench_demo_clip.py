@@ -90,7 +90,7 @@ for rel, _ in data.read_list(demo["val"]):
     actor = torch.from_numpy(objects[os.path.splitext(os.path.basename(rel))[0]][idx])  # (T, H, W) source pixels
     share = masking.token_sums(actor, crop, (T // 2, S // p, S // p), (S, S)) / (2 * p * p)
     val.append((x.permute(0, 2, 3, 1).numpy(), captions[rel], share.flatten(1)))
-texts = sorted({c for _, cs in val for c in cs})
+texts = sorted({c for v in val for c in v[1]})
 
 
 def clip_input(clip, frames):

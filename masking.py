@@ -10,8 +10,11 @@ CLIP weights: openai | a local file | demo | none):
     python masking.py --video V.mp4 --caption "a man is surfing" --mask tgm --ratio 0.6 --out mask.png
     python masking.py --mask mgm --ratio 0.75 --out mgm.png
     python masking.py --mask tgm --tgm-features dense --clip-pretrained none --out tgm.png
-pretrain.py builds the same maskers: random/tube/mgm run in the loader workers (data.VideoDataset(mask_fn=...)),
-tgm runs on the GPU in the training loop, since CLIP is too heavy for a worker.
+pretrain.py builds the same maskers: random/tube/mgm run in the loader workers (data.VideoDataset(mask_fn=...)).
+tgm on real data reads maps made once, offline (CLIP is too heavy for a worker), also in the loader workers:
+    python masking.py --make-maps maps/k400 --data k400/train.txt --root k400/ --captions k400_captions.jsonl
+    python pretrain.py ... --mask tgm --tgm-maps maps/k400
+or, with --tgm-features patch|dense, CLIP makes the masks in the training loop (the demo does so).
 """
 import argparse
 import contextlib

@@ -412,11 +412,11 @@ class TextGuidedMasker:
 #
 # NOTE: not in the paper, which says only that TGM cost 15 % on top of an MGM run (Sec. 5). Online, CLIP in the step
 # costs 2.7x a tube step (dense) to 80x (patch) on an H100 (benchmarks/README.md). Here each stored frame of a
-# video (every --frame-stride-th) goes through CLIP once, dense, over the whole frame, and its similarity to each of
-# the video's captions is kept as a small grid (cells along the short side). The loader then picks the caption,
-# carries that caption's map through the clip's own crop and flip (as MGM's motion maps are carried) and takes
-# the top-k per time slice: the step itself does no CLIP work. docs/design.md "TGM maps" says what this gives up
-# against the paper's per-patch features and benchmarks/bench_tgm_maps.py measures it.
+# video (every --frame-stride-th) goes through CLIP once, by the paper's patch recipe over the whole frame (or dense),
+# and its similarity to each of the video's captions is kept as a small grid (cells along the short side). The
+# loader then picks the caption, carries that caption's map through the clip's own crop and flip (as MGM's motion
+# maps are carried) and takes the top-k per time slice: the step itself does no CLIP work. docs/design.md "TGM maps"
+# says what this gives up against the paper's per-clip patches; benchmarks/bench_tgm_maps.py measures it.
 
 MAPS_VERSION = 1
 MAPS_UPSAMPLE = 8  # each map cell becomes 8 x 8 pixels before the crop: the crop's edges then cut cells finely
@@ -469,29 +469,38 @@ def check_maps(folder, identity, rels):
     return None
 
 
-def frame_maps(clip, tokenizer, frames, captions, cells, chunk_size=64):
-    """uint8 frames (F, H, W, 3) -> float16 (n_captions, F, g_h, g_w): each frame once through CLIP, dense over the
-    whole frame at `cells` tokens along its short side, each token's cosine similarity to each caption."""
+def frame_maps(clip, tokenizer, frames, captions, cells, features="patch", patch_size=16, chunk_size=256):
+    """uint8 frames (F, H, W, 3) -> float16 (n_captions, F, g_h, g_w): each frame's grid of `cells` along its short
+    side, each cell's cosine similarity to each caption. features 'patch' (the paper's recipe, Sec. 3.3): the frame
+    resized to g_h x g_w patches of patch_size pixels (the scale of a full-frame crop at the MAE's input size), each
+    patch through CLIP alone; 'dense': each frame once through CLIP at that grid (TextGuidedMasker's two ways)."""
     F_, H, W, _ = frames.shape
     g_h, g_w = (cells, max(1, round(cells * W / H))) if H <= W else (max(1, round(cells * H / W)), cells)
-    masker = TextGuidedMasker(clip, "dense", chunk_size=chunk_size)
+    masker = TextGuidedMasker(clip, features, patch_size=patch_size, chunk_size=chunk_size)
     device = next(clip.parameters()).device
-    video = data.normalize(torch.from_numpy(frames).float())[None].to(device)  # (1, C, F, H, W)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (F, C, H, W) uint8
+    if features == "patch":  # the whole frame at the patches' scale; dense resizes to CLIP's grid itself
+        x = data.apply_crop(x, data.Crop(0, 0, 1, 1), (g_h * patch_size, g_w * patch_size), torch.float32)
+    video = data.normalize(x.permute(0, 2, 3, 1).float())[None].to(device)  # (1, C, F, H', W')
     with torch.no_grad():
-        feats = masker._dense_features(video, (g_h, g_w))  # (F*g_h*g_w, E) L2-normalised
+        if features == "patch":
+            feats = masker._patch_features(video)  # (F*g_h*g_w, E) L2-normalised, one CLIP image per patch
+        else:
+            feats = masker._dense_features(video, (g_h, g_w))  # (F*g_h*g_w, E) L2-normalised
         text = TextEmbedder(clip, tokenizer)(list(captions)).to(device)  # (n, E)
         sim = text.float() @ feats.T  # (n, F*g_h*g_w)
     return sim.view(len(captions), F_, g_h, g_w).half().cpu().numpy()
 
 
-def make_maps(clip, tokenizer, items, captions, folder, identity, cells=14, frame_stride=4, chunk_size=64):
+def make_maps(clip, tokenizer, items, captions, folder, identity, cells=14, frame_stride=4, features="patch",
+              chunk_size=256):
     """The maps of a list's videos, one .npz per video (maps float16 (n_captions, F, g_h, g_w), frames (F,) the
     stored frame indices, captions), each written whole (temp file, then rename). Videos with a map are skipped,
     so a rerun resumes, and shards of one list (items[i::n]) can run at once into one folder. items: [(path, rel)].
     -> (made, already there, failed)."""
     os.makedirs(folder, exist_ok=True)
     meta_path = os.path.join(folder, "meta.json")
-    meta = {**identity, "cells": cells, "frame_stride": frame_stride}
+    meta = {**identity, "cells": cells, "frame_stride": frame_stride, "features": features}
     if os.path.isfile(meta_path):  # resuming: the same settings, or a sentence
         with open(meta_path) as f:
             old = json.load(f)
@@ -513,7 +522,8 @@ def make_maps(clip, tokenizer, items, captions, folder, identity, cells=14, fram
                 raise data.VideoError("no caption for it in the captions file")
             info = data.probe_video(path)
             stored = np.arange(0, info.num_frames, frame_stride)
-            maps = frame_maps(clip, tokenizer, data.read_frames(path, stored), caps, cells, chunk_size)
+            maps = frame_maps(clip, tokenizer, data.read_frames(path, stored), caps, cells, features,
+                              chunk_size=chunk_size)
         except data.VideoError as e:
             failed += 1
             with open(os.path.join(folder, "failed.jsonl"), "a") as f:
@@ -822,6 +832,8 @@ def get_args(argv=None):
     maps.add_argument("--captions", default=None, help="captions JSONL from caption.py (the demo: its own)")
     maps.add_argument("--cells", type=int, default=None, help="map cells along a frame's short side; default: one per "
                       "token of a full-frame crop (input size / patch size: 14 at 224 px, 4 on the demo)")
+    maps.add_argument("--map-features", default="patch", choices=["patch", "dense"], help="patch: each cell through "
+                      "CLIP alone (the paper's recipe); dense: each frame once (cheaper, agrees less: docs/design.md)")
     maps.add_argument("--frame-stride", type=int, default=4, help="map every n-th frame (a clip frame takes the "
                       "nearest); paper's clips: every 4th frame (K400), 2nd (SSv2)")
     maps.add_argument("--shard", default="0/1", help="i/n: every n-th video of the list from the i-th, to split a "
@@ -855,11 +867,12 @@ def make_maps_main(args):
     try:
         made, done, failed = make_maps(clip, tokenizer, list(zip([p for p, _ in items], rels))[i::n], captions,
                                        args.make_maps, maps_identity(name, pretrained, captions, rels), cells,
-                                       args.frame_stride)
+                                       args.frame_stride, args.map_features, min(args.chunk_size, 256))
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(f"{args.make_maps}: {made} maps made, {done} already there, {failed} videos failed (failed.jsonl); "
-          f"CLIP {name} ({pretrained}), {cells} cells along the short side, every {args.frame_stride}th frame")
+          f"CLIP {name} ({pretrained}), {args.map_features} features, {cells} cells along the short side, every "
+          f"{args.frame_stride}th frame")
 
 
 def main(args):

@@ -348,6 +348,11 @@ def make_text_side(args, dataset, cfg, device, rank, world):
     except masking.ClipWeightsError as e:
         raise SystemExit(f"pretrain.py: {e}")
     clip, tokenizer, args.clip_model, args.clip_pretrained = got
+    if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions
+        problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
+            args.clip_model, args.clip_pretrained, dataset.captions, dataset.rel), dataset.rel)
+        if problem:
+            raise SystemExit(f"pretrain.py: {problem}")
     embed_text = masking.TextEmbedder(clip, tokenizer)
     # Every distinct caption of the list is embedded once, up front, in a fixed order and fixed chunks: a text
     # target then never depends on which captions shared its CLIP batch (bit for bit, so --resume is exact).
@@ -359,11 +364,7 @@ def make_text_side(args, dataset, cfg, device, rank, world):
             embed_text(distinct[i:i + 256])
     cfg.head_out_dim = embed_text(["a video"]).shape[1]
     tgm = None
-    if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions
-        problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
-            args.clip_model, args.clip_pretrained, dataset.captions, dataset.rel), dataset.rel)
-        if problem:
-            raise SystemExit(f"pretrain.py: {problem}")
+    if args.tgm_maps:
         M.print0(f"text-guided masks from the maps in {args.tgm_maps} (CLIP {args.clip_model}, {args.clip_pretrained})")
     elif args.mask == "tgm":
         args.tgm_features = args.tgm_features or masking.default_features(args.demo, args.clip_pretrained)

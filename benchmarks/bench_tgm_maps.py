@@ -37,8 +37,8 @@ import model as M  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
 parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (medians)")
-parser.add_argument("--cells", type=int, nargs="+", default=[4, 8], help="map cells along the short side, demo part "
-                    "(4 = one per token of a full-frame crop, masking.py's default there)")
+parser.add_argument("--maps", nargs="+", default=["patch:4", "dense:4", "patch:8"], help="FEATURES:CELLS of the demo "
+                    "maps to compare (4 cells = one per token of a full-frame crop, masking.py's default there)")
 parser.add_argument("--patch-images", type=int, default=256, help="ViT-B part: CLIP images timed for 'patch', scaled "
                     "to the clip's 3,136 (a full batch of them takes minutes on a CPU)")
 parser.add_argument("--skip", nargs="*", default=[], choices=["agreement", "demo", "vitb", "offline"])
@@ -84,15 +84,16 @@ maps_dirs = {}
 tmp = tempfile.TemporaryDirectory()
 identity = masking.maps_identity(clip_name, clip_pretrained, captions, [r for _, r in val])
 print(f"\n3. offline maps of the {len(val)} demo val videos ({clip_name}, {clip_pretrained}; every 4th frame)")
-for cells in args.cells:
-    folder = os.path.join(tmp.name, f"cells{cells}")
+for spec in args.maps:
+    features, cells = spec.split(":")[0], int(spec.split(":")[1])
+    folder = os.path.join(tmp.name, spec.replace(":", "_"))
     t0 = time.perf_counter()
-    masking.make_maps(clip, tokenizer, val, captions, folder, identity, cells=cells, frame_stride=4)
+    masking.make_maps(clip, tokenizer, val, captions, folder, identity, cells=cells, frame_stride=4, features=features)
     secs = time.perf_counter() - t0
     size = sum(os.path.getsize(masking.map_path(folder, r)) for _, r in val)
-    print(f"   {cells} cells: {1e3 * secs / len(val):.1f} ms and {size / len(val) / 1024:.1f} KiB per video "
+    print(f"   {features}, {cells} cells: {1e3 * secs / len(val):.1f} ms and {size / len(val) / 1024:.1f} KiB per video "
           f"(72 frames of 96 x 128, 3 captions)")
-    maps_dirs[cells] = folder
+    maps_dirs[f"{features}, {cells} cells"] = folder
 
 # -----------------------------------------------------------------------------
 # 1. agreement with the online masks, on the demo
@@ -123,14 +124,14 @@ if "agreement" not in args.skip:
         ref = masking.TextGuidedMasker(clip, "patch", 0.6)(videos, text, torch.Generator().manual_seed(0))
         rows = {"online patch (the paper's)": ref,
                 "online dense": masking.TextGuidedMasker(clip, "dense", 0.6)(videos, text, torch.Generator().manual_seed(0))}
-        for cells, folder in maps_dirs.items():
+        for label, folder in maps_dirs.items():
             reader, masker, masks = masking.TextMaps(folder), masking.TextMapMasker(cfg.grid, 0.6), []
             for c in clips:
                 maps, stored = reader.load(c["rel"], captions[c["rel"]])
                 nearest = np.abs(stored[None, :] - c["idx"][:, None]).argmin(1)
                 sample = {"video": c["video"], "text_map": maps[0, nearest], "crop": c["crop"]}
                 masks.append(masker(sample, torch.Generator().manual_seed(0))[0])
-            rows[f"maps, {cells} cells"] = torch.stack(masks)
+            rows[f"maps: {label}"] = torch.stack(masks)
         for label, m in rows.items():
             iou = ((m & ref).sum(1) / (m | ref).sum(1)).mean().item()
             print(f"| {name} | {label} | {iou:.3f} | {masking.object_coverage(m, objs).mean():.3f} |")
@@ -209,22 +210,24 @@ if "vitb" not in args.skip:
                M.make_config("vit_base", img_size=224, num_frames=16), 2, b32, patch_images=args.patch_images)
 
 # -----------------------------------------------------------------------------
-# 3. offline at real sizes: ViT-B/32 dense over a whole frame, per stored frame, projected
+# 3. offline at real sizes: ViT-B/32 over whole frames, per stored frame, projected
 if "offline" not in args.skip:
     b32, b32_tok = masking.load_clip("ViT-B-32-quickgelu", "none")
-    print("\n3. offline at real sizes, ViT-B/32, 14 cells along the short side (a 448 px short side), 3 captions")
-    print("| dataset | frames (H x W) | stored frames per video | CLIP ms per stored frame | s per video | "
-          "KiB per video | whole training set |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n3. offline at real sizes, ViT-B/32, 14 cells along the short side, 3 captions (per stored frame: 'patch' "
+          "timed on one frame, 'dense' on 8)")
+    print("| dataset | frames (H x W) | stored per video | features | CLIP s per stored frame | s per video | KiB per video "
+          "| training set, this CPU | training set, maps |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     # K400: 240k train videos of ~10 s at 30 fps, 320 px short side after VideoMAE's resize; every 4th frame.
     # SSv2: 169k train videos of ~4 s at 12 fps, 240 px high; every 2nd frame (its sampling rate)
     for name, n_videos, (H, W), n_frames, stride in (("Kinetics-400", 240_000, (320, 426), 300, 4),
                                                     ("SSv2", 169_000, (240, 427), 48, 2)):
-        frames = np.random.default_rng(0).integers(0, 256, (8, H, W, 3), dtype=np.uint8)
-        ms = median_ms(lambda: masking.frame_maps(b32, b32_tok, frames, ["a", "b", "c"], 14), repeats=2) / len(frames)
-        stored = -(-n_frames // stride)
-        g_w = round(14 * W / H)
-        kib = 3 * stored * 14 * g_w * 2 / 1024  # float16, before npz's few hundred bytes of headers
-        per_video = ms * stored / 1e3
-        print(f"| {name} | {n_frames} ({H} x {W}) | {stored} | {ms:.0f} | {per_video:.1f} | {kib:.0f} | "
-              f"{per_video * n_videos / 3600:.0f} CPU-hours here, {kib * n_videos / 2 ** 20:.1f} GiB |")
+        for features, n in (("patch", 1), ("dense", 8)):
+            frames = np.random.default_rng(0).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+            ms = median_ms(lambda: masking.frame_maps(b32, b32_tok, frames, ["a", "b", "c"], 14, features),
+                           repeats=1) / n
+            stored = -(-n_frames // stride)
+            kib = 3 * stored * 14 * round(14 * W / H) * 2 / 1024  # float16, before npz's few hundred bytes of headers
+            per_video = ms * stored / 1e3
+            print(f"| {name} | {n_frames} ({H} x {W}) | {stored} | {features} | {ms / 1e3:.2f} | {per_video:.1f} | "
+                  f"{kib:.0f} | {per_video * n_videos / 3600:.0f} CPU-hours | {kib * n_videos / 2 ** 20:.1f} GiB |")
 tmp.cleanup()

@@ -624,10 +624,13 @@ def test_make_maps_resumes_without_duplicates_and_shards_share_a_folder(tiny_cli
     info = data.probe_video(items[0][0])
     assert frames.tolist() == list(range(0, info.num_frames, 8))
     assert maps.shape == (3, len(frames), 3, 4)  # 3 captions, 3 cells along the short side (96 x 128: 3 x 4)
-    # the stored similarities are CLIP's: dense features of the frame against each caption's text embedding
-    f0 = data.read_frames(items[0][0], frames[:1])
-    want = masking.frame_maps(clip, tokenizer, f0, captions[items[0][1]], 3)[:, 0]
-    assert np.allclose(maps[:, 0].numpy(), want.astype(np.float32))
+    # a stored cell is what the paper's online recipe gives that patch: the frame at the patches' scale (3 x 4 patches
+    # of 16 px), each patch through CLIP alone, against each caption
+    f0 = torch.from_numpy(data.read_frames(items[0][0], frames[:1])).permute(0, 3, 1, 2)  # (1, C, 96, 128)
+    x = data.normalize(data.apply_crop(f0, data.Crop(0, 0, 1, 1), (48, 64), torch.float32).permute(0, 2, 3, 1))
+    text = masking.TextEmbedder(clip, tokenizer)(captions[items[0][1]])  # (3, E)
+    online = masking.TextGuidedMasker(clip, "patch").scores(x[None].expand(3, -1, 2, -1, -1), text)  # (3, 1, 12)
+    assert torch.allclose(maps[:, 0].flatten(1), online[:, 0], atol=2e-3)  # float16 storage
     with pytest.raises(ValueError, match="other settings"):  # resuming with other settings into the same folder
         masking.make_maps(clip, tokenizer, items, captions, folder, identity, cells=4, frame_stride=8)
 

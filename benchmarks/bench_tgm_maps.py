@@ -37,8 +37,9 @@ import model as M  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
 parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (medians)")
-parser.add_argument("--maps", nargs="+", default=["patch:4", "dense:4", "patch:8"], help="FEATURES:CELLS of the demo "
-                    "maps to compare (4 cells = one per token of a full-frame crop, masking.py's default there)")
+parser.add_argument("--maps", nargs="+", default=["patch:4:4", "patch:4:8", "patch:4:16", "dense:4:4", "patch:8:4"],
+                    help="FEATURES:CELLS:FRAME_STRIDE of the demo maps to compare (4 cells = one per token of a full-frame "
+                    "crop, masking.py's default there; stride 4 its default)")
 parser.add_argument("--patch-images", type=int, default=256, help="ViT-B part: CLIP images timed for 'patch', scaled "
                     "to the clip's 3,136 (a full batch of them takes minutes on a CPU)")
 parser.add_argument("--skip", nargs="*", default=[], choices=["agreement", "demo", "vitb", "offline"])
@@ -83,17 +84,19 @@ maps_dirs = {}
 # 3 (first: part 1 needs the maps). Offline: the demo val videos' maps, timed
 tmp = tempfile.TemporaryDirectory()
 identity = masking.maps_identity(clip_name, clip_pretrained, captions, [r for _, r in val])
-print(f"\n3. offline maps of the {len(val)} demo val videos ({clip_name}, {clip_pretrained}; every 4th frame)")
+print(f"\n3. offline maps of the {len(val)} demo val videos ({clip_name}, {clip_pretrained})")
 for spec in args.maps:
-    features, cells = spec.split(":")[0], int(spec.split(":")[1])
+    features, cells, stride = spec.split(":")[0], int(spec.split(":")[1]), int(spec.split(":")[2])
     folder = os.path.join(tmp.name, spec.replace(":", "_"))
     t0 = time.perf_counter()
-    masking.make_maps(clip, tokenizer, val, captions, folder, identity, cells=cells, frame_stride=4, features=features)
+    masking.make_maps(clip, tokenizer, val, captions, folder, identity, cells=cells, frame_stride=stride,
+                      features=features)
     secs = time.perf_counter() - t0
     size = sum(os.path.getsize(masking.map_path(folder, r)) for _, r in val)
-    print(f"   {features}, {cells} cells: {1e3 * secs / len(val):.1f} ms and {size / len(val) / 1024:.1f} KiB per video "
+    label = f"{features}, {cells} cells, every {stride}th frame"
+    print(f"   {label}: {1e3 * secs / len(val):.1f} ms and {size / len(val) / 1024:.1f} KiB per video "
           f"(72 frames of 96 x 128, 3 captions)")
-    maps_dirs[f"{features}, {cells} cells"] = folder
+    maps_dirs[label] = folder
 
 # -----------------------------------------------------------------------------
 # 1. agreement with the online masks, on the demo
@@ -215,8 +218,9 @@ if "offline" not in args.skip:
     b32, b32_tok = masking.load_clip("ViT-B-32-quickgelu", "none")
     print("\n3. offline at real sizes, ViT-B/32, 14 cells along the short side, 3 captions (per stored frame: 'patch' "
           "timed on one frame, 'dense' on 8)")
-    print("| dataset | frames (H x W) | stored per video | features | CLIP s per stored frame | s per video | KiB per video "
-          "| training set, this CPU | training set, maps |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| dataset | frames (H x W) | stored per video | features | CLIP images per video | CLIP s per stored frame "
+          "| s per video | KiB per video | training set, this CPU | training set, maps |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     # K400: 240k train videos of ~10 s at 30 fps, 320 px short side after VideoMAE's resize; every 4th frame.
     # SSv2: 169k train videos of ~4 s at 12 fps, 240 px high; every 2nd frame (its sampling rate)
     for name, n_videos, (H, W), n_frames, stride in (("Kinetics-400", 240_000, (320, 426), 300, 4),
@@ -228,6 +232,7 @@ if "offline" not in args.skip:
             stored = -(-n_frames // stride)
             kib = 3 * stored * 14 * round(14 * W / H) * 2 / 1024  # float16, before npz's few hundred bytes of headers
             per_video = ms * stored / 1e3
-            print(f"| {name} | {n_frames} ({H} x {W}) | {stored} | {features} | {ms / 1e3:.2f} | {per_video:.1f} | "
+            images = stored * 14 * round(14 * W / H) if features == "patch" else stored  # 'dense': one 448 px pass each
+            print(f"| {name} | {n_frames} ({H} x {W}) | {stored} | {features} | {images:,} | {ms / 1e3:.2f} | {per_video:.1f} | "
                   f"{kib:.0f} | {per_video * n_videos / 3600:.0f} CPU-hours | {kib * n_videos / 2 ** 20:.1f} GiB |")
 tmp.cleanup()

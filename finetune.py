@@ -90,7 +90,7 @@ parser.add_argument("--resume", default=None, help="a finetune ckpt.pt to contin
 parser.add_argument("--log-interval", type=int, default=10, help="steps between log lines")
 parser.add_argument("--seed", type=int, default=0)
 
-# (paper, demo) values of the flags whose default is None, per mode. The demo: 192 synthetic train videos of
+# (paper, demo) values of the flags whose default is None, per mode. The demo: 320 synthetic train videos of
 # 8 actions (data.demo_dataset); a tiny model sees them in minutes on a CPU. Its lr is higher than the
 # paper's because the demo's global batch is 16, not 512, and its runs are a few hundred steps, not 50k.
 DEFAULTS = {

@@ -10,6 +10,7 @@ from that checkpoint (from `--checkpoint none` for the no-pretraining row), then
     OUT/table2_demo.md    mean and spread over seeds of finetune and linear-probe top-1, per row
     OUT/table2_demo.json  every number of every run
     OUT/fig4_demo.png     loss_nce over pretraining, optimised (solid) and only measured (dashed), per mask
+    OUT/transfer_demo.png probe and finetuning curves, tube 0.9 pretraining against none
 
     python benchmarks/table2_demo.py --jobs 2              # every row x 3 seeds, two pipelines at a time
     python benchmarks/table2_demo.py --seeds 0 --rows tube # a quick look
@@ -18,6 +19,7 @@ It stops and resumes: finished pipelines are kept in table2_demo.json. The plot 
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -83,11 +85,15 @@ lock = threading.Lock()
 t0 = time.time()
 
 
+def run_dir(seed, mask, ratio, label):
+    return os.path.join(args.output_dir, f"{mask}{'' if ratio is None else ratio}_"
+                        f"{label.replace(' ', '').replace('>', '').replace('+', '_')}_s{seed}")
+
+
 def pipeline(seed, mask, ratio, extra, label):
     """pretrain.py, then linear probe and finetuning from its checkpoint, each tested: one row's numbers for one seed."""
     key = f"{mask}{'' if ratio in (None, 0.75, 0.6) else ratio}|{label}|{seed}"
-    d = os.path.join(args.output_dir, f"{mask}{'' if ratio is None else ratio}_"
-                     f"{label.replace(' ', '').replace('>', '').replace('+', '_')}_s{seed}")
+    d = run_dir(seed, mask, ratio, label)
     common = ["--seed", str(seed), "--num-workers", str(args.num_workers)]
     secs = {}
     row = {"mask": mask, "ratio": ratio, "components": label, "seed": seed, "pretrain_log": []}
@@ -190,5 +196,45 @@ def plot_fig4(path):
     plt.close(fig)
 
 
+
+
+def plot_transfer(path):
+    """Does pretraining help? Per epoch of the linear probe and of finetuning: the training loss and the one-view val
+    top-1 (finetune.py's log), mean over seeds, VideoMAE's tube 0.9 pretraining against none."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = {"tube 0.9 pretraining": [r for r in results.values() if r["mask"] == "tube" and r["ratio"] == 0.9],
+            "no pretraining": [r for r in results.values() if r["mask"] == "none"]}
+    if not all(runs.values()):
+        return
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex="col")
+    for col, mode in enumerate(("linear", "finetune")):
+        for (name, rows), colour in zip(runs.items(), ("tab:blue", "tab:grey")):
+            logs = [[json.loads(line) for line in open(os.path.join(run_dir(r["seed"], r["mask"], r["ratio"], r["components"]),
+                                                                    mode, "log.jsonl"))] for r in rows]
+            epochs = [[e for e in log if "val_top1" in e] for log in logs]
+            n = min(len(e) for e in epochs)
+            x = [e["epoch"] for e in epochs[0][:n]]
+            for row, field in enumerate(("train_loss", "val_top1")):
+                axes[row, col].plot(x, [statistics.mean(e[i][field] for e in epochs) for i in range(n)], color=colour,
+                                    label=f"{name} ({len(rows)} seeds)")
+        axes[0, col].set_title("linear probe" if mode == "linear" else "finetuning")
+        axes[0, col].axhline(math.log(8), color="k", linewidth=0.5, linestyle=":")  # chance: ln 8
+        axes[1, col].axhline(12.5, color="k", linewidth=0.5, linestyle=":")          # chance: 1 in 8
+        axes[1, col].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("training loss (dotted: ln 8)")
+    axes[1, 0].set_ylabel("one-view val top-1 % (dotted: chance)")
+    axes[0, 0].legend(fontsize=8)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle("Does pretraining help on the demo? (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 plot_fig4(os.path.join(args.output_dir, "fig4_demo.png"))
-print(f"wrote {args.output_dir}/table2_demo.md, table2_demo.json, fig4_demo.png in {time.time() - t0:.0f} s")
+plot_transfer(os.path.join(args.output_dir, "transfer_demo.png"))
+print(f"wrote {args.output_dir}/table2_demo.md, table2_demo.json, fig4_demo.png, transfer_demo.png in "
+      f"{time.time() - t0:.0f} s")

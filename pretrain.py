@@ -126,10 +126,6 @@ def check_args(args):
         fail(f"{what} needs a caption per video: pass --captions FILE (make one with caption.py)")
     if args.tgm_maps and (args.mask != "tgm" or args.tgm_features):
         fail("--tgm-maps gives --mask tgm its masks from maps made offline: drop --tgm-features, or --tgm-maps")
-    if args.data is not None and args.mask == "tgm" and not (args.tgm_maps or args.tgm_features):
-        fail("--mask tgm on your data reads CLIP similarity maps made once, offline (CLIP in the step costs 2.7x to 80x "
-             "a tube step): make them with masking.py --make-maps DIR --data LIST --root ROOT --captions FILE, then "
-             "pass --tgm-maps DIR; or pass --tgm-features patch|dense to run CLIP in the step")
     if args.data is not None and not os.path.isfile(args.data):
         fail(f"--data {args.data}: no such list file")
     if args.captions and not os.path.isfile(args.captions):
@@ -138,6 +134,10 @@ def check_args(args):
         fail("--mse-weight 0 leaves no loss: add --contrastive for pure contrastive pretraining")
     if args.batch_size % args.repeat_aug:
         fail(f"--batch-size {args.batch_size} must be a multiple of --repeat-aug {args.repeat_aug}")
+    if args.data is not None and args.mask == "tgm" and not (args.tgm_maps or args.tgm_features):
+        fail("--mask tgm on your data reads CLIP similarity maps made once, offline (CLIP in the step costs 2.7x to 80x "
+             "a tube step): make them with masking.py --make-maps DIR --data LIST --root ROOT --captions FILE, then "
+             "pass --tgm-maps DIR; or pass --tgm-features patch|dense to run CLIP in the step")
 
 
 def pick_captions(captions, indices, seed, step):

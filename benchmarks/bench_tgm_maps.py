@@ -187,7 +187,8 @@ def step_costs(title, cfg, batch, tgm_clip, patch_images=None):
     tube_ms, maps_step_ms, dense_ms = alternated_ms([lambda: step(tube), lambda: step(from_maps), lambda: online(dense)])
     per_clip_ms = median_ms(loader_maps)
     if patch_images:  # the paper's patch recipe on a part of one clip's patches, scaled to the whole batch
-        frames_needed = max(1, patch_images // (cfg.grid[1] * cfg.grid[2]))
+        t = cfg.tubelet_size  # whole tubelets of frames
+        frames_needed = max(t, t * (patch_images // (t * cfg.grid[1] * cfg.grid[2])))
         part = video[:1, :, :frames_needed]
         patch_ms = median_ms(lambda: online(patch, part), repeats=1) * batch * T_ / frames_needed
         how = f"timed on {frames_needed} frame(s) of one clip, scaled to {batch} x {T_}"

@@ -50,8 +50,9 @@ def get_parser():
     parser.add_argument("--mask", choices=["random", "tube", "mgm", "tgm"], default="tgm", help="mask generator eta (Sec. 3.1, 3.3)")
     parser.add_argument("--ratio", type=float, default=None, help="mask ratio gamma; paper: 0.9 tube/random, 0.75 mgm, 0.6 tgm (Table 5a)")
     parser.add_argument("--tgm-order", choices=["top", "bottom"], default="top", help="mask the top-k or bottom-k tokens by text similarity (Table 5b)")
-    parser.add_argument("--tgm-features", choices=["patch", "dense"], default=None, help="patch: CLIP per 16x16 patch (paper; the default); "
-                        "dense: one CLIP pass per frame (fast; the demo's default with a full-size CLIP)")
+    parser.add_argument("--tgm-features", choices=["patch", "dense"], default=None, help="CLIP in the step, instead of --tgm-maps: "
+                        "patch: CLIP per 16x16 patch (the paper's; the demo's default); dense: one CLIP pass per frame (the demo's "
+                        "default with a full-size CLIP)")
     parser.add_argument("--tgm-maps", default=None, help="folder of CLIP similarity maps made once by masking.py --make-maps: "
                         "TGM masks made in the loader workers, not in the step (real data's default; docs/design.md \"TGM maps\")")
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model of the mask and the text tower; paper: ViT-B/32")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify, print0, save_checkpoint
+from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify, print0, save_checkpoint, write_whole
 
 # Notation: B clips, C channels, T frames of H x W pixels, tubelet t, patch p, grid (T', h, w) = (T/t, H/p, W/p),
 # N = T' * h * w tokens, k tokens masked per time slice, E the CLIP embedding width.
@@ -352,13 +352,19 @@ class TextGuidedMasker:
         if T % t or H % p or W % p:
             raise ValueError(f"clip {T}x{H}x{W} does not divide into {t}x{p}x{p} tokens")
         h, w = H // p, W // p
-        video, text_emb = video.to(device, non_blocking=True), text_emb.to(device).float()
-        if self.features == "patch":
-            feats = self._patch_features(video)  # (B*T*h*w, E), one CLIP image per patch
-        else:
-            feats = self._dense_features(video, (h, w))  # (B*T*h*w, E), one CLIP image per frame
+        feats = self.token_features(video.to(device, non_blocking=True))  # (B*T*h*w, E)
+        text_emb = text_emb.to(device).float()
         sim = (feats.view(B, T * h * w, -1) * text_emb[:, None, :]).sum(-1)  # (B, T*h*w) cosine: both unit length
         return sim.view(B, T // t, t, h * w).mean(2)  # (B, T', h*w): mean over the tubelet's frames
+
+    def token_features(self, video):
+        """video (B, C, T, H, W) ImageNet-normalised, H and W multiples of p -> (B*T*h*w, E) L2-normalised, one
+        CLIP feature per p x p patch of every frame, (t, h, w) order: 'patch' one CLIP image per patch, 'dense' one
+        per frame."""
+        if self.features == "patch":
+            return self._patch_features(video)
+        H, W = video.shape[-2:]
+        return self._dense_features(video, (H // self.patch_size, W // self.patch_size))
 
     def _patch_features(self, video):
         """Sec. 3.3, the paper's: each p x p patch of each frame, resized to CLIP's input size and embedded alone
@@ -478,15 +484,12 @@ def frame_maps(clip, tokenizer, frames, captions, cells, features="patch", patch
     g_h, g_w = (cells, max(1, round(cells * W / H))) if H <= W else (max(1, round(cells * H / W)), cells)
     masker = TextGuidedMasker(clip, features, patch_size=patch_size, chunk_size=chunk_size)
     device = next(clip.parameters()).device
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (F, C, H, W) uint8
-    if features == "patch":  # the whole frame at the patches' scale; dense resizes to CLIP's grid itself
-        x = data.apply_crop(x, data.Crop(0, 0, 1, 1), (g_h * patch_size, g_w * patch_size), torch.float32)
-    video = data.normalize(x.permute(0, 2, 3, 1).float())[None].to(device)  # (1, C, F, H', W')
+    # the whole frame at the patches' scale, as a full-frame crop would show it: g_h x g_w patches
+    x = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), data.Crop(0, 0, 1, 1),
+                        (g_h * patch_size, g_w * patch_size), torch.float32)  # (F, C, H', W')
+    video = data.normalize(x.permute(0, 2, 3, 1))[None].to(device)  # (1, C, F, H', W')
     with torch.no_grad():
-        if features == "patch":
-            feats = masker._patch_features(video)  # (F*g_h*g_w, E) L2-normalised, one CLIP image per patch
-        else:
-            feats = masker._dense_features(video, (g_h, g_w))  # (F*g_h*g_w, E) L2-normalised
+        feats = masker.token_features(video)  # (F*g_h*g_w, E) L2-normalised
         text = TextEmbedder(clip, tokenizer)(list(captions)).to(device)  # (n, E)
         sim = text.float() @ feats.T  # (n, F*g_h*g_w)
     return sim.view(len(captions), F_, g_h, g_w).half().cpu().numpy()
@@ -506,10 +509,7 @@ def make_maps(clip, tokenizer, items, captions, folder, identity, cells=14, fram
             old = json.load(f)
         if old != meta:
             raise ValueError(f"{folder} holds maps made with other settings ({old}, now {meta}): use another folder")
-    tmp = f"{meta_path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, meta_path)  # every shard writes the same meta
+    write_whole(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))  # every shard writes the same
     made = done = failed = 0
     for path, rel in tqdm(items, desc="text maps", dynamic_ncols=True):
         out = map_path(folder, rel)
@@ -529,10 +529,7 @@ def make_maps(clip, tokenizer, items, captions, folder, identity, cells=14, fram
             with open(os.path.join(folder, "failed.jsonl"), "a") as f:
                 f.write(json.dumps({"video": rel, "error": str(e)}) + "\n")
             continue
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(f"{out}.{os.getpid()}.tmp", "wb") as f:
-            np.savez(f, maps=maps, frames=stored, captions=np.array(caps))
-        os.replace(f"{out}.{os.getpid()}.tmp", out)
+        write_whole(out, lambda f: np.savez(f, maps=maps, frames=stored, captions=np.array(caps)))
         made += 1
     return made, done, failed
 
@@ -702,10 +699,7 @@ def demo_clip(demo, seed=0, name=DEMO_CLIP_NAME, config=DEMO_CLIP, steps=DEMO_CL
     config_path = os.path.join(demo["root"], f"{name}.json")
     weights = os.path.join(demo["root"], f"{name}-seed{seed}.pt")
     if not os.path.isfile(weights):
-        tmp = f"{config_path}.{os.getpid()}.tmp"  # renamed into place, as the weights: never half a file
-        with open(tmp, "w") as f:
-            json.dump(config, f, indent=1)
-        os.replace(tmp, config_path)
+        write_whole(config_path, lambda f: f.write(json.dumps(config, indent=1).encode()))
         videos = demo_clip_videos(demo["train"], demo["root"], demo["captions"])
         clip = train_demo_clip(videos, config_path, steps=steps, seed=seed)
         # open_clip's own format, a state dict: open_clip.create_model(name, pretrained=weights) loads it
@@ -784,9 +778,7 @@ def save_mask_picture(video, mask, cfg, path, titles=(), max_clips=4):
     img = Image.new("RGB", (max(b.width for b in blocks), sum(b.height for b in blocks)), "white")
     for i, b in enumerate(blocks):
         img.paste(b, (0, sum(b.height for b in blocks[:i])))
-    tmp = path + ".tmp"
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)  # never a half-written picture
+    write_whole(path, lambda f: img.save(f, format="PNG"))  # never a half-written picture
 
 
 PAPER_RATIO = {"random": 0.9, "tube": 0.9, "mgm": 0.75, "tgm": 0.6}  # ST-MAE, VideoMAE, MGM, Table 5a
@@ -854,20 +846,19 @@ def make_maps_main(args):
         assert 0 <= i < n
     except (ValueError, AssertionError):
         sys.exit(f"error: --shard {args.shard!r}: expected i/n with 0 <= i < n, e.g. 0/8")
-    items = data.read_list(args.data, args.root)
-    prefix = os.path.join(args.root, "") if args.root else ""
-    rels = [p[len(prefix):] if prefix and p.startswith(prefix) else p for p, _ in items]
+    rels = [rel for rel, _ in data.read_list(args.data)]  # as written in the list: the captions' and maps' keys
+    items = [(os.path.join(args.root, rel), rel) for rel in rels][i::n]  # this shard's (path, rel)
     captions = data.read_captions(args.captions)
     try:
-        clip, tokenizer, name, pretrained = load_clip_for(args.clip_model, args.clip_pretrained or "openai", args.device,
-                                                          demo if args.clip_pretrained is None else None)
+        clip, tokenizer, name, pretrained = load_clip_for(args.clip_model, args.clip_pretrained or "openai",
+                                                          args.device, demo if args.clip_pretrained is None else None)
     except ClipWeightsError as e:
         sys.exit(f"error: {e}")
     cells = args.cells or (args.input_size or (64 if demo else 224)) // args.patch_size
     try:
-        made, done, failed = make_maps(clip, tokenizer, list(zip([p for p, _ in items], rels))[i::n], captions,
-                                       args.make_maps, maps_identity(name, pretrained, captions, rels), cells,
-                                       args.frame_stride, args.map_features, min(args.chunk_size, 256))
+        made, done, failed = make_maps(clip, tokenizer, items, captions, args.make_maps,
+                                       maps_identity(name, pretrained, captions, rels), cells, args.frame_stride,
+                                       args.map_features, min(args.chunk_size, 256))
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(f"{args.make_maps}: {made} maps made, {done} already there, {failed} videos failed (failed.jsonl); "

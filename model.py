@@ -625,16 +625,26 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def save_checkpoint(path, obj):
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+def write_whole(path, write):
+    """write(f) (a binary file) into a temporary file in the same folder, then rename: a crash never leaves half a
+    file, and processes writing the same file at once leave one whole copy."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)                                      # atomic on POSIX
+    tmp = f"{path}.tmp{os.getpid()}"                           # one per process
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)                                  # atomic on POSIX
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path, obj):
+    """torch.save, written whole (write_whole)."""
+    write_whole(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path):

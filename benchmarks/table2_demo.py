@@ -90,9 +90,9 @@ def run_dir(seed, mask, ratio, label):
                         f"{label.replace(' ', '').replace('>', '').replace('+', '_')}_s{seed}")
 
 
-def pipeline(seed, mask, ratio, extra, label):
-    """pretrain.py, then linear probe and finetuning from its checkpoint, each tested: one row's numbers for one seed."""
-    key = f"{mask}{'' if ratio in (None, 0.75, 0.6) else ratio}|{label}|{seed}"
+def pipeline(key, seed, mask, ratio, extra, label):
+    """pretrain.py, then linear probe and finetuning from its checkpoint, each tested: one row's numbers for one seed,
+    kept in results[key]."""
     d = run_dir(seed, mask, ratio, label)
     common = ["--seed", str(seed), "--num-workers", str(args.num_workers)]
     secs = {}
@@ -124,9 +124,9 @@ def pipeline(seed, mask, ratio, extra, label):
 todo = []  # every row once before any row twice: a stopped run still covers the whole table
 for seed in args.seeds:
     for name, mask, ratio, extra, label in ROWS:
-        key = f"{mask}{'' if ratio in (None, 0.75, 0.6) else ratio}|{label}|{seed}"
+        key = f"{name}|{label}|{seed}"
         if name in args.rows and key not in results and not args.report_only:
-            todo.append((seed, mask, ratio, extra, label))
+            todo.append((key, seed, mask, ratio, extra, label))
 if todo:
     # the demo data and the demo CLIP, made once before pipelines run side by side (each is made on first use)
     run(["masking.py", "--mask", "tgm", "--ratio", "0.6", "--out", os.path.join(args.output_dir, "mask_tgm.png")]

@@ -291,11 +291,8 @@ def caption_batch(batch, args, processor, model, dtype, class_names, class_caps)
 def main(args):
     # --- the list, this shard of it, and what is already done
     if args.data is None:
-        demo = data.demo_dataset()
-        args.data, args.root = demo["train"], demo["root"]
-        args.class_names = args.class_names or demo["class_names"]
-        args.out = args.out or os.path.join("runs", "demo_captions.jsonl")
-        print(f"caption.py: no --data: captioning the demo dataset's train list {args.data}")
+        import demo  # the built-in demo's train list and class names
+        demo.fill(args, "caption")
     args.out = args.out or "captions.jsonl"
     failed_path = os.path.splitext(args.out)[0] + ".failed.jsonl"
     try:

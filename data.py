@@ -1,4 +1,4 @@
-"""Video clips for TGM: reading, frame sampling, augmentation, datasets and the built-in demo dataset.
+"""Video clips for TGM: reading, frame sampling, augmentation and datasets.
 
 Sec. 4.2 (pre-processing): "clips of 16 frames sampled at a temporal stride of 4 for K400 and 2 for
 SSv2 ... multi-scale-crop and horizontal flip ... TSN-style sampling on SSv2 with 2 temporal x 3
@@ -16,17 +16,13 @@ sitting of reading and can be copied without PyAV; data.py imports only the Imag
 Used by pretrain.py / finetune.py / evaluate.py / caption.py / masking.py:
     ds = VideoDataset("train.txt", root="videos/", captions="captions.jsonl", mode="pretrain")
     loader = DataLoader(ds, batch_size=8, num_workers=8, collate_fn=collate)
-With no --data the scripts call `demo_dataset()`, which writes the synthetic demo once into
-$TGM_CACHE (default ~/.cache/tgm). Tests: python -m pytest -q tests/test_data.py
+Tests: python -m pytest -q tests/test_data.py
 Reader speed (seek vs decode from the start): python benchmarks/bench_decode.py
 """
 import json
 import logging
 import math
 import os
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -190,7 +186,7 @@ def _convert(frame, motion, size, reformatter):
     # would make a scaler per frame with a thread per core, kept alive as long as the frame is: with motion vectors
     # that is until the garbage collector's next full pass (PyAV's frame and its side data refer to each other), so
     # ten MGM clips left 160 idle threads in the process, and a process that then forks DataLoader workers carries
-    # them (a worker segfaulted so in CI). The shared scaler also decodes a demo clip in half the time.
+    # them (a worker segfaulted so in CI). The shared scaler also decodes a small clip in half the time.
     rgb = reformatter.reformat(frame, format="rgb24", width=w, height=h, threads=1).to_ndarray()
     if not motion:
         return rgb, None
@@ -628,222 +624,3 @@ def collate(batch):
         if key in flat[0]:
             out[key] = [s[key] for s in flat]
     return out
-
-
-# ----------------------------------------------------------------------------- the demo dataset
-# Shaded, patterned shapes doing one of 8 actions over a lit background that drifts, with a small distractor. The
-# actor glows: its white light falls on the background around it, so the patches next to it carry smooth structure
-# that says where it is. Shading, pattern and glow give the paper's normalised-pixel target something to predict inside
-# a patch; flat colours left it nothing beyond the mean (loss_mse stalled at 1.0), and so did high-contrast
-# background textures (nothing in the visible 10% says what lies under a masked tube). The actions are chosen to
-# survive horizontal flip (no left vs right), so the default flip augmentation never turns one class into another,
-# and each caption stays true of the flipped clip.
-
-DEMO_VERSION = 4  # 3: shading, patterns, the actor's glow, a lit drifting background, frame captions, 40 + 10 a class;
-                  # 4: the glow is white light, not the actor's colour
-DEMO_ACTIONS = [("moving up", "moves up"), ("moving down", "moves down"), ("moving sideways", "moves sideways"),
-                ("growing", "grows"), ("shrinking", "shrinks"), ("spinning", "spins"),
-                ("bouncing", "bounces"), ("staying still", "stays still")]
-DEMO_COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 215, 40),
-                "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (240, 240, 240), "pink": (240, 120, 190)}
-DEMO_BACKGROUNDS = {"dark blue": (20, 30, 80), "dark green": (20, 70, 35), "grey": (90, 90, 90), "brown": (90, 60, 30)}
-DEMO_SHAPES = ["circle", "square", "triangle", "diamond"]
-DEMO_TEXTURES = ["striped", "checkered", "dotted", "speckled"]
-DEMO_SIZE, DEMO_FRAMES = (96, 128), 72  # (H, W); 72 frames: a 16 x 4 clip fits, with a little room to move
-# the renderer's knobs: motion speed; the actor's radius (px); the background's light (+- grey levels across the
-# frame) and drift (px per frame, the camera pans); the objects' pattern contrast and frequency (radians per
-# radius); one-sided shading; the actor's glow (grey levels at its centre), its reach (in radii) and how much of the
-# actor's colour it carries (0: white light; in the actor's colour it tinted a wide ring of background with the colour
-# the caption names, and the demo CLIP's text-guided masks then covered the actor no better than chance: 0.50-0.53)
-DEMO_KNOBS = dict(speed=1.0, radius=(16, 22), light=45, bg_drift=0.3, obj_tex=0.4, obj_f=(1.5, 2.5), shade=0.45,
-                  glow=60, glow_sigma=2.0, glow_tint=0.0)
-
-
-def _shape_mask(shape, u, v):
-    """Inside-test in the object's own coordinates (radius 1)."""
-    if shape == "circle":
-        return u * u + v * v <= 1
-    if shape == "square":
-        return np.maximum(abs(u), abs(v)) <= 0.8
-    if shape == "diamond":
-        return abs(u) + abs(v) <= 1
-    return (v <= 0.6) & (v >= 1.8 * abs(u) - 1.0)  # triangle, apex up
-
-
-def _texture(kind, u, v, params):
-    """A two-tone pattern (+1 / -1) of an object's own coordinates u, v (radius 1)."""
-    f, phi, grid = params
-    u, v = f * u, f * v  # one period of the pattern is 2 pi
-    if kind == "striped":
-        return np.sign(np.sin(u * np.cos(phi) + v * np.sin(phi)))
-    if kind == "checkered":
-        return np.sign(np.sin(u) * np.sin(v))
-    if kind == "dotted":
-        return np.where(np.cos(u) + np.cos(v) > 1.0, 1.0, -1.0)
-    n = grid.shape[0]  # speckled: a fixed random grid of +-1 cells, half a period wide, tiled
-    return grid[np.floor(u / np.pi).astype(int) % n, np.floor(v / np.pi).astype(int) % n]
-
-
-def _texture_params(rng, f_range):
-    return rng.uniform(*f_range), rng.uniform(0, np.pi), rng.choice([-1.0, 1.0], size=(8, 8))
-
-
-def _render_demo(rng, label):
-    """One clip as uint8 (T, H, W, 3), the main object's mask (T, H, W) bool (the object that performs the action,
-    which the captions name first), and the words its captions use."""
-    K = DEMO_KNOBS
-    (H, W), T = DEMO_SIZE, DEMO_FRAMES
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    bg_name = list(DEMO_BACKGROUNDS)[rng.integers(len(DEMO_BACKGROUNDS))]
-    # the background: its colour, lit by a spot of light falling off across it, on a canvas larger than the frame
-    # that drifts in one direction (the camera pans)
-    drift = rng.normal(size=2) * K["bg_drift"]
-    pad = int(np.ceil(np.abs(drift).max() * T)) + 1
-    cy, cx = np.mgrid[0:H + 2 * pad, 0:W + 2 * pad].astype(np.float32)
-    ly, lx = rng.uniform(0, H + 2 * pad), rng.uniform(0, W + 2 * pad)
-    light = K["light"] * (1 - 2 * np.sqrt((cy - ly) ** 2 + (cx - lx) ** 2) / np.hypot(H, W))
-    canvas = np.array(DEMO_BACKGROUNDS[bg_name], np.float32) + light[..., None]
-    video = np.empty((T, H, W, 3), np.float32)
-    for f in range(T):
-        oy, ox = (pad + np.round(drift * (f - T / 2))).astype(int)
-        video[f] = canvas[oy:oy + H, ox:ox + W]
-    colours = list(DEMO_COLOURS)
-    ci, di = rng.choice(len(colours), size=2, replace=False)
-    shape, dshape = DEMO_SHAPES[rng.integers(4)], DEMO_SHAPES[rng.integers(4)]
-    tex, dtex = DEMO_TEXTURES[rng.integers(4)], DEMO_TEXTURES[rng.integers(4)]
-    # the actor: centre, radius and angle per frame, by action
-    action = DEMO_ACTIONS[label][0]
-    sp = K["speed"] * rng.uniform(0.8, 1.2)  # a random speed
-    t = np.arange(T) - T / 2  # frames from the middle
-    R = rng.uniform(*K["radius"])
-    cx0, cy0 = W / 2 + rng.uniform(-12, 12), H / 2 + rng.uniform(-8, 8)
-    x, y, r, ang = np.full(T, cx0), np.full(T, cy0), np.full(T, R), np.full(T, rng.uniform(0, 2 * np.pi))
-    if action == "moving up":
-        y = cy0 - 0.9 * sp * t
-    elif action == "moving down":
-        y = cy0 + 0.9 * sp * t
-    elif action == "moving sideways":
-        x = cx0 + 1.3 * sp * t * rng.choice([-1, 1])
-    elif action == "growing":
-        r = R + 0.2 * sp * t
-    elif action == "shrinking":
-        r = R - 0.2 * sp * t
-    elif action == "spinning":
-        ang = ang + 0.12 * sp * t * rng.choice([-1, 1])
-    elif action == "bouncing":
-        y = cy0 + 15 - 30 * np.abs(np.sin(np.pi * (t / 28 * sp + rng.uniform())))
-    r = np.maximum(r, 3.0)
-    # the distractor: small, drifting slowly in a random direction
-    d0, dv = np.array([rng.uniform(15, W - 15), rng.uniform(15, H - 15)]), rng.normal(size=2) * 0.1
-    objects = [(d0[0] + dv[0] * t, d0[1] + dv[1] * t, np.full(T, rng.uniform(7, 9)), np.zeros(T) + rng.uniform(0, 6),
-                colours[di], dshape, dtex, _texture_params(rng, K["obj_f"])),
-               (x, y, r, ang, colours[ci], shape, tex, _texture_params(rng, K["obj_f"]))]
-    if K["glow"]:  # the actor's light on the background, falling off over a few radii
-        col = K["glow_tint"] * np.array(DEMO_COLOURS[colours[ci]], np.float32) / 255 + (1 - K["glow_tint"])
-        for f in range(T):
-            fall = np.exp(-((xx - x[f]) ** 2 + (yy - y[f]) ** 2) / (2 * (K["glow_sigma"] * r[f]) ** 2))
-            video[f] += (K["glow"] * fall)[..., None] * col
-    main_mask = np.zeros((T, H, W), bool)
-    for n, (x0, y0, rad, a, name, shp, tx, tp) in enumerate(objects):
-        col = np.array(DEMO_COLOURS[name], np.float32)
-        for f in range(T):
-            # draw inside the object's bounding box only
-            ya, yb = max(int(y0[f] - rad[f]) - 1, 0), min(int(y0[f] + rad[f]) + 2, H)
-            xa, xb = max(int(x0[f] - rad[f]) - 1, 0), min(int(x0[f] + rad[f]) + 2, W)
-            if ya >= yb or xa >= xb:
-                continue
-            dx, dy = xx[ya:yb, xa:xb] - x0[f], yy[ya:yb, xa:xb] - y0[f]
-            c, sn = np.cos(a[f]), np.sin(a[f])
-            u, v = (c * dx + sn * dy) / rad[f], (-sn * dx + c * dy) / rad[f]
-            inside = _shape_mask(shp, u, v)
-            # lit from one side in the object's own frame (so spinning turns the shading), its pattern, a dark rim
-            shade = (1 - K["shade"] * (1 - u.clip(-1, 1)) / 2) * (1 + K["obj_tex"] * 0.5 * (_texture(tx, u, v, tp) - 1))
-            shade = np.where(_shape_mask(shp, u * 1.15, v * 1.15), shade, 0.35)
-            box = video[f, ya:yb, xa:xb]
-            box[inside] = (col * shade[..., None])[inside]
-            if n == len(objects) - 1:                          # the actor, drawn last: what it covers is its own
-                main_mask[f, ya:yb, xa:xb] |= inside
-    words = dict(colour=colours[ci], shape=shape, texture=tex, action=DEMO_ACTIONS[label], bg=bg_name,
-                 dcolour=colours[di], dshape=dshape, dtexture=dtex)
-    return np.clip(video, 0, 255).astype(np.uint8), main_mask, words
-
-
-# What one frame shows, the main object first, as BLIP-2 captions a keyframe: objects, colours, textures, the scene.
-DEMO_CAPTIONS = ["a {texture} {colour} {shape} and a small {dcolour} {dshape} on a {bg} background",
-                 "a glowing {colour} {shape} with a {texture} pattern in front of a {bg} wall",
-                 "a picture of a {colour} {texture} {shape} next to a small {dcolour} {dshape}",
-                 "a {colour} {shape} lighting up a {bg} surface",
-                 "an image of a {texture} {colour} {shape}",
-                 "a {colour} {shape} and a {dtexture} {dcolour} {dshape} on a {bg} background"]
-DEMO_ACTION_CAPTION = "a {colour} {shape} that {verb} on a {bg} background"
-DEMO_ACTION_RATE = 0.1  # the share of videos with one caption that names the action (one frame rarely shows it)
-
-
-def _demo_captions(w, rng):
-    """Three captions, as BLIP-2 gives for three keyframes: what one frame shows, and for about one video in ten
-    one caption that names the action."""
-    caps = [DEMO_CAPTIONS[i].format(**w) for i in rng.choice(len(DEMO_CAPTIONS), size=3, replace=False)]
-    if rng.random() < DEMO_ACTION_RATE:
-        caps[rng.integers(3)] = DEMO_ACTION_CAPTION.format(verb=w["action"][1], **w)
-    return [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in caps]  # "an orange square"
-
-
-def write_video(path, frames, fps=25, gop=16):
-    """uint8 (T, H, W, 3) -> H.264 mp4. No B-frames and no scene-cut keyframes: the P-frames carry the
-    motion vectors that motion-guided masking reads, and keyframes come every `gop` frames."""
-    with av.open(path, "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.height, s.width = frames.shape[1:3]
-        s.pix_fmt = "yuv420p"
-        s.options = {"g": str(gop), "bf": "0", "sc_threshold": "0", "preset": "ultrafast", "crf": "20"}
-        for a in frames:
-            c.mux(s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
-        c.mux(s.encode())
-
-
-def demo_dataset(cache_dir=None, seed=0, train_per_class=40, val_per_class=10):
-    """The built-in demo dataset, generated on first use -> dict(root, train, val, class_names, captions, objects).
-    objects: one .npz, key = a video's file stem, value = its main object's mask, bool (T, H, W) as stored."""
-    cache_dir = cache_dir or os.environ.get("TGM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tgm")
-    name = f"demo-v{DEMO_VERSION}-seed{seed}" + ("" if (train_per_class, val_per_class) == (40, 10) else f"-{train_per_class}x{val_per_class}")
-    root = os.path.join(cache_dir, name)
-    paths = {k: os.path.join(root, f) for k, f in
-             [("train", "train.txt"), ("val", "val.txt"), ("class_names", "class_names.txt"), ("captions", "captions.jsonl"),
-              ("objects", "objects.npz")]}
-    paths["root"] = root
-    if os.path.isdir(root):
-        return paths
-    os.makedirs(cache_dir, exist_ok=True)
-    # build in a temporary folder and rename it into place: a crash never leaves a half dataset, and
-    # several processes (DDP ranks) starting at once each build one and the first rename wins
-    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir)
-    try:
-        os.makedirs(os.path.join(tmp, "videos"))
-        lists, caps, objects = {"train": [], "val": []}, [], {}
-        k = 0
-        for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-            for label in range(len(DEMO_ACTIONS)):
-                for _ in range(per_class):
-                    rng = np.random.default_rng([seed, k])  # one stream per video: deterministic, order-free
-                    frames, main_mask, words = _render_demo(rng, label)
-                    rel = f"videos/{split}_{k:05d}.mp4"
-                    write_video(os.path.join(tmp, rel), frames)
-                    objects[f"{split}_{k:05d}"] = main_mask
-                    lists[split].append(f"{rel} {label}\n")
-                    caps.append(json.dumps({"video": rel, "captions": _demo_captions(words, rng), "source": "demo"}) + "\n")
-                    k += 1
-        for split in lists:
-            with open(os.path.join(tmp, f"{split}.txt"), "w") as f:
-                f.writelines(lists[split])
-        with open(os.path.join(tmp, "class_names.txt"), "w") as f:
-            f.writelines(a[0] + "\n" for a in DEMO_ACTIONS)
-        with open(os.path.join(tmp, "captions.jsonl"), "w") as f:
-            f.writelines(caps)
-        np.savez_compressed(os.path.join(tmp, "objects.npz"), **objects)  # a few hundred kB: masks compress well
-        os.rename(tmp, root)
-    except OSError:
-        if not os.path.isdir(root):
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return paths

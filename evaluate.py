@@ -127,12 +127,14 @@ def load_pretrained(path, args):
     return model.eval(), {}, None                              # published weights: no contrastive head
 
 
-def load_clip(name, pretrained, device, demo):
-    """masking.load_clip_for -> (clip, tokenizer, name, pretrained) of the CLIP loaded, with a sentence instead of a
-    traceback when the weights cannot be had. demo (the demo dataset, no --clip-pretrained typed): the demo CLIP
-    stands in for missing weights, as in pretrain.py's demo."""
+def load_clip(args, pre_args, device):
+    """The pretraining run's CLIP (unless --clip-model / --clip-pretrained say otherwise) -> (clip, tokenizer, name,
+    weights), with a sentence instead of a traceback when the weights cannot be had."""
+    name = args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu")
+    pretrained = args.clip_pretrained or pre_args.get("clip_pretrained") or "openai"
+    torch.manual_seed(args.seed)                               # a random CLIP ('none') is then the same every run
     try:
-        return masking.load_clip_for(name, pretrained, device, demo)
+        return (*masking.load_clip(name, pretrained, device), name, pretrained)
     except masking.ClipWeightsError as e:
         raise SystemExit(f"evaluate.py: {e}")
 
@@ -383,7 +385,7 @@ def run_retrieval(args, model, pre_args, device, amp, rank, world, write_json):
           f"(written to {path}; bad videos skipped: {len(res['bad_videos'])})")
 
 
-def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json, clip_demo):
+def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json):
     """Video -> text retrieval through the contrastive head (Sec. 3.4), an extra beside Table 3: the --val-data
     videos (one centre view each) rank CLIP's embeddings of the class names or of the captions; a video's positives
     are its class's name or its own captions."""
@@ -409,10 +411,7 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, wr
         texts, positives = text_gallery(labels, class_names=class_names)
     else:
         texts, positives = text_gallery(labels, video_captions=[ds.captions.get(ds.rel[i], []) for i in index])
-    clip_model = args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu")
-    torch.manual_seed(args.seed)                               # random CLIP ('none') is then the same every run
-    clip, tok, clip_model, clip_pretrained = load_clip(clip_model, args.clip_pretrained or pre_args.get(
-        "clip_pretrained", "openai"), device, clip_demo)
+    clip, tok, clip_model, clip_pretrained = load_clip(args, pre_args, device)
     if clip_pretrained == "none":
         print("warning: a random CLIP gives random text embeddings: recall means something only against the "
               "same random CLIP the pretraining used (seeded identically)")
@@ -432,7 +431,7 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, wr
           f"(written to {path}; bad videos skipped: {len(bad)})")
 
 
-def run_pictures(args, model, pre_args, device, out_dir, clip_demo):
+def run_pictures(args, model, pre_args, device, out_dir):
     """Fig. 3: one picture per video (input, mask, reconstruction, attention), on rank 0's CPU."""
     cfg = model.cfg
     mask_name = args.mask or pre_args.get("mask", "tube")
@@ -442,9 +441,7 @@ def run_pictures(args, model, pre_args, device, out_dir, clip_demo):
                    sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
     class_names = class_names_of(args.class_names) if args.class_names else None
     if mask_name == "tgm":
-        torch.manual_seed(args.seed)                           # random CLIP ('none') is then the same every run
-        clip, tok, _, _ = load_clip(args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu"),
-                                    args.clip_pretrained or pre_args.get("clip_pretrained", "openai"), device, clip_demo)
+        clip, tok, _, _ = load_clip(args, pre_args, device)
         features = args.tgm_features or pre_args.get("tgm_features") or "patch"
         tgm = masking.TextGuidedMasker(clip, features, ratio, pre_args.get("tgm_order", "top"), cfg.patch_size,
                                        cfg.tubelet_size)
@@ -531,15 +528,9 @@ def main(args):
         raise SystemExit("--retrieval and --visualize are separate runs; pass one of them")
     out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
-    clip_demo = None  # the demo dataset, where the demo CLIP may stand in for CLIP weights that cannot be had
-    if args.data is None:
-        demo = data.demo_dataset()
-        clip_demo = demo if args.clip_pretrained is None else None
-        # the test and the pictures read the val split; retrieval queries it against the train split
-        args.data, args.val_data = (demo["train"], args.val_data or demo["val"]) if args.retrieval else (demo["val"], None)
-        args.root = demo["root"]
-        args.captions, args.class_names = args.captions or demo["captions"], args.class_names or demo["class_names"]
-        M.print0(f"no --data: the demo dataset in {demo['root']}")
+    if args.data is None or args.clip_pretrained == "demo":
+        import demo  # the built-in demo's lists (retrieval: val queries, train gallery) and CLIP, for what was not typed
+        demo.fill(args, "evaluate")
     amp = M.autocast(device, args.precision)
     torch.manual_seed(args.seed)
 
@@ -555,9 +546,9 @@ def main(args):
         model.to(device)
     if args.visualize:
         if rank == 0:
-            run_pictures(args, model, pre_args, device, out_dir, clip_demo)
+            run_pictures(args, model, pre_args, device, out_dir)
     elif args.retrieval and args.text:
-        run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json, clip_demo)
+        run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json)
     elif args.retrieval:
         run_retrieval(args, model, pre_args, device, amp, rank, world, write_json)
     else:

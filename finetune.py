@@ -90,14 +90,12 @@ parser.add_argument("--resume", default=None, help="a finetune ckpt.pt to contin
 parser.add_argument("--log-interval", type=int, default=10, help="steps between log lines")
 parser.add_argument("--seed", type=int, default=0)
 
-# (paper, demo) values of the flags whose default is None, per mode. The demo: 320 synthetic train videos of
-# 8 actions (data.demo_dataset); a tiny model sees them in minutes on a CPU. Its lr is higher than the
-# paper's because the demo's global batch is 16, not 512, and its runs are a few hundred steps, not 50k.
-DEFAULTS = {
-    "finetune": dict(epochs=(100, 8), batch_size=(8, 16), lr=(1e-3, 5e-3), warmup_epochs=(5, 1), weight_decay=(0.05, 0.05)),
-    "linear": dict(epochs=(90, 20), batch_size=(128, 16), lr=(0.1, 0.1), warmup_epochs=(10, 2), weight_decay=(0.0, 0.0)),
+# The paper's values of the flags whose default is None, per mode (with no --data, demo.py fills them first).
+PAPER = {
+    "finetune": dict(epochs=100, batch_size=8, lr=1e-3, warmup_epochs=5, weight_decay=0.05),
+    "linear": dict(epochs=90, batch_size=128, lr=0.1, warmup_epochs=10, weight_decay=0.0),
 }
-SHAPE_DEFAULTS = dict(model=("vit_base", "vit_tiny"), num_frames=(16, 8), input_size=(224, 64), sampling_rate=(4, 4))
+PAPER_SHAPE = dict(model="vit_base", num_frames=16, input_size=224, sampling_rate=4)
 
 
 # -----------------------------------------------------------------------------
@@ -144,19 +142,18 @@ def build_model(args, cfg, num_classes):
 
 
 def resolve_args(args, pretrained_cfg=None, say=print):
-    """Fill the None defaults (paper / demo / checkpoint) and reject flag combinations that cannot work."""
-    demo = args.data is None
-    for k, (paper, small) in DEFAULTS[args.mode].items():
-        if getattr(args, k) is None:
-            setattr(args, k, small if demo else paper)
+    """Fill the None defaults (checkpoint / demo / paper) and reject flag combinations that cannot work."""
     if pretrained_cfg is not None:
         M.check_shape_flags(pretrained_cfg, args.num_frames, args.input_size)
         args.num_frames, args.input_size = pretrained_cfg.num_frames, pretrained_cfg.img_size
         if args.model is not None:
             say(f"--model {args.model} is ignored: the checkpoint stores its own model config")
-    for k, (paper, small) in SHAPE_DEFAULTS.items():
+    if args.data is None:
+        import demo  # the built-in demo's lists and sizes, for what was not typed
+        demo.fill(args, args.mode)
+    for k, v in {**PAPER[args.mode], **PAPER_SHAPE}.items():
         if getattr(args, k) is None:
-            setattr(args, k, small if demo else paper)
+            setattr(args, k, v)
     if args.data is not None and args.val_data is None:
         say("no --val-data: training without per-epoch validation")
     if not 0 <= args.randaug_m <= 10:
@@ -360,11 +357,6 @@ def starting_point(args):
 def make_loaders(args, state, rank, world, device):
     """Random-resized-crop clips to train (finetuning: with RandAugment and random erasing), one centre view per
     video to validate -> (train dataset, train loader, val loader or None, K classes)."""
-    if args.data is None:
-        demo = data.demo_dataset()
-        args.data, args.val_data, args.root = demo["train"], args.val_data or demo["val"], demo["root"]
-        args.class_names = args.class_names or demo["class_names"]
-        M.print0(f"no --data: the built-in demo dataset in {demo['root']}")
     try:  # a missing list, or a malformed line (file:line: reason), stops here and not mid-run
         # RandAugment and random erasing only when finetuning: MAE's linear probe trains on plain crops
         aug = dict(randaug_n=args.randaug_n, randaug_m=args.randaug_m, reprob=args.reprob) if args.mode == "finetune" else {}

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify, print0, save_checkpoint, write_whole
+from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify, print0, write_whole
 
 # Notation: B clips, C channels, T frames of H x W pixels, tubelet t, patch p, grid (T', h, w) = (T/t, H/p, W/p),
 # N = T' * h * w tokens, k tokens masked per time slice, E the CLIP embedding width.
@@ -218,7 +218,7 @@ def _cached_or_reachable(name, tag, cache_dir):
     return tag
 
 
-def _register(name):
+def register_config(name):
     """A model name, or the path of an open_clip config (.json) -> the name open_clip knows it by (the file's stem)."""
     if name.endswith(".json") and os.path.isfile(name):
         open_clip.add_model_config(name)  # registers the config under the file's stem
@@ -227,7 +227,7 @@ def _register(name):
 
 
 @contextlib.contextmanager
-def _random_weights_meant():
+def random_weights_meant():
     """open_clip warns (root logger, on every rank) when it builds a CLIP without weights: held back where that is
     what was asked for, and said once by our own sentence."""
     level = logging.root.manager.disable
@@ -238,28 +238,35 @@ def _random_weights_meant():
         logging.disable(level)
 
 
+def clip_weights(name, pretrained, cache_dir=None):
+    """Where CLIP `name`'s weights come from -> None (random: 'none'), a file, or an open_clip tag that is cached or
+    can be downloaded; ClipWeightsError (a sentence saying what to pass instead) when they cannot be had."""
+    name = register_config(name)
+    if pretrained == "none":
+        return None
+    if os.path.isfile(pretrained):
+        return pretrained
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        raise ClipWeightsError(
+            f"--clip-pretrained {pretrained!r} is neither a file nor a weights tag of {name} "
+            f"({', '.join(open_clip.list_pretrained_tags_by_model(name))}); pass one of those, a file, or none")
+    if cfg.get("quick_gelu") and not open_clip.get_model_config(name).get("quick_gelu"):
+        raise ClipWeightsError(f"the {pretrained!r} weights need QuickGELU: use --clip-model {name}-quickgelu "
+                               f"(open_clip's {name} builds GELU and only warns)")
+    return _cached_or_reachable(name, pretrained, cache_dir)
+
+
 def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cache_dir=None):
     """-> (clip, tokenizer): a frozen open_clip model in eval mode and its tokenizer.
     pretrained: an open_clip tag ('openai': download or cache), a local weights file, or 'none' (random
     weights). Use the -quickgelu name with 'openai': plain ViT-B-32 would silently build GELU (docs/design.md "Masking").
-    name may also be the path of an open_clip model config (.json), for a CLIP open_clip does not list."""
-    name = _register(name)
-    if pretrained == "none":
+    name may also be the path of an open_clip model config (.json), for a CLIP open_clip does not list (the demo's)."""
+    source = clip_weights(name, pretrained, cache_dir)
+    name = register_config(name)
+    if source is None:
         print0(f"CLIP {name} has random weights (--clip-pretrained none): text-guided masks carry no meaning")
-        source = None
-    elif os.path.isfile(pretrained):
-        source = pretrained
-    elif open_clip.get_pretrained_cfg(name, pretrained):
-        if open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu") and not \
-                open_clip.get_model_config(name).get("quick_gelu"):
-            raise ClipWeightsError(f"the {pretrained!r} weights need QuickGELU: use --clip-model {name}-quickgelu "
-                                   f"(open_clip's {name} builds GELU and only warns)")
-        source = _cached_or_reachable(name, pretrained, cache_dir)
-    else:
-        raise ClipWeightsError(
-            f"--clip-pretrained {pretrained!r} is neither a file nor a weights tag of {name} "
-            f"({', '.join(open_clip.list_pretrained_tags_by_model(name))}); pass one of those, a file, or none")
-    with _random_weights_meant() if source is None else contextlib.nullcontext():
+    with random_weights_meant() if source is None else contextlib.nullcontext():
         clip = open_clip.create_model(name, pretrained=source, device=device, cache_dir=cache_dir)
     clip.eval().requires_grad_(False)  # frozen: the masks and the text targets never train CLIP (Sec. 3.3, 3.4)
     return clip, open_clip.get_tokenizer(name)
@@ -576,169 +583,6 @@ class TextMapMasker(LoaderMasker):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The demo CLIP: a small open_clip model trained on the demo's own frames and captions
-#
-# NOTE: not in the paper. Offline (no OpenAI weights: CI, the tests, a machine without network) a random CLIP gives
-# text-guided masks that follow no word. This CLIP, trained in about a minute on the demo dataset's frames and
-# captions, knows the demo's colours, shapes and scenes, so the demo's TGM masks follow its captions; and it is
-# small, so a demo TGM step with the paper's per-patch features costs 1.4-1.8x a tube step (ViT-B/32's cheaper
-# 'dense' features cost 5-6x). It is open_clip's own CLIP class built from a config of its own, saved in
-# open_clip's weight format and loaded by load_clip like any other weights file.
-
-DEMO_CLIP_NAME = "tgm-demo-clip-v1"  # its config file's stem, the name load_clip registers it under; bump to retrain
-DEMO_CLIP = {
-    "embed_dim": 64,
-    # 32 px images in 8 px patches: a 4 x 4 token grid, the demo MAE's own (64 px clips in 16 px patches), so 'dense'
-    # features run this CLIP at its trained size and 'patch' features upsample each 16 px patch to 32 px. Pooling is
-    # CLIP's usual class token: with mean pooling ('avg') instead, the patch tokens that 'dense' reads scored the
-    # background above the object the caption names (in our trials; benchmarks/bench_demo_clip.py measures masks).
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-DEMO_CLIP_STEPS, DEMO_CLIP_BATCH, DEMO_CLIP_LR = 300, 128, 1e-3
-DEMO_CLIP_FRAMES = 8  # frames decoded per training video, spread over its length
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """torch on one CPU thread inside the block. The demo CLIP trains so: the same weights for a seed whatever the
-    machine's thread count, and its matrices are too small to gain much from threads (on a busy 2-core machine,
-    two threads made its steps several times slower than one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_CLIP_BATCH, lr=DEMO_CLIP_LR,
-                    seed=0, crop_scale=(0.02, 1.0)):
-    """CLIP's contrastive training, from scratch, on frames and their captions -> the open_clip model, frozen, in
-    eval mode. videos: list of (frames uint8 (F, H, W, 3), captions list[str]); config_path: an open_clip config
-    (.json). Each step draws batch_size distinct videos and, for each, a frame, a random crop of it and one of its
-    captions, and takes an AdamW step on the symmetric InfoNCE with a learnt temperature (CLIP's loss). The crops
-    span crop_scale of the frame's area: small ones (about a 'patch' feature's 16 px of a demo clip) pair a part
-    of a frame with the words of its caption, large ones the whole scene. Deterministic for a seed (one thread)."""
-    name = _register(config_path)
-    tokenizer = open_clip.get_tokenizer(name)
-    distinct = sorted({c for _, caps in videos for c in caps})
-    ids = {c: i for i, c in enumerate(distinct)}  # two videos may share a caption: the loss tells them apart by id
-    tokens = tokenizer(distinct)  # (n_captions, context): tokenised once
-    rng = np.random.default_rng(seed)  # every draw of the batches below
-    B = min(batch_size, len(videos))
-    warmup = max(1, steps // 10)
-    # fork_rng: the caller's random state is left as it was, so a run that trains this CLIP and a run that loads it
-    # go on with the same draws
-    with _one_thread(), torch.random.fork_rng():
-        torch.manual_seed(seed)
-        with _random_weights_meant():  # from scratch: random weights are the point
-            clip = open_clip.create_model(name)
-        pp = open_clip.get_model_preprocess_cfg(clip)  # the statistics TextGuidedMasker normalises CLIP's input with
-        mean = torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
-        std = torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
-        size = clip.visual.image_size
-        # CLIP's recipe: AdamW (0.9, 0.98), eps 1e-6, weight decay on matrices only (not gains, biases, logit scale)
-        params = list(clip.parameters())
-        optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
-                                       {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                                      lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
-        clip.train()
-        for step in tqdm(range(steps), desc="training the demo CLIP", leave=False, dynamic_ncols=True):
-            # linear warmup, then a cosine to 0
-            f = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * f
-            images, caption_ids = [], []
-            for v in rng.choice(len(videos), size=B, replace=False):  # distinct videos: no row's twin is a negative
-                frames, captions = videos[v]
-                frame = torch.from_numpy(frames[rng.integers(len(frames))]).permute(2, 0, 1)  # (C, H, W) uint8
-                # the crop's area log-uniform over crop_scale: as many patch-sized crops as frame-sized ones
-                area = math.exp(rng.uniform(math.log(crop_scale[0]), math.log(crop_scale[1])))
-                crop = data.random_resized_crop(*frame.shape[1:], scale=(area, area), flip=True, rng=rng)
-                images.append(data.apply_crop(frame, crop, size, torch.float32))  # (C, S, S) in [0, 255]
-                caption_ids.append(ids[captions[rng.integers(len(captions))]])
-            x = (torch.stack(images) / 255 - mean) / std  # (B, C, S, S), as CLIP's preprocessing gives it
-            c = torch.tensor(caption_ids)  # (B,)
-            img = F.normalize(clip.encode_image(x), dim=-1)  # (B, E)
-            txt = F.normalize(encode_text(clip, tokens[c]), dim=-1)  # (B, E)
-            logits = clip.logit_scale.exp() * img @ txt.t()  # (B, B): cosine / tau, the positive pairs on the diagonal
-            same = c[:, None] == c[None, :]  # two rows with the same caption are neither positive nor negative:
-            same.fill_diagonal_(False)       # that pair leaves both denominators
-            logits = logits.masked_fill(same, float("-inf"))
-            labels = torch.arange(B)
-            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2  # image->text, text->image
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                clip.logit_scale.clamp_(0, math.log(100))  # CLIP's cap: 1 / tau <= 100
-    return clip.eval().requires_grad_(False)
-
-
-def demo_clip_videos(list_file, root, captions_file, num_frames=DEMO_CLIP_FRAMES):
-    """The training material of the demo CLIP: [(frames uint8 (F, H, W, 3), captions)] for every video of the list
-    that has captions, F = num_frames spread over the video. A video that cannot be read is left out."""
-    captions = data.read_captions(captions_file)
-    videos = []
-    for rel, _ in tqdm(data.read_list(list_file), desc="decoding demo frames", leave=False):
-        if not captions.get(rel):
-            continue
-        path = os.path.join(root, rel)
-        try:
-            n = data.probe_video(path).num_frames
-            videos.append((data.read_frames(path, np.linspace(0, n - 1, num_frames).round().astype(int)), captions[rel]))
-        except data.VideoError:
-            continue
-    return videos
-
-
-def demo_clip(demo, seed=0, name=DEMO_CLIP_NAME, config=DEMO_CLIP, steps=DEMO_CLIP_STEPS):
-    """The demo CLIP of a demo dataset (data.demo_dataset()'s dict) -> (config path, weights path), both in the
-    dataset's folder, for load_clip; trained on its train split on first use (about a minute on 2 CPU cores)."""
-    config_path = os.path.join(demo["root"], f"{name}.json")
-    weights = os.path.join(demo["root"], f"{name}-seed{seed}.pt")
-    if not os.path.isfile(weights):
-        write_whole(config_path, lambda f: f.write(json.dumps(config, indent=1).encode()))
-        videos = demo_clip_videos(demo["train"], demo["root"], demo["captions"])
-        clip = train_demo_clip(videos, config_path, steps=steps, seed=seed)
-        # open_clip's own format, a state dict: open_clip.create_model(name, pretrained=weights) loads it
-        save_checkpoint(weights, clip.state_dict())
-    return config_path, weights
-
-
-def default_features(on_demo, clip_pretrained):
-    """--tgm-features when not typed: the paper's 'patch', except on the demo with a full-size CLIP, where ViT-B/32 on
-    each of a step's 2,048 patches would take minutes on a CPU. The demo CLIP is small enough for them, and only they
-    follow its words (benchmarks/bench_demo_clip.py: its dense features find the salient object, not the named one)."""
-    return "dense" if on_demo and clip_pretrained != "demo" else "patch"
-
-
-def load_clip_for(name, pretrained, device="cpu", demo=None):
-    """load_clip, and the one place that decides when the demo CLIP stands in -> (clip, tokenizer, name, pretrained)
-    of the CLIP actually loaded (a run records those two, so evaluate.py loads the same CLIP).
-
-    pretrained: as load_clip's, or 'demo': the demo CLIP (its own config: name is then not used), trained on first
-    use. demo: the demo dataset's dict, given only when a run is on the demo and --clip-pretrained was not typed:
-    then weights that cannot be had (offline, not cached) give the demo CLIP instead, with one message. Without
-    it they raise ClipWeightsError: real data never gets a stand-in CLIP silently."""
-    if pretrained != "demo":
-        try:
-            return (*load_clip(name, pretrained, device), name, pretrained)
-        except ClipWeightsError as e:
-            if demo is None:
-                raise
-            print0(f"the demo uses the demo CLIP, a small CLIP trained on the demo's frames and captions "
-                   f"(--clip-pretrained demo), instead of {name} {pretrained!r}: {e}")
-    else:
-        if demo is None:  # typed on real data: the user asked for it
-            print0("--clip-pretrained demo: a small CLIP trained on the demo dataset; it knows the demo's words only")
-            demo = data.demo_dataset()
-    config_path, weights = demo_clip(demo)
-    return (*load_clip(config_path, weights, device), _register(config_path), "demo")
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # A picture of a mask, and the command line
 
 def draw_mask(frames, mask, grid, title=""):
@@ -834,11 +678,7 @@ def get_args(argv=None):
 
 
 def make_maps_main(args):
-    """masking.py --make-maps DIR: the maps of a list's videos (make_maps), the demo's train list without --data."""
-    demo = None
-    if args.data is None:
-        demo = data.demo_dataset()
-        args.data, args.root, args.captions = demo["train"], demo["root"], args.captions or demo["captions"]
+    """masking.py --make-maps DIR: the maps of a list's videos (make_maps)."""
     if not args.captions:
         sys.exit("error: --make-maps needs --captions FILE (make one with caption.py)")
     try:
@@ -849,12 +689,12 @@ def make_maps_main(args):
     rels = [rel for rel, _ in data.read_list(args.data)]  # as written in the list: the captions' and maps' keys
     items = [(os.path.join(args.root, rel), rel) for rel in rels][i::n]  # this shard's (path, rel)
     captions = data.read_captions(args.captions)
+    name, pretrained = args.clip_model, args.clip_pretrained or "openai"
     try:
-        clip, tokenizer, name, pretrained = load_clip_for(args.clip_model, args.clip_pretrained or "openai",
-                                                          args.device, demo if args.clip_pretrained is None else None)
+        clip, tokenizer = load_clip(name, pretrained, args.device)
     except ClipWeightsError as e:
         sys.exit(f"error: {e}")
-    cells = args.cells or (args.input_size or (64 if demo else 224)) // args.patch_size
+    cells = args.cells or (args.input_size or 224) // args.patch_size
     try:
         made, done, failed = make_maps(clip, tokenizer, items, captions, args.make_maps,
                                        maps_identity(name, pretrained, captions, rels), cells, args.frame_stride,
@@ -868,17 +708,10 @@ def make_maps_main(args):
 
 def main(args):
     caption = args.caption
-    demo = data.demo_dataset() if args.video is None else None  # no --video: the demo dataset's first val video
-    if demo:
-        rel = data.read_list(demo["val"])[0][0]
-        args.video = os.path.join(demo["root"], rel)
-        caption = caption or data.read_captions(demo["captions"])[rel][0]
     if args.mask == "tgm" and not caption:
         sys.exit("error: --mask tgm needs --caption \"...\" (the text the mask follows)")
     ratio = PAPER_RATIO[args.mask] if args.ratio is None else args.ratio
-    # the demo video is cut as pretrain.py's demo cuts its clips, the size the demo CLIP was trained for
-    T = args.num_frames or (8 if demo else 16)
-    S = args.input_size or (64 if demo else 224)
+    T, S = args.num_frames or 16, args.input_size or 224
     t, p = args.tubelet_size, args.patch_size
     if T % t or S % p:
         sys.exit(f"error: --num-frames {T} and --input-size {S} must be multiples of {t} and {p}")
@@ -896,8 +729,7 @@ def main(args):
     crop = data.uniform_crop(info.height, info.width, S, 0, num_crops=1)
     crop = dataclasses.replace(crop, flip=args.flip)
     pixels = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), crop, S, torch.float32)  # (T, C, S, S)
-    pixels = pixels.permute(0, 2, 3, 1)  # (T, S, S, C) in [0, 255]
-    video = data.normalize(pixels)  # (C, T, S, S) ImageNet-normalised
+    video = data.normalize(pixels.permute(0, 2, 3, 1))  # (C, T, S, S) ImageNet-normalised
     g = torch.Generator().manual_seed(args.seed)
 
     if args.mask == "random":
@@ -910,12 +742,11 @@ def main(args):
         if fell_back:
             print(f"{args.video} carries no motion vectors: fell back to a tube mask")
     else:
-        try:  # on the demo video, unless --clip-pretrained was typed, the demo CLIP stands in for missing weights
-            clip, tokenizer, _, pretrained = load_clip_for(args.clip_model, args.clip_pretrained or "openai",
-                                                           args.device, demo if args.clip_pretrained is None else None)
+        try:
+            clip, tokenizer = load_clip(args.clip_model, args.clip_pretrained or "openai", args.device)
         except ClipWeightsError as e:
             sys.exit(f"error: {e}")
-        features = args.tgm_features or default_features(demo is not None, pretrained)
+        features = args.tgm_features or "patch"
         text = TextEmbedder(clip, tokenizer)([caption])
         masker = TextGuidedMasker(clip, features, ratio, args.tgm_order, p, t, args.chunk_size)
         mask = masker(video[None], text, g)[0]
@@ -931,4 +762,7 @@ def main(args):
 
 if __name__ == "__main__":
     args = get_args()
+    if (args.video is None and args.data is None) or args.clip_pretrained == "demo":
+        import demo  # no --video or --data: the built-in demo fills what was not typed
+        demo.fill(args, "masking")
     make_maps_main(args) if args.make_maps else main(args)

@@ -30,10 +30,8 @@ Mask convention everywhere: mask is (B, N) bool, True = masked (hidden from the 
 Try it:  python -m pytest -q tests/test_model.py
 """
 import contextlib
-import ctypes
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -266,9 +264,13 @@ def init_weights(m):
 
 def split_ids(mask):
     """mask (B, N) bool, True = masked, the same count per row -> token ids (B, N_vis), (B, N_mask), each in
-    raster order: the order boolean indexing (x[~mask], x[mask]) gives, at one host sync instead of one per use."""
+    raster order: the order boolean indexing (x[~mask], x[mask]) gives, at one host sync instead of one per use.
+    Rows with other counts cannot share one (B, N_vis) tensor: a ValueError, not a silent misalignment."""
     ids = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # (B, N): visible (False) first, stable = raster
-    n_vis = mask.shape[1] - int(mask[0].sum())
+    lo, hi = torch.stack(mask.sum(dim=1).aminmax()).tolist()  # fewest and most masked tokens of a row: one sync
+    if lo != hi:
+        raise ValueError(f"every clip of a batch must mask the same number of tokens, got {lo} to {hi}")
+    n_vis = mask.shape[1] - hi
     return ids[:, :n_vis], ids[:, n_vis:]
 
 
@@ -484,11 +486,16 @@ def gather_with_local_grad(x):
     return torch.cat(parts)
 
 
-def info_nce(v, t, tau=0.07, text_ids=None):
+def info_nce(v, t, tau=0.07, text_ids=None, grad_sync="mean"):
     """(L_NCE(v, t) + L_NCE(t, v)) / 2 of Sec. 3.4, Eq. (4). v, t: (B, E) L2-normalised; row i is a pair.
 
     The negatives of a pair are all other clips (texts) of the *global* batch: under torch.distributed both
     sides are gathered from every rank, so the value equals the one-process value on the same global batch.
+    Every rank computes that same global loss, but its graph reaches only its own clips, so the ranks' gradients
+    must be *summed* to give the global loss's gradient. grad_sync says what the caller does with them:
+    'mean' (DDP, and FSDP by default, average the ranks' gradients): this loss's gradient is scaled by the world
+    size, so the average comes out right; 'sum' (the caller all-reduces with SUM, or syncs nothing itself and
+    wants each rank's share): left as it is. Without a process group both are the same.
 
     text_ids (B,) int, optional: which caption row i carries, -1 for a clip without one. A clip without a
     caption takes no part (its row and column are dropped), and two clips with the same caption are neither
@@ -497,6 +504,8 @@ def info_nce(v, t, tau=0.07, text_ids=None):
     class (Table 6b). NOTE: the paper does not say; counting them as negatives would push apart clips whose
     targets are the very same vector, so the loss could never reach its minimum.
     """
+    if grad_sync not in ("mean", "sum"):
+        raise ValueError(f"grad_sync must be 'mean' or 'sum', not {grad_sync!r}")
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
         v, t = gather_with_local_grad(v), gather_with_local_grad(t)
@@ -515,10 +524,9 @@ def info_nce(v, t, tau=0.07, text_ids=None):
             return v.sum() * 0.0
     labels = torch.arange(logits.shape[0], device=logits.device)  # the positive k+ sits on the diagonal
     loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2  # video->text, text->video
-    if world > 1:
-        # Every rank computes the same global loss, but its graph reaches only its own clips, and DDP
-        # *averages* gradients over ranks: that would divide this term by `world`. Scaling the gradient (not
-        # the value) by `world` gives every clip exactly the gradient of the global-batch loss.
+    if world > 1 and grad_sync == "mean":
+        # the average over ranks would divide this term's gradient by `world`: scale the gradient (not the value)
+        # by `world`, so every clip gets exactly the gradient of the global-batch loss
         loss = loss * world - loss.detach() * (world - 1)
     return loss
 
@@ -761,11 +769,8 @@ def load_videomae_weights(module, path):
 
 def setup_distributed(device=None):
     """torchrun sets RANK: join its process group (NCCL on GPUs, Gloo on CPUs) -> (rank, world, device). A plain
-    `python X.py` is rank 0 of 1. device: 'cuda' | 'cpu' | None (a GPU when there is one). On a CPU the process
-    also keeps the memory it frees (keep_freed_memory)."""
+    `python X.py` is rank 0 of 1. device: 'cuda' | 'cpu' | None (a GPU when there is one)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu":
-        keep_freed_memory()
     if "RANK" not in os.environ:
         return 0, 1, device
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -773,25 +778,6 @@ def setup_distributed(device=None):
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
-
-
-def keep_freed_memory():
-    """Linux with glibc: freed memory stays in this process's heap for the next step -> whether it was set.
-
-    NOTE: glibc serves a block above its mmap threshold (at most 32 MiB) with fresh pages and unmaps it on free, and
-    hands the heap's free top back to the kernel. A training step frees and allocates the same big blocks every
-    step (a ViT-B step on two 16x224 clips: attention, activations, the fp32 pixel target), so every step would
-    fault those pages in again, zeroed: ~40,000 page faults per bf16 step, 15-20 % of the step on this 2-core CPU
-    in a fresh process (benchmarks/bench_pretrain.py). The heap then holds the step's peak, which every step
-    reaches anyway. Same as running with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                  # glibc's malloc.h
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
-    except (OSError, AttributeError):                          # another C library (musl): leave it as it is
-        return False
 
 
 def print0(*args, **kwargs):

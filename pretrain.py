@@ -88,23 +88,20 @@ def get_parser():
     return parser
 
 
-# The flags whose default is None: (paper / real data, demo) values. With no --data the demo's apply, so that the
-# demo finishes in minutes on a CPU; a flag typed on the command line always wins.
-DEFAULTS = dict(model=("vit_base", "vit_tiny"), num_frames=(16, 8), sampling_rate=(4, 4), input_size=(224, 64),
-                batch_size=(32, 16), epochs=(200, 4), warmup_epochs=(40, 1), blr=(1.5e-4, 1e-2),
-                save_every=(20, 1), log_interval=(20, 5),
-                num_workers=(min(8, os.cpu_count() or 1), 1))
+# The paper's values of the flags whose default is None; a flag typed on the command line always wins. With no
+# --data the built-in demo (demo.py) first fills them with demo-sized values, so that the demo runs in minutes on a CPU.
+PAPER = dict(model="vit_base", num_frames=16, sampling_rate=4, input_size=224, batch_size=32, epochs=200,
+             warmup_epochs=40, blr=1.5e-4, save_every=20, log_interval=20, num_workers=min(8, os.cpu_count() or 1))
 
 
 def parse_args(argv=None):
     args = get_parser().parse_args(argv)
-    args.demo = args.data is None
-    args.demo_filled = {}
-    for k, (paper, demo) in DEFAULTS.items():
+    if args.data is None or args.clip_pretrained == "demo":
+        import demo  # the built-in demo's data, CLIP and sizes, for what was not typed
+        demo.fill(args, "pretrain")
+    for k, v in PAPER.items():
         if getattr(args, k) is None:
-            setattr(args, k, demo if args.demo else paper)
-            if args.demo:
-                args.demo_filled[k] = demo
+            setattr(args, k, v)
     if args.ratio is None:
         args.ratio = masking.PAPER_RATIO[args.mask]
     check_args(args)
@@ -122,12 +119,12 @@ def check_args(args):
         fail(f"--num-frames {args.num_frames} must be a multiple of the tubelet size {cfg.tubelet_size}")
     if args.input_size % cfg.patch_size:
         fail(f"--input-size {args.input_size} must be a multiple of the patch size {cfg.patch_size}")
-    if args.data is not None and (args.mask == "tgm" or args.contrastive) and not args.captions:
+    if (args.mask == "tgm" or args.contrastive) and not args.captions:
         what = "--mask tgm" if args.mask == "tgm" else "--contrastive"
         fail(f"{what} needs a caption per video: pass --captions FILE (make one with caption.py)")
     if args.tgm_maps and (args.mask != "tgm" or args.tgm_features):
         fail("--tgm-maps gives --mask tgm its masks from maps made offline: drop --tgm-features, or --tgm-maps")
-    if args.data is not None and not os.path.isfile(args.data):
+    if not os.path.isfile(args.data):
         fail(f"--data {args.data}: no such list file")
     if args.captions and not os.path.isfile(args.captions):
         fail(f"--captions {args.captions}: no such file (make one with caption.py)")
@@ -135,7 +132,7 @@ def check_args(args):
         fail("--mse-weight 0 leaves no loss: add --contrastive for pure contrastive pretraining")
     if args.batch_size % args.repeat_aug:
         fail(f"--batch-size {args.batch_size} must be a multiple of --repeat-aug {args.repeat_aug}")
-    if args.data is not None and args.mask == "tgm" and not (args.tgm_maps or args.tgm_features):
+    if args.mask == "tgm" and not (args.tgm_maps or args.tgm_features):
         fail("--mask tgm on your data reads CLIP similarity maps made once, offline (CLIP in the step costs 2.7x to 80x "
              "a tube step): make them with masking.py --make-maps DIR --data LIST --root ROOT --captions FILE, then "
              "pass --tgm-maps DIR; or pass --tgm-features patch|dense to run CLIP in the step")
@@ -164,22 +161,22 @@ def text_targets(embed_text, captions, caption_ids, dim, device):
     return t, torch.tensor([caption_ids.get(c, -1) for c in captions], device=device)
 
 
-def pretraining_loss(mae, raw_model, video, mask, text, text_ids, args):
-    """Sec. 3.5: L = L_MSE + lambda * L_NCE -> (L, L_MSE, L_NCE or None when the run has no text).
+def pretraining_loss(mae, video, mask, t=None, text_ids=None, tau=0.07, mse_weight=1.0, nce_weight=1.0, probe=False):
+    """Sec. 3.5: L = mse_weight * L_MSE + lambda * L_NCE -> (L, L_MSE, L_NCE or None in a run without text).
 
-    mae is the model as trained (DDP-wrapped or not), raw_model the bare VideoMAE (its head).
-    video (B, C, T, H, W); mask (B, N) bool, True = masked; text (B, E) and text_ids (B,) from text_targets.
+    mae: the VideoMAE as trained (bare, or wrapped by DDP / torch.compile); video (B, C, T, H, W); mask (B, N) bool,
+    True = masked; t (B, E) and text_ids (B,): the captions' CLIP embeddings and ids (text_targets); lambda = nce_weight.
+    probe: the head is Fig. 4's online probe instead of L_NCE's: it learns from a stop-gradient copy of the latent, so
+    L_NCE is measured as the encoder learns ("even for pure MAE, the contrastive loss naturally decreases", Sec. 5)
+    but none of its gradient reaches the encoder.
     """
     loss_mse, _, latent = mae(video, mask)                     # Sec. 3.1, Eq. (3): E = phi(V_vis), V' = xi(E, ...)
-    if text is None:
-        return args.mse_weight * loss_mse, loss_mse, None
-    # Without --contrastive the head is Fig. 4's online probe: it learns from a stop-gradient copy of the
-    # latent, so L_NCE is measured as the encoder learns ("even for pure MAE, the contrastive loss naturally
-    # decreases", Sec. 5) but none of its gradient reaches the encoder.
-    v = raw_model.video_embedding(latent if args.contrastive else latent.detach())  # (B, E) L2-normalised
-    loss_nce = M.info_nce(v, text, args.tau, text_ids)         # Sec. 3.4, Eq. (4)
-    nce_weight = args.nce_weight if args.contrastive else 1.0  # the probe's own loss: lambda is for the encoder
-    return args.mse_weight * loss_mse + nce_weight * loss_nce, loss_mse, loss_nce
+    if t is None:
+        return mse_weight * loss_mse, loss_mse, None
+    head = getattr(mae, "module", mae)                         # the VideoMAE inside DDP: its video-text head
+    v = head.video_embedding(latent.detach() if probe else latent)  # (B, E) L2-normalised
+    loss_nce = M.info_nce(v, t, tau, text_ids, grad_sync="mean")  # Sec. 3.4, Eq. (4); DDP averages gradients
+    return mse_weight * loss_mse + nce_weight * loss_nce, loss_mse, loss_nce
 
 
 def main(args):
@@ -188,7 +185,19 @@ def main(args):
     dataset, sampler, steps_per_epoch = make_data(args, rank, world)
     cfg = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames,
                         norm_pix_loss=not args.no_norm_pix_loss)
-    embed_text, caption_ids, tgm = make_text_side(args, dataset, cfg, device, rank, world)  # None x 3 without text
+    embed_text = caption_ids = tgm = None                     # a run without text: no CLIP at all
+    if args.mask == "tgm" or args.contrastive or args.captions:  # the tgm mask, L_NCE, or the Fig. 4 probe
+        clip, tokenizer = load_clip(args, device)
+        if args.tgm_maps:
+            check_maps(args, dataset)
+        embed_text, caption_ids = embed_captions(clip, tokenizer, dataset, device, args.precision)
+        cfg.head_out_dim = embed_text(["a video"]).shape[1]   # CLIP's joint width: video and text meet in one space
+        if args.mask == "tgm" and not args.tgm_maps:          # Sec. 3.3 in the step; with maps, in the loader
+            tgm = masking.TextGuidedMasker(clip, args.tgm_features, args.ratio, args.tgm_order, cfg.patch_size,
+                                           cfg.tubelet_size)
+        M.print0(f"CLIP {args.clip_model} ({args.clip_pretrained or 'openai'}): text-guided masks " + (
+            f"from the maps in {args.tgm_maps}" if args.tgm_maps else f"from its {args.tgm_features} features"
+            if tgm else "off") + (", L_NCE" if args.contrastive else ", the Fig. 4 probe"))
     raw_model = M.VideoMAE(cfg).to(device)
     # what trains the video-text head: L_NCE, the Fig. 4 probe, or nothing (no captions: frozen, so that DDP does
     # not wait for gradients that never come)
@@ -238,7 +247,9 @@ def main(args):
                                           titles=[c or "" for c in captions] if captions else ())
 
             with M.autocast(device, args.precision):
-                loss, loss_mse, loss_nce = pretraining_loss(mae, raw_model, video, mask, text, text_ids, args)
+                loss, loss_mse, loss_nce = pretraining_loss(  # the probe's own loss has weight 1: lambda is the encoder's
+                    mae, video, mask, text, text_ids, args.tau, args.mse_weight,
+                    args.nce_weight if args.contrastive else 1.0, probe=not args.contrastive)
             if not torch.isfinite(loss):
                 raise SystemExit(f"pretrain.py: the loss is {loss.item()} at step {step} (epoch {epoch}); stopping. "
                                  f"The last good checkpoint is {ckpt_path}" + ("" if os.path.isfile(ckpt_path) else " (none saved yet)"))
@@ -282,7 +293,7 @@ def main(args):
 # The set-up of main, in the order it runs
 
 def set_up_run(args, device):
-    """Seeds, precision checks, and the demo's note. The same seed on every rank: the model (and a random CLIP)
+    """Seeds and precision checks. The same seed on every rank: the model (and a random CLIP)
     start identical everywhere; the data draws are seeded per (seed, epoch, video) in data.py, and the tgm
     tie-breaks per (seed, step, rank)."""
     torch.manual_seed(args.seed)
@@ -293,20 +304,11 @@ def set_up_run(args, device):
         args.precision = "fp32"
     if args.precision == "fp16" and device.type == "cpu":
         raise SystemExit("pretrain.py: --precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
-    if args.demo:
-        M.print0("no --data: pretraining on the built-in demo dataset with demo-sized defaults: "
-                 + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.demo_filled.items()))
 
 
 def make_data(args, rank, world):
     """The clips (and, for random/tube/mgm, their masks, made in the loader workers) -> (dataset, the rank's
-    DistributedSampler, steps per epoch). The demo data is built once, by rank 0."""
-    if args.demo:
-        demo = data.demo_dataset() if rank == 0 else None
-        if world > 1:
-            dist.barrier()
-        demo = demo or data.demo_dataset()
-        args.data, args.root, args.captions = demo["train"], demo["root"], demo["captions"]
+    DistributedSampler, steps per epoch)."""
     grid = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames).grid
     mask_fn = {"random": masking.RandomMasker, "tube": masking.TubeMasker, "mgm": masking.MotionMasker}.get(args.mask)
     mask_fn = mask_fn(grid, args.ratio) if mask_fn else None
@@ -331,49 +333,35 @@ def make_data(args, rank, world):
     return dataset, sampler, steps_per_epoch
 
 
-def make_text_side(args, dataset, cfg, device, rank, world):
-    """CLIP, for the tgm mask and the text side of L_NCE (and the Fig. 4 probe whenever there are captions)
-    -> (TextEmbedder, {caption: id}, TextGuidedMasker or None), or (None, None, None) in a run without text.
-    Sets cfg.head_out_dim to CLIP's joint width, so that video and text meet in one space, and records in args the
-    CLIP actually used (the checkpoint then tells evaluate.py which CLIP to load)."""
-    if not (args.mask == "tgm" or args.contrastive or args.captions):
-        return None, None, None
-    # on the demo, unless --clip-pretrained was typed, the demo CLIP stands in for weights that cannot be had; rank 0
-    # loads first (it may train the demo CLIP, about a minute) while the others wait, as for the demo data
-    stand_in = data.demo_dataset() if args.demo and args.clip_pretrained is None else None
+def load_clip(args, device):
+    """The frozen CLIP of the tgm mask and of L_NCE's text side (Sec. 3.3, 3.4), or one sentence when its weights cannot
+    be had. Every rank loads its own copy."""
     try:
-        got = masking.load_clip_for(args.clip_model, args.clip_pretrained or "openai", device, stand_in) if rank == 0 else None
-        if world > 1:
-            dist.barrier()
-        got = got or masking.load_clip_for(args.clip_model, args.clip_pretrained or "openai", device, stand_in)
+        return masking.load_clip(args.clip_model, args.clip_pretrained or "openai", device)
     except masking.ClipWeightsError as e:
         raise SystemExit(f"pretrain.py: {e}")
-    clip, tokenizer, args.clip_model, args.clip_pretrained = got
-    if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions
-        problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
-            args.clip_model, args.clip_pretrained, dataset.captions, dataset.rel), dataset.rel)
-        if problem:
-            raise SystemExit(f"pretrain.py: {problem}")
+
+
+def check_maps(args, dataset):
+    """--tgm-maps: masks from the loader, so the maps must come from this run's CLIP and captions, all made."""
+    problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
+        args.clip_model, args.clip_pretrained or "openai", dataset.captions, dataset.rel), dataset.rel)
+    if problem:
+        raise SystemExit(f"pretrain.py: {problem}")
+
+
+def embed_captions(clip, tokenizer, dataset, device, precision):
+    """Every distinct caption of the list embedded once, up front -> (masking.TextEmbedder holding them, {caption: id},
+    the ids by which info_nce tells same-caption pairs apart). A fixed order and fixed chunks: a text target then never
+    depends on which captions shared its CLIP batch (bit for bit, so --resume is exact). The cache holds E floats per
+    caption on the CPU (K400, 3 captions per video: about 1.5 GB)."""
     embed_text = masking.TextEmbedder(clip, tokenizer)
-    # Every distinct caption of the list is embedded once, up front, in a fixed order and fixed chunks: a text
-    # target then never depends on which captions shared its CLIP batch (bit for bit, so --resume is exact).
-    # The cache holds E floats per caption on the CPU (K400, 3 captions per video: about 1.5 GB).
     distinct = sorted({c for rel in dataset.rel for c in dataset.captions.get(rel, [])})
     for i in tqdm(range(0, len(distinct), 256), desc="embedding captions", disable=int(os.environ.get("RANK", 0)) != 0,
                   leave=False):
-        with M.autocast(device, args.precision):  # CLIP in --precision too (bf16: ~3x faster on a CPU)
+        with M.autocast(device, precision):                   # CLIP in --precision too (bf16: ~3x faster on a CPU)
             embed_text(distinct[i:i + 256])
-    cfg.head_out_dim = embed_text(["a video"]).shape[1]
-    tgm = None
-    if args.tgm_maps:
-        M.print0(f"text-guided masks from the maps in {args.tgm_maps} (CLIP {args.clip_model}, {args.clip_pretrained})")
-    elif args.mask == "tgm":
-        args.tgm_features = args.tgm_features or masking.default_features(args.demo, args.clip_pretrained)
-        M.print0(f"text-guided masks from the {args.tgm_features} features of CLIP {args.clip_model} ({args.clip_pretrained})")
-        tgm = masking.TextGuidedMasker(clip, args.tgm_features, args.ratio, args.tgm_order, cfg.patch_size,
-                                       cfg.tubelet_size)
-    # info_nce tells same-caption pairs apart by these ids
-    return embed_text, {c: i for i, c in enumerate(distinct)}, tgm
+    return embed_text, {c: i for i, c in enumerate(distinct)}
 
 
 def resume(args, ckpt_path, raw_model, optimizer, scaler, rank, steps_per_epoch):
@@ -404,7 +392,7 @@ def save(ckpt_path, args, cfg, raw_model, optimizer, scaler, step, steps_per_epo
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "epoch": step // steps_per_epoch, "model_cfg": M.model_config_dict(cfg),
             "head": head,                                      # contrastive | probe | None: what trained the head
-            "args": {k: v for k, v in vars(args).items() if k != "demo_filled"}, "rng": states})
+            "args": vars(args), "rng": states})
 
 
 def epoch_loader(args, dataset, sampler, epoch, skip_steps, device):

@@ -32,6 +32,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
+import demo as D  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--videos", type=int, default=96, help="videos in the test set")
@@ -64,7 +65,7 @@ def make_video(path, seconds, H, seed, fps=25):
             cy = H / 2 + H / 3 * np.sin(i / (30 + 11 * k) + 2 * phase[k])
             a[(xx - cx) ** 2 + (yy - cy) ** 2 < (H / 10) ** 2] = (200, 80 + 50 * k, 60 * k)
         frames[i] = a
-    data.write_video(path, frames, fps=fps, gop=250)
+    D.write_video(path, frames, fps=fps, gop=250)
 
 
 cache = os.path.join(os.environ.get("TGM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tgm"), "bench")

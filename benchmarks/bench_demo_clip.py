@@ -1,4 +1,4 @@
-"""The demo CLIP (masking.DEMO_CLIP, the stand-in for OpenAI's weights on the demo): what training it costs, how well
+"""The demo CLIP (D.DEMO_CLIP, the stand-in for OpenAI's weights on the demo): what training it costs, how well
 it knows the demo, whether text-guided masks (Sec. 3.3) made with it hide what the caption names, and what it makes
 a demo TGM step cost.
 
@@ -11,7 +11,7 @@ old stand-in):
   2. frame -> caption R@1 on the demo's val split: the centre frame of each val video (its centre square) against
      every val caption; a hit when the first is one of the video's own captions;
   3. whether the TGM mask hides the object the caption names: the renderer keeps the main object's pixels (the
-     actor, which every caption names first; data.demo_dataset()["objects"]), carried through the clip's crop. For
+     actor, which every caption names first; D.demo_dataset()["objects"]), carried through the clip's crop. For
      each val caption, per clip (8 frames, 64 px, a 4 x 4 x 4 token grid), the AUC of the TGM scores of the actor's
      tokens (>30% its pixels) against the tokens with none of it, and the share of its tokens the 0.6 mask hides
      (chance: 9 of 16, 0.56); 'dense' and 'patch' features. A CLIP blind to the words can score well here too, if
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: flat layout
 import data  # noqa: E402
+import demo as D  # noqa: E402
 import masking  # noqa: E402
 import model as M  # noqa: E402
 
@@ -45,7 +46,7 @@ parser.add_argument("--cached", action="store_true", help="measure the demo CLIP
 parser.add_argument("--repeats", type=int, default=5, help="timed runs per step cost (the best is reported)")
 parser.add_argument("--seed", type=int, default=0, help="the demo CLIP's seed")
 args = parser.parse_args()
-demo = data.demo_dataset()
+demo = D.demo_dataset()
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
            platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
 print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads; "
@@ -53,21 +54,21 @@ print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {to
 
 # -----------------------------------------------------------------------------
 # 1. train (or load) the demo CLIP
-config_path = os.path.join(demo["root"], f"{masking.DEMO_CLIP_NAME}.json")
+config_path = os.path.join(demo["root"], f"{D.DEMO_CLIP_NAME}.json")
 if args.cached:
-    config_path, weights = masking.demo_clip(demo, seed=args.seed)
+    config_path, weights = D.demo_clip(demo, seed=args.seed)
     clip, tokenizer = masking.load_clip(config_path, weights)
 else:
-    with open(config_path, "w") as f:  # the same file masking.demo_clip writes: load_clip registers it
-        json.dump(masking.DEMO_CLIP, f, indent=1)
+    with open(config_path, "w") as f:  # the same file D.demo_clip writes: load_clip registers it
+        json.dump(D.DEMO_CLIP, f, indent=1)
     t0 = time.perf_counter()
-    videos = masking.demo_clip_videos(demo["train"], demo["root"], demo["captions"])
+    videos = D.demo_clip_videos(demo["train"], demo["root"], demo["captions"])
     t1 = time.perf_counter()
-    clip = masking.train_demo_clip(videos, config_path, seed=args.seed)
+    clip = D.train_demo_clip(videos, config_path, seed=args.seed)
     t2 = time.perf_counter()
-    tokenizer = open_clip.get_tokenizer(masking.DEMO_CLIP_NAME)
-    print(f"\n1. training: {len(videos)} videos x {masking.DEMO_CLIP_FRAMES} frames decoded in {t1 - t0:.1f} s, "
-          f"{masking.DEMO_CLIP_STEPS} steps of {masking.DEMO_CLIP_BATCH} in {t2 - t1:.1f} s: {t2 - t0:.1f} s")
+    tokenizer = open_clip.get_tokenizer(D.DEMO_CLIP_NAME)
+    print(f"\n1. training: {len(videos)} videos x {D.DEMO_CLIP_FRAMES} frames decoded in {t1 - t0:.1f} s, "
+          f"{D.DEMO_CLIP_STEPS} steps of {D.DEMO_CLIP_BATCH} in {t2 - t1:.1f} s: {t2 - t0:.1f} s")
 torch.manual_seed(0)
 untrained, _ = masking.load_clip(config_path, "none")
 b32, b32_tokenizer = masking.load_clip("ViT-B-32-quickgelu", "none")
@@ -116,7 +117,7 @@ for name, (c, tok) in clips.items():
 # 3. does the mask hide what the caption names?
 
 
-named = re.compile(rf"\b({'|'.join(data.DEMO_COLOURS)}) ({'|'.join(data.DEMO_SHAPES)})\b")
+named = re.compile(rf"\b({'|'.join(D.DEMO_COLOURS)}) ({'|'.join(D.DEMO_SHAPES)})\b")
 queries = []  # (video index, caption, the actor's share of each token (T', h*w)): every caption names the actor
 pairs = []  # (video index, the actor's phrase "a <colour> <shape>", the distractor's)
 for i, (_, cs, share) in enumerate(val):

@@ -3,7 +3,7 @@ What each mask hides, on the demo's validation split: the share of the main obje
 class's action, which the captions name first) that random, tube, motion-guided and text-guided masks cover, and
 how far text-guided masks from 'dense' CLIP features agree with the paper's 'patch' features (Sec. 3.3).
 
-The demo renderer keeps every video's main-object mask (data.demo_dataset()["objects"]); it is carried through the
+The demo renderer keeps every video's main-object mask (D.demo_dataset()["objects"]); it is carried through the
 clip's crop as the clip is (masking.token_sums) and weighted per token by its pixels, so "object coverage" is the
 share of the object's pixels that sit in masked tokens (masking.object_coverage): a random mask of ratio gamma
 covers gamma in expectation. Text-guided masks use the caption's first sentence through the demo CLIP (offline) or
@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import demo as D  # noqa: E402
 import masking  # noqa: E402
 from model import ModelConfig  # noqa: E402
 
@@ -37,11 +38,16 @@ args = parser.parse_args()
 T, S = args.num_frames, args.input_size
 cfg = ModelConfig(img_size=S, num_frames=T)
 grid = cfg.grid
-demo = data.demo_dataset()
+demo = D.demo_dataset()
 objects = np.load(demo["objects"])
 captions = data.read_captions(demo["captions"])
 torch.manual_seed(0)
-clip, tokenizer, clip_name, clip_weights = masking.load_clip_for("ViT-B-32-quickgelu", "openai", "cpu", demo)
+try:  # OpenAI's ViT-B/32 where it can be had, else the demo CLIP, as the demo's pretraining chooses (demo.fill)
+    masking.clip_weights("ViT-B-32-quickgelu", "openai")  # raises when neither cached nor reachable
+    clip_name, clip_weights = "ViT-B-32-quickgelu", "openai"
+except masking.ClipWeightsError:
+    clip_name, clip_weights = D.demo_clip(demo)
+clip, tokenizer = masking.load_clip(clip_name, clip_weights)
 embed = masking.TextEmbedder(clip, tokenizer)
 
 # every clip once: pixels, motion vectors, the main object's pixels per token, the caption's embedding

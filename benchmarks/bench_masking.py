@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: flat layout
 import data  # noqa: E402
+import demo as D  # noqa: E402
 import masking  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,13 +81,13 @@ print(f"tube      {timed(lambda: masking.tube_mask(1, grid, 0.9), 100, 1) * 1e3:
 
 if "mgm" not in args.skip:
     # a Kinetics-sized (240 x 320) H.264 video: the demo's first video scaled up, 4 frames apart as in pretraining
-    demo = data.demo_dataset()
+    demo = D.demo_dataset()
     src = os.path.join(demo["root"], data.read_list(demo["train"])[0][0])
     small = torch.from_numpy(data.read_frames(src, np.arange(data.probe_video(src).num_frames))).permute(0, 3, 1, 2)
     big = F.interpolate(small.float(), size=(240, 320), mode="bilinear").round().clamp(0, 255).to(torch.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k400_sized.mp4")
-        data.write_video(path, big.permute(0, 2, 3, 1).numpy())
+        D.write_video(path, big.permute(0, 2, 3, 1).numpy())
         idx = data.pretrain_indices(len(big), T, 4, np.random.default_rng(0))
         t_plain, t_mvs = (timed(lambda m=m: data.read_frames(path, idx, motion=m), 5, 1) for m in (False, True))
         frames, motion = data.read_frames(path, idx, motion=True)
@@ -135,7 +136,7 @@ print(f"tgm dense {t_dense * 1e3:8.1f} ms/clip ({T} CLIP images at {grid[1] * 32
 # agreement of dense with patch on demo videos, each with its own first caption
 
 if "agreement" not in args.skip and args.agreement_videos > 0:
-    demo = data.demo_dataset()
+    demo = D.demo_dataset()
     caps = data.read_captions(demo["captions"])
     Ta = args.agreement_frames or T
     ious, rhos = [], []

@@ -5,12 +5,13 @@ For each precision and tube-mask ratio it times a full training step (forward, b
 (model.VideoMAE) and of transformers.VideoMAEForPreTraining with its default attention (config matched:
 use_mean_pooling=False, layer_norm_eps=1e-6, norm_pix_loss=True, same sizes, and the same weights, so the first losses
 agree), on the same clips, masks, batch size and precision. Each model runs in a fresh process of its own, as a
-user's training process would (its own heap; on a CPU ours keeps freed memory as pretrain.py sets it,
-model.keep_freed_memory, and theirs is left as is), and this script alternates their steps (the order swapped every
+user's training process would (its own heap, glibc's allocator as the environment sets it, the same for both),
+and this script alternates their steps (the order swapped every
 repeat), after a warm-up; it prints medians. The settings run in the order a user meets them (bf16, pretrain.py's
 default, first; ratio 0.9 then 0.6), each with fresh processes. --one-process times both models in one process
-instead (they then share one heap, and each one's freed blocks shape the other's page faults); --bare-allocator
-leaves ours' allocator untouched too; --keep-freed-memory sets it in theirs as well.
+instead (they then share one heap, and each one's freed blocks shape the other's page faults); --keep-freed-memory
+reruns this script with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647, so that both models' processes keep the
+memory they free (docs/pretraining.md: a CPU run's setting).
 It also measures the machine's matmul rate (large square matmuls, after the timed steps) for each precision,
 counts the step's FLOPs analytically from the config and the visible/masked token counts (forward matmuls;
 backward = 2x forward, except the patch embedding whose input needs no gradient), and the peak memory of each
@@ -61,11 +62,8 @@ parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (t
 parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each model per setting (the first prints its loss)")
 parser.add_argument("--repeats", type=int, default=None, help="timed steps of each model (default: 5 CPU, 20 GPU)")
 parser.add_argument("--keep-freed-memory", action="store_true",
-                    help="CPU, glibc: every process keeps its freed memory (model.keep_freed_memory), transformers' "
-                         "too, which its users' processes do not; by default only ours, as pretrain.py sets it")
-parser.add_argument("--bare-allocator", action="store_true",
-                    help="CPU: ours' process leaves glibc's allocator as it is (pretrain.py does not: "
-                         "model.keep_freed_memory)")
+                    help="CPU, glibc: run with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647, both models "
+                         "(every process keeps the memory it frees: no page faults for the next step's blocks)")
 parser.add_argument("--attn-chunk-mib", type=float, default=None,
                     help="CPU bf16: our attention's query chunks, MiB of weights each (default: model.ATTN_CHUNK_BYTES; "
                          "1e6: the (B, nh, N, N) weights at once, as before chunking)")
@@ -87,9 +85,9 @@ args = parser.parse_args()
 device = torch.device(args.device)
 cuda = device.type == "cuda"
 torch.set_num_threads(args.threads)
-ours_process = bool(args.stepper) and args.stepper.startswith("ours") and not args.bare_allocator
-if args.keep_freed_memory or (ours_process and not cuda):
-    M.keep_freed_memory()  # what pretrain.py's CPU process does (model.setup_distributed); theirs only on request
+KEEP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+if args.keep_freed_memory and any(os.environ.get(k) != v for k, v in KEEP.items()):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP})  # glibc reads them at start-up
 if args.attn_chunk_mib:
     M.ATTN_CHUNK_BYTES = int(args.attn_chunk_mib * 2 ** 20)
 B = args.batch_size or (32 if cuda else 2)
@@ -204,7 +202,6 @@ def child_cmd(*extra):
             "--input-size", str(args.input_size), "--model", args.model, "--optimizer", args.optimizer,
             "--warmup", str(args.warmup), "--repeats", str(repeats),
             *(["--keep-freed-memory"] if args.keep_freed_memory else []),
-            *(["--bare-allocator"] if args.bare_allocator else []),
             *(["--attn-chunk-mib", str(args.attn_chunk_mib)] if args.attn_chunk_mib else [])]
 
 
@@ -399,9 +396,8 @@ print(f"model {args.model}, clips {B} x {cfg.num_frames}x{cfg.img_size}x{cfg.img
       f" warm-up {args.warmup}, repeats {repeats} (medians), AdamW {args.optimizer}, "
       + ("both models in one fresh process per setting" if args.one_process else
          "each model in a fresh process of its own per setting, steps alternated between them")
-      + (", both processes keep freed memory (mallopt)" if args.keep_freed_memory else
-         "" if cuda or args.one_process else ", glibc's allocator as each user's process has it (ours keeps freed memory, "
-         "as pretrain.py sets it; theirs as is)" if not args.bare_allocator else ", glibc's allocator as is in both")
+      + (", both processes keep freed memory (MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647)"
+         if args.keep_freed_memory else "")
       + (f", attention chunks of {args.attn_chunk_mib:g} MiB" if args.attn_chunk_mib else ""))
 
 # -----------------------------------------------------------------------------

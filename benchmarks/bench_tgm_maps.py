@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: flat layout
 import data  # noqa: E402
+import demo as D  # noqa: E402
 import masking  # noqa: E402
 import model as M  # noqa: E402
 
@@ -71,9 +72,14 @@ def alternated_ms(fns, repeats=args.repeats):
     return [1e3 * statistics.median(t) for t in times]
 
 
-demo = data.demo_dataset()
+demo = D.demo_dataset()
 captions = data.read_captions(demo["captions"])
-clip, tokenizer, clip_name, clip_pretrained = masking.load_clip_for("ViT-B-32-quickgelu", "openai", "cpu", demo)
+try:  # OpenAI's ViT-B/32 where it can be had, else the demo CLIP, as the demo's pretraining chooses (demo.fill)
+    masking.clip_weights("ViT-B-32-quickgelu", "openai")  # raises when neither cached nor reachable
+    clip_name, clip_pretrained = "ViT-B-32-quickgelu", "openai"
+except masking.ClipWeightsError:
+    clip_name, clip_pretrained = D.demo_clip(demo)
+clip, tokenizer = masking.load_clip(clip_name, clip_pretrained)
 embed = masking.TextEmbedder(clip, tokenizer)
 val = [(os.path.join(demo["root"], rel), rel) for rel, _ in data.read_list(demo["val"])]
 T, S = 8, 64

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), d) for d in ("..", "../tests")]
 import caption  # noqa: E402
 import data  # noqa: E402
+import demo as D  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption (BLIP-2 captions are ~10 words)")
@@ -51,7 +52,7 @@ processor = Blip2Processor(BlipImageProcessor(size={"height": 224, "width": 224}
 def end_to_end_check():
     """1. caption.py end to end, fp16 on the GPU, tiny random models."""
     from test_caption import make_tiny_blip2, make_tiny_llm
-    demo = data.demo_dataset()
+    demo = D.demo_dataset()
     with open(demo["train"]) as f:
         listed = f.readlines()[::10][:16]
     with open(os.path.join(tmp, "list.txt"), "w") as f:
@@ -124,7 +125,7 @@ def decode_speed():
         for t in range(T):  # a moving block and camera-noise-like texture, so P-frames carry real residuals
             frames[t, 100:180, (t * 2) % (W - 80):(t * 2) % (W - 80) + 80] = (200, 50, 50)
         frames = np.clip(frames.astype(np.int16) + rng.integers(-6, 7, frames.shape, dtype=np.int16), 0, 255).astype(np.uint8)
-        data.write_video(os.path.join(vids, f"{v}.mp4"), frames, fps=30, gop=250)
+        D.write_video(os.path.join(vids, f"{v}.mp4"), frames, fps=30, gop=250)
     print(f"made 8 K400-like videos ({H}x{W}, {T} frames, gop 250) in {time.time() - t0:.0f} s, "
           f"{os.path.getsize(os.path.join(vids, '0.mp4')) / 1e6:.1f} MB each")
     # one process: where the time goes

@@ -14,10 +14,10 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    """The built-in demo dataset (data.demo_dataset), generated once per test session (~20 s):
+    """The built-in demo dataset (demo.demo_dataset), generated once per test session (~20 s):
     dict(root, train, val, class_names, captions) of paths."""
-    import data
-    return data.demo_dataset(cache_dir=str(tmp_path_factory.mktemp("tgm-cache")))
+    import demo as D
+    return D.demo_dataset(cache_dir=str(tmp_path_factory.mktemp("tgm-cache")))
 
 
 # A tiny open_clip model in open_clip's config format, random weights: the real loading path (masking.load_clip of

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data
+import demo as D
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -375,41 +376,7 @@ def test_bad_counts_cross_worker_processes(zoo):
         assert len(bad) == 1 and bad[0][0].endswith("junk.mp4")
 
 
-# ----------------------------------------------------------------------------- the demo dataset
-
-
-def test_demo_dataset_files(demo):
-    names = data.read_class_names(demo["class_names"])
-    train, val = data.read_list(demo["train"], demo["root"]), data.read_list(demo["val"], demo["root"])
-    caps = data.read_captions(demo["captions"])
-    assert len(names) == 8 and len(train) == 320 and len(val) == 80
-    assert {label for _, label in train} == set(range(8))
-    assert len(caps) == 400 and all(len(c) == 3 and len(set(c)) == 3 for c in caps.values())
-    info = data.probe_video(train[0][0])
-    assert info.num_frames >= 64 and (info.height, info.width) == (96, 128)
-    # the captions say what a frame shows, as BLIP-2's keyframe captions do: every one names a colour and a shape,
-    # and only about one video in ten has a caption that names its action (one frame rarely shows it)
-    named = 0
-    for path, label in train:
-        c = caps[path[len(demo["root"]) + 1:]]
-        assert all(any(w in x for w in data.DEMO_COLOURS) and any(w in x for w in data.DEMO_SHAPES) for x in c)
-        named += any(data.DEMO_ACTIONS[label][1] in x for x in c)
-    assert 0 < named / len(train) < 0.2
-    assert not any(" a o" in x or " a e" in x for c in caps.values() for x in c)  # "an orange", not "a orange"
-
-
-def test_demo_is_deterministic_and_atomic(tmp_path):
-    a = data.demo_dataset(cache_dir=str(tmp_path / "a"), seed=3, train_per_class=1, val_per_class=1)
-    b = data.demo_dataset(cache_dir=str(tmp_path / "b"), seed=3, train_per_class=1, val_per_class=1)
-    c = data.demo_dataset(cache_dir=str(tmp_path / "c"), seed=4, train_per_class=1, val_per_class=1)
-    assert open(a["captions"]).read() == open(b["captions"]).read() != open(c["captions"]).read()
-    for (pa, _), (pb, _) in zip(data.read_list(a["train"], a["root"]), data.read_list(b["train"], b["root"])):
-        np.testing.assert_array_equal(data.read_frames(pa, np.arange(72)), data.read_frames(pb, np.arange(72)))
-    # no temporary folder is left behind, and a second call reuses the cache
-    oa, ob = np.load(a["objects"]), np.load(b["objects"])
-    assert oa.files == ob.files and all(np.array_equal(oa[k], ob[k]) for k in oa.files)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"demo-v{data.DEMO_VERSION}-seed3-1x1"]
-    assert data.demo_dataset(cache_dir=str(tmp_path / "a"), seed=3, train_per_class=1, val_per_class=1) == a
+# ----------------------------------------------------------------------------- on the demo's videos
 
 
 def test_demo_motion_vectors(demo):
@@ -432,7 +399,7 @@ def test_demo_motion_vectors(demo):
     # the vectors see the action: over the class, "moving up" points up and "moving down" points down
     dy = {}
     for name in ("moving up", "moving down"):
-        label = [a[0] for a in data.DEMO_ACTIONS].index(name)
+        label = [a[0] for a in D.DEMO_ACTIONS].index(name)
         vs = [v for p, l in train if l == label for v in data.read_frames(p, idx, motion=True)[1] if v is not None]
         v = np.concatenate(vs)
         dy[name] = (v["dst_y"] - v["src_y"]).astype(float).mean()  # image y grows downwards
@@ -554,21 +521,3 @@ def test_random_erasing_is_one_box_in_every_frame(still_video):
         assert torch.equal(v[:, :, ~erased[0]], off[:, :, ~erased[0]])
         boxes.add((int(y0), int(y1), int(x0), int(x1)))
     assert len(boxes) > 1                                      # a new box each epoch
-
-
-def test_demo_keeps_the_main_objects_mask(demo):
-    """objects.npz holds, for every demo video, the per-frame mask of the object the captions name first; rendered
-    pixels under it are that object's colour, shaded and patterned (so a multiple of it, or its dark rim), and it moves as
-    the action says."""
-    objects = np.load(demo["objects"])
-    stems = sorted(os.path.splitext(os.path.basename(rel))[0] for f in (demo["train"], demo["val"])
-                   for rel, _ in data.read_list(f))
-    assert sorted(objects.files) == stems
-    frames, mask, words = data._render_demo(np.random.default_rng([0, 0]), label=0)  # label 0: moving up
-    assert mask.shape == frames.shape[:3] and mask.any(axis=(1, 2)).all()
-    ratio = frames[mask].astype(float) / np.array(data.DEMO_COLOURS[words["colour"]])  # (pixels, 3): the shading
-    assert np.abs(ratio - ratio.mean(1, keepdims=True)).max() < 0.06 and 0.25 < ratio.min() and ratio.max() < 1.01
-    assert len(np.unique(frames[mask], axis=0)) > 20           # shaded and patterned, not one flat colour
-    rows = np.nonzero(mask.any(axis=2))                       # (frame, row) pairs covered by the object
-    first, last = rows[1][rows[0] == 0].mean(), rows[1][rows[0] == len(mask) - 1].mean()
-    assert last < first - 20                                  # "moving up": its rows climb

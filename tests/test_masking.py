@@ -5,7 +5,6 @@ CLIP loading without network. CPU, tiny shapes, no network, well under a minute.
     python -m pytest -q tests/test_masking.py
 """
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import demo as D
 import masking
 from model import IMAGENET_MEAN, IMAGENET_STD
 
@@ -129,8 +129,8 @@ def videos(tmp_path_factory):
     for i in range(NF):
         frames[i, Y0:Y0 + SQ, square_x(i):square_x(i) + SQ] = tex
     moving, intra = str(d / "square.mp4"), str(d / "intra.mp4")
-    data.write_video(moving, frames, gop=250)  # PyAV libx264: one I-frame, then P-frames with motion vectors
-    data.write_video(intra, frames, gop=1)  # every frame an I-frame: no motion vectors at all
+    D.write_video(moving, frames, gop=250)  # PyAV libx264: one I-frame, then P-frames with motion vectors
+    D.write_video(intra, frames, gop=1)  # every frame an I-frame: no motion vectors at all
     return moving, intra
 
 
@@ -455,98 +455,6 @@ def test_command_line_writes_a_picture_for_each_mask(videos, tiny_clip, tmp_path
         masking.main(masking.get_args(["--video", videos[0], "--mask", "tgm"]))
     with pytest.raises(SystemExit, match="file not found"):
         masking.main(masking.get_args(["--video", str(tmp_path / "nothing.mp4"), "--mask", "tube"]))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The demo CLIP: trained by masking.train_demo_clip, saved beside the demo data, loaded by load_clip
-
-# a CLIP smaller still than conftest's, trained for a few steps on solid colours named by their captions
-TINY_DEMO_CLIP = {"embed_dim": 16,
-                  "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 230), "yellow": (235, 220, 30),
-           "white": (245, 245, 245), "black": (10, 10, 10)}
-
-
-@pytest.fixture(scope="module")
-def colour_demo(tmp_path_factory):
-    """A demo-shaped dataset (the keys masking.demo_clip reads) of one short video per colour: the whole frame in
-    that colour, with a little noise; captions that name it."""
-    root = tmp_path_factory.mktemp("colour-demo")
-    os.makedirs(root / "videos")
-    rng = np.random.default_rng(0)
-    with open(root / "train.txt", "w") as lst, open(root / "captions.jsonl", "w") as caps:
-        for i, (name, rgb) in enumerate(COLOURS.items()):
-            frames = np.clip(np.array(rgb) + rng.normal(0, 8, size=(8, 32, 32, 3)), 0, 255).astype(np.uint8)
-            data.write_video(str(root / f"videos/{name}.mp4"), frames)
-            lst.write(f"videos/{name}.mp4 {i}\n")
-            caps.write(json.dumps({"video": f"videos/{name}.mp4", "captions": [f"a {name} picture", f"all {name}"]}) + "\n")
-    return {"root": str(root), "train": str(root / "train.txt"), "captions": str(root / "captions.jsonl")}
-
-
-def encode_frames(clip, frames):
-    """uint8 (n, H, W, 3) whole frames -> (n, E) L2-normalised image embeddings, CLIP's own preprocessing."""
-    x = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), data.Crop(0, 0, 1, 1), clip.visual.image_size,
-                        torch.float32) / 255
-    x = (x - torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)) / torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
-    return F.normalize(clip.encode_image(x), dim=-1)
-
-
-@pytest.fixture(scope="module")
-def tiny_demo_clip(colour_demo):
-    """(config path, weights path) of a tiny demo CLIP trained on colour_demo by masking.demo_clip (a second or two)."""
-    return masking.demo_clip(colour_demo, name="tgm-test-demo-clip", config=TINY_DEMO_CLIP, steps=60)
-
-
-def test_demo_clip_learns_its_captions_saves_and_loads_through_load_clip(colour_demo, tiny_demo_clip):
-    config, weights = tiny_demo_clip
-    assert os.path.dirname(weights) == colour_demo["root"] and os.path.isfile(config)
-    clip, tokenizer = masking.load_clip(config, weights)  # the path every user of the demo CLIP takes
-    # each colour's frames rank their own caption first among the six
-    videos = masking.demo_clip_videos(colour_demo["train"], colour_demo["root"], colour_demo["captions"])
-    text = masking.TextEmbedder(clip, tokenizer)([f"a {name} picture" for name in COLOURS])  # (6, E)
-    for i, (frames, _) in enumerate(videos):
-        assert (encode_frames(clip, frames) @ text.t()).argmax(dim=1).eq(i).all()
-    # the file holds exactly what the trainer made, and the trainer is deterministic for a seed
-    again = masking.train_demo_clip(videos, config, steps=60, seed=0)
-    frames = videos[0][0]
-    assert torch.equal(encode_frames(again, frames), encode_frames(clip, frames))
-    tokens = tokenizer(["a red picture"])
-    assert torch.equal(again.encode_text(tokens), clip.encode_text(tokens))
-
-
-def test_load_clip_for_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, tiny_clip_config, tmp_path,
-                                                            monkeypatch, capsys):
-    monkeypatch.setattr(masking, "demo_clip", lambda demo: tiny_demo_clip)  # the full-size one trains for a minute
-    missing = str(tmp_path / "missing.pt")  # weights that cannot be had
-    # real data (no demo given): the error's sentence, never a stand-in CLIP
-    with pytest.raises(masking.ClipWeightsError, match="neither a file nor a weights tag"):
-        masking.load_clip_for(tiny_clip_config, missing, "cpu", demo=None)
-    # the demo with --clip-pretrained untyped: the demo CLIP, and a message saying so
-    clip, _, name, pretrained = masking.load_clip_for(tiny_clip_config, missing, "cpu", demo=colour_demo)
-    assert (name, pretrained) == ("tgm-test-demo-clip", "demo") and "demo CLIP" in capsys.readouterr().out
-    # --clip-pretrained demo typed on real data: the user's explicit choice, with a warning
-    monkeypatch.setattr(data, "demo_dataset", lambda: colour_demo)
-    again, _, _, pretrained = masking.load_clip_for("ViT-B-32-quickgelu", "demo", "cpu", demo=None)
-    assert pretrained == "demo" and "knows the demo's words only" in capsys.readouterr().out
-    x = torch.randn(2, 3, 16, 16)
-    assert torch.equal(again.encode_image(x), clip.encode_image(x))
-
-
-def test_command_line_demo_goes_on_offline_with_the_demo_clip(demo, tiny_demo_clip, tiny_clip_config, tmp_path,
-                                                             capsys, monkeypatch):
-    # the README's `python masking.py --mask tgm` on a machine without CLIP weights: the demo video, the demo CLIP
-    # (said so), the paper's patch features; a real video with weights that cannot be had stops with the reason
-    monkeypatch.setenv("TGM_CACHE", os.path.dirname(demo["root"]))  # the demo dataset the session built
-    monkeypatch.setattr(masking, "demo_clip", lambda demo: tiny_demo_clip)  # the full-size one trains for a minute
-    small = ["--mask", "tgm", "--num-frames", "4", "--sampling-rate", "1", "--input-size", "32",
-             "--clip-model", tiny_clip_config]  # no --clip-pretrained: openai's, which this tiny model has none of
-    masking.main(masking.get_args(small + ["--out", str(tmp_path / "demo.png")]))
-    out = capsys.readouterr().out
-    assert "uses the demo CLIP" in out and "tgm patch top" in out and os.path.isfile(tmp_path / "demo.png")
-    video = os.path.join(demo["root"], data.read_list(demo["val"])[0][0])
-    with pytest.raises(SystemExit, match="neither a file nor a weights tag"):
-        masking.main(masking.get_args(small + ["--video", video, "--caption", "a square", "--out", str(tmp_path / "v.png")]))
 
 
 def test_object_coverage_on_a_constructed_case():

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+import demo as D
 import model as M
 import pretrain
 
@@ -178,15 +179,16 @@ def test_tgm_from_maps_trains_and_refuses_maps_of_other_captions(demo, tiny_clip
         pretrain.main(pretrain.parse_args(args))
 
 
-def test_demo_defaults_fill_only_untyped_flags(demo):
-    args = pretrain.parse_args(["--mask", "tgm", "--epochs", "7"])
-    assert args.demo and args.epochs == 7 and args.model == "vit_tiny" == pretrain.DEFAULTS["model"][1]
-    assert "epochs" not in args.demo_filled and args.tgm_features is None  # chosen with the CLIP, in main
+def test_demo_defaults_fill_only_untyped_flags(demo, monkeypatch):
+    monkeypatch.setenv("TGM_CACHE", os.path.dirname(demo["root"]))  # the demo dataset the session built
+    none = ["--clip-pretrained", "none"]                       # typed: no demo CLIP to train
+    args = pretrain.parse_args(["--mask", "tgm", "--epochs", "7"] + none)
+    assert args.epochs == 7 and args.model == "vit_tiny" == D.FLAGS["pretrain"]["model"]
+    assert (args.data, args.captions) == (demo["train"], demo["captions"]) and args.tgm_features == "dense"
     # a flag typed with the very value of the paper's default is still the user's: the demo does not override it
-    assert pretrain.parse_args(["--mask", "tgm", "--model", "vit_base"]).model == "vit_base"
+    assert pretrain.parse_args(["--mask", "tgm", "--model", "vit_base"] + none).model == "vit_base"
     # real data: the paper's values (Sec. 4.2), none of the demo's
     real = pretrain.parse_args(["--data", demo["train"], "--captions", demo["captions"], "--mask", "tgm", "--tgm-maps", "m"])
-    assert not real.demo and real.demo_filled == {}
     assert (real.model, real.num_frames, real.input_size, real.epochs, real.blr, real.ratio) == \
         ("vit_base", 16, 224, 200, 1.5e-4, 0.6)
 
@@ -194,18 +196,16 @@ def test_demo_defaults_fill_only_untyped_flags(demo):
 def test_nce_probe_trains_the_head_and_leaves_the_encoder_alone():
     """Fig. 4 without --contrastive: the head learns from latent.detach(); the encoder's and decoder's gradients
     equal those of L_MSE alone, and an optimizer step changes the head."""
-    import argparse
     import torch.nn.functional as F
     from test_model import fixed_count_mask, tiny_cfg
     torch.manual_seed(0)
     mae = M.VideoMAE(tiny_cfg()).train()
     video, mask = torch.randn(4, 3, 4, 32, 32), fixed_count_mask(4, 8, 6)
     text, ids = F.normalize(torch.randn(4, 16), dim=-1), torch.arange(4)
-    args = argparse.Namespace(contrastive=False, mse_weight=1.0, nce_weight=1.0, tau=0.07)
 
     def grads(text, ids):
         mae.zero_grad(set_to_none=True)
-        loss, loss_mse, loss_nce = pretrain.pretraining_loss(mae, mae, video, mask, text, ids, args)
+        loss, loss_mse, loss_nce = pretrain.pretraining_loss(mae, video, mask, text, ids, probe=True)
         loss.backward()
         return {n: (p.grad.clone() if p.grad is not None else None) for n, p in mae.named_parameters()}, loss_nce
 

@@ -1,0 +1,469 @@
+"""The built-in demo: what every stage runs on when no --data is given. Not a stage of the paper.
+
+A synthetic video dataset (shaded, patterned shapes doing one of 8 actions over a lit, panning background, with a
+small distractor; three captions per video that say what one frame shows, as BLIP-2's keyframe captions do; the
+actor's mask per frame), written once into $TGM_CACHE (default ~/.cache/tgm); a small CLIP trained on its frames and
+captions (the demo CLIP), which stands in for OpenAI's weights offline so the demo's text-guided masks follow the
+words; and demo-sized values for the flags a stage leaves unset, so that every stage runs in minutes on a CPU.
+
+The stages call one entry, `fill(args, stage)`, and only when no --data is given (or --clip-pretrained demo):
+    python pretrain.py --mask tgm --ratio 0.6 --contrastive        # the demo, end to end
+NOTE: a module of its own (docs/design.md "Layout"): the stages, data.py and masking.py then hold the paper and
+the plumbing a real run needs, and the demo, its renderer and its CLIP trainer are read (or skipped) in one place.
+Tests: python -m pytest -q tests/test_demo.py
+"""
+import contextlib
+import fcntl
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+
+import av
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import masking
+import model as M
+
+
+# -----------------------------------------------------------------------------
+# The demo dataset
+# Shaded, patterned shapes doing one of 8 actions over a lit background that drifts, with a small distractor. The
+# actor glows: its white light falls on the background around it, so the patches next to it carry smooth structure
+# that says where it is. Shading, pattern and glow give the paper's normalised-pixel target something to predict inside
+# a patch; flat colours left it nothing beyond the mean (loss_mse stalled at 1.0), and so did high-contrast
+# background textures (nothing in the visible 10% says what lies under a masked tube). The actions are chosen to
+# survive horizontal flip (no left vs right), so the default flip augmentation never turns one class into another,
+# and each caption stays true of the flipped clip.
+
+DEMO_VERSION = 4  # 3: shading, patterns, the actor's glow, a lit drifting background, frame captions, 40 + 10 a class;
+                  # 4: the glow is white light, not the actor's colour
+DEMO_ACTIONS = [("moving up", "moves up"), ("moving down", "moves down"), ("moving sideways", "moves sideways"),
+                ("growing", "grows"), ("shrinking", "shrinks"), ("spinning", "spins"),
+                ("bouncing", "bounces"), ("staying still", "stays still")]
+DEMO_COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 215, 40),
+                "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (240, 240, 240), "pink": (240, 120, 190)}
+DEMO_BACKGROUNDS = {"dark blue": (20, 30, 80), "dark green": (20, 70, 35), "grey": (90, 90, 90), "brown": (90, 60, 30)}
+DEMO_SHAPES = ["circle", "square", "triangle", "diamond"]
+DEMO_TEXTURES = ["striped", "checkered", "dotted", "speckled"]
+DEMO_SIZE, DEMO_FRAMES = (96, 128), 72  # (H, W); 72 frames: a 16 x 4 clip fits, with a little room to move
+# the renderer's knobs: motion speed; the actor's radius (px); the background's light (+- grey levels across the
+# frame) and drift (px per frame, the camera pans); the objects' pattern contrast and frequency (radians per
+# radius); one-sided shading; the actor's glow (grey levels at its centre), its reach (in radii) and how much of the
+# actor's colour it carries (0: white light; in the actor's colour it tinted a wide ring of background with the colour
+# the caption names, and the demo CLIP's text-guided masks then covered the actor no better than chance: 0.50-0.53)
+DEMO_KNOBS = dict(speed=1.0, radius=(16, 22), light=45, bg_drift=0.3, obj_tex=0.4, obj_f=(1.5, 2.5), shade=0.45,
+                  glow=60, glow_sigma=2.0, glow_tint=0.0)
+
+
+def _shape_mask(shape, u, v):
+    """Inside-test in the object's own coordinates (radius 1)."""
+    if shape == "circle":
+        return u * u + v * v <= 1
+    if shape == "square":
+        return np.maximum(abs(u), abs(v)) <= 0.8
+    if shape == "diamond":
+        return abs(u) + abs(v) <= 1
+    return (v <= 0.6) & (v >= 1.8 * abs(u) - 1.0)  # triangle, apex up
+
+
+def _texture(kind, u, v, params):
+    """A two-tone pattern (+1 / -1) of an object's own coordinates u, v (radius 1)."""
+    f, phi, grid = params
+    u, v = f * u, f * v  # one period of the pattern is 2 pi
+    if kind == "striped":
+        return np.sign(np.sin(u * np.cos(phi) + v * np.sin(phi)))
+    if kind == "checkered":
+        return np.sign(np.sin(u) * np.sin(v))
+    if kind == "dotted":
+        return np.where(np.cos(u) + np.cos(v) > 1.0, 1.0, -1.0)
+    n = grid.shape[0]  # speckled: a fixed random grid of +-1 cells, half a period wide, tiled
+    return grid[np.floor(u / np.pi).astype(int) % n, np.floor(v / np.pi).astype(int) % n]
+
+
+def _texture_params(rng, f_range):
+    return rng.uniform(*f_range), rng.uniform(0, np.pi), rng.choice([-1.0, 1.0], size=(8, 8))
+
+
+def _render_demo(rng, label):
+    """One clip as uint8 (T, H, W, 3), the main object's mask (T, H, W) bool (the object that performs the action,
+    which the captions name first), and the words its captions use."""
+    K = DEMO_KNOBS
+    (H, W), T = DEMO_SIZE, DEMO_FRAMES
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    bg_name = list(DEMO_BACKGROUNDS)[rng.integers(len(DEMO_BACKGROUNDS))]
+    # the background: its colour, lit by a spot of light falling off across it, on a canvas larger than the frame
+    # that drifts in one direction (the camera pans)
+    drift = rng.normal(size=2) * K["bg_drift"]
+    pad = int(np.ceil(np.abs(drift).max() * T)) + 1
+    cy, cx = np.mgrid[0:H + 2 * pad, 0:W + 2 * pad].astype(np.float32)
+    ly, lx = rng.uniform(0, H + 2 * pad), rng.uniform(0, W + 2 * pad)
+    light = K["light"] * (1 - 2 * np.sqrt((cy - ly) ** 2 + (cx - lx) ** 2) / np.hypot(H, W))
+    canvas = np.array(DEMO_BACKGROUNDS[bg_name], np.float32) + light[..., None]
+    video = np.empty((T, H, W, 3), np.float32)
+    for f in range(T):
+        oy, ox = (pad + np.round(drift * (f - T / 2))).astype(int)
+        video[f] = canvas[oy:oy + H, ox:ox + W]
+    colours = list(DEMO_COLOURS)
+    ci, di = rng.choice(len(colours), size=2, replace=False)
+    shape, dshape = DEMO_SHAPES[rng.integers(4)], DEMO_SHAPES[rng.integers(4)]
+    tex, dtex = DEMO_TEXTURES[rng.integers(4)], DEMO_TEXTURES[rng.integers(4)]
+    # the actor: centre, radius and angle per frame, by action
+    action = DEMO_ACTIONS[label][0]
+    sp = K["speed"] * rng.uniform(0.8, 1.2)  # a random speed
+    t = np.arange(T) - T / 2  # frames from the middle
+    R = rng.uniform(*K["radius"])
+    cx0, cy0 = W / 2 + rng.uniform(-12, 12), H / 2 + rng.uniform(-8, 8)
+    x, y, r, ang = np.full(T, cx0), np.full(T, cy0), np.full(T, R), np.full(T, rng.uniform(0, 2 * np.pi))
+    if action == "moving up":
+        y = cy0 - 0.9 * sp * t
+    elif action == "moving down":
+        y = cy0 + 0.9 * sp * t
+    elif action == "moving sideways":
+        x = cx0 + 1.3 * sp * t * rng.choice([-1, 1])
+    elif action == "growing":
+        r = R + 0.2 * sp * t
+    elif action == "shrinking":
+        r = R - 0.2 * sp * t
+    elif action == "spinning":
+        ang = ang + 0.12 * sp * t * rng.choice([-1, 1])
+    elif action == "bouncing":
+        y = cy0 + 15 - 30 * np.abs(np.sin(np.pi * (t / 28 * sp + rng.uniform())))
+    r = np.maximum(r, 3.0)
+    # the distractor: small, drifting slowly in a random direction
+    d0, dv = np.array([rng.uniform(15, W - 15), rng.uniform(15, H - 15)]), rng.normal(size=2) * 0.1
+    objects = [(d0[0] + dv[0] * t, d0[1] + dv[1] * t, np.full(T, rng.uniform(7, 9)), np.zeros(T) + rng.uniform(0, 6),
+                colours[di], dshape, dtex, _texture_params(rng, K["obj_f"])),
+               (x, y, r, ang, colours[ci], shape, tex, _texture_params(rng, K["obj_f"]))]
+    if K["glow"]:  # the actor's light on the background, falling off over a few radii
+        col = K["glow_tint"] * np.array(DEMO_COLOURS[colours[ci]], np.float32) / 255 + (1 - K["glow_tint"])
+        for f in range(T):
+            fall = np.exp(-((xx - x[f]) ** 2 + (yy - y[f]) ** 2) / (2 * (K["glow_sigma"] * r[f]) ** 2))
+            video[f] += (K["glow"] * fall)[..., None] * col
+    main_mask = np.zeros((T, H, W), bool)
+    for n, (x0, y0, rad, a, name, shp, tx, tp) in enumerate(objects):
+        col = np.array(DEMO_COLOURS[name], np.float32)
+        for f in range(T):
+            # draw inside the object's bounding box only
+            ya, yb = max(int(y0[f] - rad[f]) - 1, 0), min(int(y0[f] + rad[f]) + 2, H)
+            xa, xb = max(int(x0[f] - rad[f]) - 1, 0), min(int(x0[f] + rad[f]) + 2, W)
+            if ya >= yb or xa >= xb:
+                continue
+            dx, dy = xx[ya:yb, xa:xb] - x0[f], yy[ya:yb, xa:xb] - y0[f]
+            c, sn = np.cos(a[f]), np.sin(a[f])
+            u, v = (c * dx + sn * dy) / rad[f], (-sn * dx + c * dy) / rad[f]
+            inside = _shape_mask(shp, u, v)
+            # lit from one side in the object's own frame (so spinning turns the shading), its pattern, a dark rim
+            shade = (1 - K["shade"] * (1 - u.clip(-1, 1)) / 2) * (1 + K["obj_tex"] * 0.5 * (_texture(tx, u, v, tp) - 1))
+            shade = np.where(_shape_mask(shp, u * 1.15, v * 1.15), shade, 0.35)
+            box = video[f, ya:yb, xa:xb]
+            box[inside] = (col * shade[..., None])[inside]
+            if n == len(objects) - 1:                          # the actor, drawn last: what it covers is its own
+                main_mask[f, ya:yb, xa:xb] |= inside
+    words = dict(colour=colours[ci], shape=shape, texture=tex, action=DEMO_ACTIONS[label], bg=bg_name,
+                 dcolour=colours[di], dshape=dshape, dtexture=dtex)
+    return np.clip(video, 0, 255).astype(np.uint8), main_mask, words
+
+
+# What one frame shows, the main object first, as BLIP-2 captions a keyframe: objects, colours, textures, the scene.
+DEMO_CAPTIONS = ["a {texture} {colour} {shape} and a small {dcolour} {dshape} on a {bg} background",
+                 "a glowing {colour} {shape} with a {texture} pattern in front of a {bg} wall",
+                 "a picture of a {colour} {texture} {shape} next to a small {dcolour} {dshape}",
+                 "a {colour} {shape} lighting up a {bg} surface",
+                 "an image of a {texture} {colour} {shape}",
+                 "a {colour} {shape} and a {dtexture} {dcolour} {dshape} on a {bg} background"]
+DEMO_ACTION_CAPTION = "a {colour} {shape} that {verb} on a {bg} background"
+DEMO_ACTION_RATE = 0.1  # the share of videos with one caption that names the action (one frame rarely shows it)
+
+
+def _demo_captions(w, rng):
+    """Three captions, as BLIP-2 gives for three keyframes: what one frame shows, and for about one video in ten
+    one caption that names the action."""
+    caps = [DEMO_CAPTIONS[i].format(**w) for i in rng.choice(len(DEMO_CAPTIONS), size=3, replace=False)]
+    if rng.random() < DEMO_ACTION_RATE:
+        caps[rng.integers(3)] = DEMO_ACTION_CAPTION.format(verb=w["action"][1], **w)
+    return [re.sub(r"\ba (?=[aeiou])", "an ", c) for c in caps]  # "an orange square"
+
+
+def write_video(path, frames, fps=25, gop=16):
+    """uint8 (T, H, W, 3) -> H.264 mp4. No B-frames and no scene-cut keyframes: the P-frames carry the
+    motion vectors that motion-guided masking reads, and keyframes come every `gop` frames."""
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt = "yuv420p"
+        s.options = {"g": str(gop), "bf": "0", "sc_threshold": "0", "preset": "ultrafast", "crf": "20"}
+        for a in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
+        c.mux(s.encode())
+
+
+def demo_dataset(cache_dir=None, seed=0, train_per_class=40, val_per_class=10):
+    """The built-in demo dataset, generated on first use -> dict(root, train, val, class_names, captions, objects).
+    objects: one .npz, key = a video's file stem, value = its main object's mask, bool (T, H, W) as stored."""
+    cache_dir = cache_dir or os.environ.get("TGM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tgm")
+    name = f"demo-v{DEMO_VERSION}-seed{seed}" + ("" if (train_per_class, val_per_class) == (40, 10) else f"-{train_per_class}x{val_per_class}")
+    root = os.path.join(cache_dir, name)
+    paths = {k: os.path.join(root, f) for k, f in
+             [("train", "train.txt"), ("val", "val.txt"), ("class_names", "class_names.txt"), ("captions", "captions.jsonl"),
+              ("objects", "objects.npz")]}
+    paths["root"] = root
+    if os.path.isdir(root):
+        return paths
+    os.makedirs(cache_dir, exist_ok=True)
+    # build in a temporary folder and rename it into place: a crash never leaves a half dataset, and
+    # several processes (DDP ranks) starting at once each build one and the first rename wins
+    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir)
+    try:
+        os.makedirs(os.path.join(tmp, "videos"))
+        lists, caps, objects = {"train": [], "val": []}, [], {}
+        k = 0
+        for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+            for label in range(len(DEMO_ACTIONS)):
+                for _ in range(per_class):
+                    rng = np.random.default_rng([seed, k])  # one stream per video: deterministic, order-free
+                    frames, main_mask, words = _render_demo(rng, label)
+                    rel = f"videos/{split}_{k:05d}.mp4"
+                    write_video(os.path.join(tmp, rel), frames)
+                    objects[f"{split}_{k:05d}"] = main_mask
+                    lists[split].append(f"{rel} {label}\n")
+                    caps.append(json.dumps({"video": rel, "captions": _demo_captions(words, rng), "source": "demo"}) + "\n")
+                    k += 1
+        for split in lists:
+            with open(os.path.join(tmp, f"{split}.txt"), "w") as f:
+                f.writelines(lists[split])
+        with open(os.path.join(tmp, "class_names.txt"), "w") as f:
+            f.writelines(a[0] + "\n" for a in DEMO_ACTIONS)
+        with open(os.path.join(tmp, "captions.jsonl"), "w") as f:
+            f.writelines(caps)
+        np.savez_compressed(os.path.join(tmp, "objects.npz"), **objects)  # a few hundred kB: masks compress well
+        os.rename(tmp, root)
+    except OSError:
+        if not os.path.isdir(root):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+# -----------------------------------------------------------------------------
+# The demo CLIP: a small open_clip model trained on the demo's own frames and captions
+#
+# NOTE: not in the paper. Offline (no OpenAI weights: CI, the tests, a machine without network) a random CLIP gives
+# text-guided masks that follow no word. This CLIP, trained in about a minute on the demo dataset's frames and
+# captions, knows the demo's colours, shapes and scenes, so the demo's TGM masks follow its captions; and it is
+# small, so a demo TGM step with the paper's per-patch features costs 1.4-1.8x a tube step (ViT-B/32's cheaper
+# 'dense' features cost 5-6x). It is open_clip's own CLIP class built from a config of its own, saved in
+# open_clip's weight format and loaded by load_clip like any other weights file.
+
+DEMO_CLIP_NAME = "tgm-demo-clip-v1"  # its config file's stem, the name load_clip registers it under; bump to retrain
+DEMO_CLIP = {
+    "embed_dim": 64,
+    # 32 px images in 8 px patches: a 4 x 4 token grid, the demo MAE's own (64 px clips in 16 px patches), so 'dense'
+    # features run this CLIP at its trained size and 'patch' features upsample each 16 px patch to 32 px. Pooling is
+    # CLIP's usual class token: with mean pooling ('avg') instead, the patch tokens that 'dense' reads scored the
+    # background above the object the caption names (in our trials; benchmarks/bench_demo_clip.py measures masks).
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+DEMO_CLIP_STEPS, DEMO_CLIP_BATCH, DEMO_CLIP_LR = 300, 128, 1e-3
+DEMO_CLIP_FRAMES = 8  # frames decoded per training video, spread over its length
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch on one CPU thread inside the block. The demo CLIP trains so: the same weights for a seed whatever the
+    machine's thread count, and its matrices are too small to gain much from threads (on a busy 2-core machine,
+    two threads made its steps several times slower than one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_CLIP_BATCH, lr=DEMO_CLIP_LR,
+                    seed=0, crop_scale=(0.02, 1.0)):
+    """CLIP's contrastive training, from scratch, on frames and their captions -> the open_clip model, frozen, in
+    eval mode. videos: list of (frames uint8 (F, H, W, 3), captions list[str]); config_path: an open_clip config
+    (.json). Each step draws batch_size distinct videos and, for each, a frame, a random crop of it and one of its
+    captions, and takes an AdamW step on the symmetric InfoNCE with a learnt temperature (CLIP's loss). The crops
+    span crop_scale of the frame's area: small ones (about a 'patch' feature's 16 px of a demo clip) pair a part
+    of a frame with the words of its caption, large ones the whole scene. Deterministic for a seed (one thread)."""
+    name = masking.register_config(config_path)
+    tokenizer = open_clip.get_tokenizer(name)
+    distinct = sorted({c for _, caps in videos for c in caps})
+    ids = {c: i for i, c in enumerate(distinct)}  # two videos may share a caption: the loss tells them apart by id
+    tokens = tokenizer(distinct)  # (n_captions, context): tokenised once
+    rng = np.random.default_rng(seed)  # every draw of the batches below
+    B = min(batch_size, len(videos))
+    warmup = max(1, steps // 10)
+    # fork_rng: the caller's random state is left as it was, so a run that trains this CLIP and a run that loads it
+    # go on with the same draws
+    with _one_thread(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        with masking.random_weights_meant():  # from scratch: random weights are the point
+            clip = open_clip.create_model(name)
+        pp = open_clip.get_model_preprocess_cfg(clip)  # the statistics TextGuidedMasker normalises CLIP's input with
+        mean = torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
+        std = torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
+        size = clip.visual.image_size
+        # CLIP's recipe: AdamW (0.9, 0.98), eps 1e-6, weight decay on matrices only (not gains, biases, logit scale)
+        params = list(clip.parameters())
+        optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
+                                       {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                                      lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+        clip.train()
+        for step in tqdm(range(steps), desc="training the demo CLIP", leave=False, dynamic_ncols=True):
+            # linear warmup, then a cosine to 0
+            f = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr * f
+            images, caption_ids = [], []
+            for v in rng.choice(len(videos), size=B, replace=False):  # distinct videos: no row's twin is a negative
+                frames, captions = videos[v]
+                frame = torch.from_numpy(frames[rng.integers(len(frames))]).permute(2, 0, 1)  # (C, H, W) uint8
+                # the crop's area log-uniform over crop_scale: as many patch-sized crops as frame-sized ones
+                area = math.exp(rng.uniform(math.log(crop_scale[0]), math.log(crop_scale[1])))
+                crop = data.random_resized_crop(*frame.shape[1:], scale=(area, area), flip=True, rng=rng)
+                images.append(data.apply_crop(frame, crop, size, torch.float32))  # (C, S, S) in [0, 255]
+                caption_ids.append(ids[captions[rng.integers(len(captions))]])
+            x = (torch.stack(images) / 255 - mean) / std  # (B, C, S, S), as CLIP's preprocessing gives it
+            c = torch.tensor(caption_ids)  # (B,)
+            img = F.normalize(clip.encode_image(x), dim=-1)  # (B, E)
+            txt = F.normalize(masking.encode_text(clip, tokens[c]), dim=-1)  # (B, E)
+            logits = clip.logit_scale.exp() * img @ txt.t()  # (B, B): cosine / tau, the positive pairs on the diagonal
+            same = c[:, None] == c[None, :]  # two rows with the same caption are neither positive nor negative:
+            same.fill_diagonal_(False)       # that pair leaves both denominators
+            logits = logits.masked_fill(same, float("-inf"))
+            labels = torch.arange(B)
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2  # image->text, text->image
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                clip.logit_scale.clamp_(0, math.log(100))  # CLIP's cap: 1 / tau <= 100
+    return clip.eval().requires_grad_(False)
+
+
+def demo_clip_videos(list_file, root, captions_file, num_frames=DEMO_CLIP_FRAMES):
+    """The training material of the demo CLIP: [(frames uint8 (F, H, W, 3), captions)] for every video of the list
+    that has captions, F = num_frames spread over the video. A video that cannot be read is left out."""
+    captions = data.read_captions(captions_file)
+    videos = []
+    for rel, _ in tqdm(data.read_list(list_file), desc="decoding demo frames", leave=False):
+        if not captions.get(rel):
+            continue
+        path = os.path.join(root, rel)
+        try:
+            n = data.probe_video(path).num_frames
+            videos.append((data.read_frames(path, np.linspace(0, n - 1, num_frames).round().astype(int)), captions[rel]))
+        except data.VideoError:
+            continue
+    return videos
+
+
+def demo_clip(demo, seed=0, name=DEMO_CLIP_NAME, config=DEMO_CLIP, steps=DEMO_CLIP_STEPS):
+    """The demo CLIP of a demo dataset (demo_dataset()'s dict) -> (config path, weights path), both in the
+    dataset's folder, for load_clip; trained on its train split on first use (about a minute on 2 CPU cores)."""
+    config_path = os.path.join(demo["root"], f"{name}.json")
+    weights = os.path.join(demo["root"], f"{name}-seed{seed}.pt")
+    if not os.path.isfile(weights):
+        M.write_whole(config_path, lambda f: f.write(json.dumps(config, indent=1).encode()))
+        videos = demo_clip_videos(demo["train"], demo["root"], demo["captions"])
+        clip = train_demo_clip(videos, config_path, steps=steps, seed=seed)
+        # open_clip's own format, a state dict: open_clip.create_model(name, pretrained=weights) loads it
+        M.save_checkpoint(weights, clip.state_dict())
+    return config_path, weights
+
+
+# -----------------------------------------------------------------------------
+# The one entry the stages call: fill what the user did not type
+
+# Demo-sized values of the flags a stage leaves unset (None), so that each stage runs in minutes on a CPU: ViT-tiny on
+# 8 frames of 64 px. The learning rates are higher than the paper's, as the demo's global batch is 16, not 512 or
+# more, and its runs are a few hundred steps, not tens of thousands.
+SHAPE = dict(model="vit_tiny", num_frames=8, sampling_rate=4, input_size=64)
+FLAGS = {
+    "pretrain": dict(SHAPE, batch_size=16, epochs=4, warmup_epochs=1, blr=1e-2, save_every=1, log_interval=5,
+                     num_workers=1),
+    "finetune": dict(SHAPE, epochs=8, batch_size=16, lr=5e-3, warmup_epochs=1, weight_decay=0.05),
+    "linear": dict(SHAPE, epochs=20, batch_size=16, lr=0.1, warmup_epochs=2, weight_decay=0.0),
+    "evaluate": {},
+    "caption": {},
+    "masking": dict(num_frames=8, input_size=64),
+}
+
+
+@contextlib.contextmanager
+def _one_builder(cache_dir):
+    """Processes that start at once (torchrun's ranks) build the demo once: the first holds the lock while it writes
+    the data and trains the demo CLIP, the others wait for it and then find both in the cache."""
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(os.path.join(cache_dir, ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)                         # released when the file closes
+        yield
+
+
+def fill(args, stage):
+    """The demo's values for what a stage's command line left unset -> the demo dataset's dict.
+
+    stage: pretrain | finetune | linear | evaluate | caption | masking. No --data: the demo's lists, captions and
+    class names, and the FLAGS above for the flags left None (printed once). CLIP (stages that have --clip-pretrained):
+    `--clip-pretrained demo`, or on the demo no --clip-pretrained and OpenAI's weights neither cached nor reachable,
+    gives the demo CLIP (its config file and weights become --clip-model and --clip-pretrained, so a checkpoint
+    records them); and on the demo --tgm-features defaults to the per-patch features only the demo CLIP is small
+    enough for on a CPU (a full-size CLIP gets 'dense')."""
+    cache_dir = os.environ.get("TGM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tgm")
+    on_demo = args.data is None
+    with _one_builder(cache_dir):
+        demo = demo_dataset(cache_dir)
+        typed = getattr(args, "clip_pretrained", None)
+        # evaluate.py's CLIP is the pretraining run's: only pretrain.py and masking.py get a stand-in
+        stand_in = on_demo and stage in ("pretrain", "masking") and typed is None
+        clip = demo_clip(demo) if typed == "demo" or (stand_in and not _openai_clip_at_hand(args.clip_model)) else None
+    if on_demo:
+        filled = {k: v for k, v in FLAGS[stage].items() if getattr(args, k, "") is None}
+        if stage in ("finetune", "linear") and args.checkpoint != "none":
+            filled = {k: v for k, v in filled.items() if k not in ("model", "num_frames", "input_size")}  # the checkpoint's
+        for k, v in filled.items():
+            setattr(args, k, v)
+        test = stage == "evaluate" and not args.retrieval     # the test and the pictures read the val split
+        splits = dict(data=demo["val" if test else "train"], val_data=None if test else demo["val"], root=demo["root"],
+                      captions=demo["captions"], class_names=demo["class_names"])
+        for k, v in splits.items():
+            if hasattr(args, k) and getattr(args, k) in (None, ""):
+                setattr(args, k, v)
+        if stage == "masking" and args.video is None:         # the picture: the first val video, its first caption
+            rel = data.read_list(demo["val"])[0][0]
+            args.video, args.caption = os.path.join(demo["root"], rel), args.caption or data.read_captions(demo["captions"])[rel][0]
+        if stage == "caption" and args.out is None:
+            args.out = os.path.join("runs", "demo_captions.jsonl")
+        M.print0(f"no --data: the built-in demo dataset in {demo['root']}"
+                 + (", with demo-sized " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
+                    if filled else ""))
+    if clip is not None:
+        args.clip_model, args.clip_pretrained = clip
+    if on_demo and getattr(args, "tgm_features", "") is None and not getattr(args, "tgm_maps", None):
+        args.tgm_features = "patch" if clip is not None else "dense"
+    return demo
+
+
+def _openai_clip_at_hand(name):
+    """Whether OpenAI's weights for CLIP `name` are cached or can be downloaded; when not, say so: the demo CLIP
+    stands in for them."""
+    try:
+        masking.clip_weights(name, "openai")
+        return True
+    except masking.ClipWeightsError as e:
+        M.print0(f"the demo uses the demo CLIP, a small CLIP trained on the demo's frames and captions "
+                 f"(--clip-pretrained demo), instead of {name} 'openai': {e}")
+        return False

@@ -1,0 +1,215 @@
+"""
+Tests of demo.py, the built-in demo: its dataset (deterministic, cached, learnable by construction), its CLIP, and
+the one entry the stages call (`fill`). CPU, no network.
+
+    python -m pytest -q tests/test_demo.py
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+import caption
+import data
+import demo as D
+import evaluate
+import finetune
+import masking
+import pretrain
+from conftest import ROOT
+
+
+# -----------------------------------------------------------------------------
+# The demo dataset
+
+def test_demo_dataset_files(demo):
+    names = data.read_class_names(demo["class_names"])
+    train, val = data.read_list(demo["train"], demo["root"]), data.read_list(demo["val"], demo["root"])
+    caps = data.read_captions(demo["captions"])
+    assert len(names) == 8 and len(train) == 320 and len(val) == 80
+    assert {label for _, label in train} == set(range(8))
+    assert len(caps) == 400 and all(len(c) == 3 and len(set(c)) == 3 for c in caps.values())
+    info = data.probe_video(train[0][0])
+    assert info.num_frames >= 64 and (info.height, info.width) == (96, 128)
+    # the captions say what a frame shows, as BLIP-2's keyframe captions do: every one names a colour and a shape,
+    # and only about one video in ten has a caption that names its action (one frame rarely shows it)
+    named = 0
+    for path, label in train:
+        c = caps[path[len(demo["root"]) + 1:]]
+        assert all(any(w in x for w in D.DEMO_COLOURS) and any(w in x for w in D.DEMO_SHAPES) for x in c)
+        named += any(D.DEMO_ACTIONS[label][1] in x for x in c)
+    assert 0 < named / len(train) < 0.2
+    assert not any(" a o" in x or " a e" in x for c in caps.values() for x in c)  # "an orange", not "a orange"
+
+
+def test_demo_is_deterministic_and_atomic(tmp_path):
+    a = D.demo_dataset(cache_dir=str(tmp_path / "a"), seed=3, train_per_class=1, val_per_class=1)
+    b = D.demo_dataset(cache_dir=str(tmp_path / "b"), seed=3, train_per_class=1, val_per_class=1)
+    c = D.demo_dataset(cache_dir=str(tmp_path / "c"), seed=4, train_per_class=1, val_per_class=1)
+    assert open(a["captions"]).read() == open(b["captions"]).read() != open(c["captions"]).read()
+    for (pa, _), (pb, _) in zip(data.read_list(a["train"], a["root"]), data.read_list(b["train"], b["root"])):
+        np.testing.assert_array_equal(data.read_frames(pa, np.arange(72)), data.read_frames(pb, np.arange(72)))
+    # no temporary folder is left behind, and a second call reuses the cache
+    oa, ob = np.load(a["objects"]), np.load(b["objects"])
+    assert oa.files == ob.files and all(np.array_equal(oa[k], ob[k]) for k in oa.files)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"demo-v{D.DEMO_VERSION}-seed3-1x1"]
+    assert D.demo_dataset(cache_dir=str(tmp_path / "a"), seed=3, train_per_class=1, val_per_class=1) == a
+
+
+
+
+def test_demo_keeps_the_main_objects_mask(demo):
+    """objects.npz holds, for every demo video, the per-frame mask of the object the captions name first; rendered
+    pixels under it are that object's colour, shaded and patterned (so a multiple of it, or its dark rim), and it moves as
+    the action says."""
+    objects = np.load(demo["objects"])
+    stems = sorted(os.path.splitext(os.path.basename(rel))[0] for f in (demo["train"], demo["val"])
+                   for rel, _ in data.read_list(f))
+    assert sorted(objects.files) == stems
+    frames, mask, words = D._render_demo(np.random.default_rng([0, 0]), label=0)  # label 0: moving up
+    assert mask.shape == frames.shape[:3] and mask.any(axis=(1, 2)).all()
+    ratio = frames[mask].astype(float) / np.array(D.DEMO_COLOURS[words["colour"]])  # (pixels, 3): the shading
+    assert np.abs(ratio - ratio.mean(1, keepdims=True)).max() < 0.06 and 0.25 < ratio.min() and ratio.max() < 1.01
+    assert len(np.unique(frames[mask], axis=0)) > 20           # shaded and patterned, not one flat colour
+    rows = np.nonzero(mask.any(axis=2))                       # (frame, row) pairs covered by the object
+    first, last = rows[1][rows[0] == 0].mean(), rows[1][rows[0] == len(mask) - 1].mean()
+    assert last < first - 20                                  # "moving up": its rows climb
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The demo CLIP: trained by D.train_demo_clip, saved beside the demo data, loaded by load_clip
+
+# a CLIP smaller still than conftest's, trained for a few steps on solid colours named by their captions
+TINY_DEMO_CLIP = {"embed_dim": 16,
+                  "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 230), "yellow": (235, 220, 30),
+           "white": (245, 245, 245), "black": (10, 10, 10)}
+
+
+@pytest.fixture(scope="module")
+def colour_demo(tmp_path_factory):
+    """A demo-shaped dataset (the keys D.demo_clip reads) of one short video per colour: the whole frame in
+    that colour, with a little noise; captions that name it."""
+    root = tmp_path_factory.mktemp("colour-demo")
+    os.makedirs(root / "videos")
+    rng = np.random.default_rng(0)
+    with open(root / "train.txt", "w") as lst, open(root / "captions.jsonl", "w") as caps:
+        for i, (name, rgb) in enumerate(COLOURS.items()):
+            frames = np.clip(np.array(rgb) + rng.normal(0, 8, size=(8, 32, 32, 3)), 0, 255).astype(np.uint8)
+            D.write_video(str(root / f"videos/{name}.mp4"), frames)
+            lst.write(f"videos/{name}.mp4 {i}\n")
+            caps.write(json.dumps({"video": f"videos/{name}.mp4", "captions": [f"a {name} picture", f"all {name}"]}) + "\n")
+    (root / "class_names.txt").write_text("".join(f"{name}\n" for name in COLOURS))
+    return {"root": str(root), "train": str(root / "train.txt"), "val": str(root / "train.txt"),
+            "captions": str(root / "captions.jsonl"), "class_names": str(root / "class_names.txt")}
+
+
+def encode_frames(clip, frames):
+    """uint8 (n, H, W, 3) whole frames -> (n, E) L2-normalised image embeddings, CLIP's own preprocessing."""
+    x = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), data.Crop(0, 0, 1, 1), clip.visual.image_size,
+                        torch.float32) / 255
+    x = (x - torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)) / torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
+    return F.normalize(clip.encode_image(x), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def tiny_demo_clip(colour_demo):
+    """(config path, weights path) of a tiny demo CLIP trained on colour_demo by D.demo_clip (a second or two)."""
+    return D.demo_clip(colour_demo, name="tgm-test-demo-clip", config=TINY_DEMO_CLIP, steps=60)
+
+
+def test_demo_clip_learns_its_captions_saves_and_loads_through_load_clip(colour_demo, tiny_demo_clip):
+    config, weights = tiny_demo_clip
+    assert os.path.dirname(weights) == colour_demo["root"] and os.path.isfile(config)
+    clip, tokenizer = masking.load_clip(config, weights)  # the path every user of the demo CLIP takes
+    # each colour's frames rank their own caption first among the six
+    videos = D.demo_clip_videos(colour_demo["train"], colour_demo["root"], colour_demo["captions"])
+    text = masking.TextEmbedder(clip, tokenizer)([f"a {name} picture" for name in COLOURS])  # (6, E)
+    for i, (frames, _) in enumerate(videos):
+        assert (encode_frames(clip, frames) @ text.t()).argmax(dim=1).eq(i).all()
+    # the file holds exactly what the trainer made, and the trainer is deterministic for a seed
+    again = D.train_demo_clip(videos, config, steps=60, seed=0)
+    frames = videos[0][0]
+    assert torch.equal(encode_frames(again, frames), encode_frames(clip, frames))
+    tokens = tokenizer(["a red picture"])
+    assert torch.equal(again.encode_text(tokens), clip.encode_text(tokens))
+
+
+def test_fill_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, tiny_clip_config, monkeypatch,
+                                                  capsys):
+    # the full-size demo CLIP trains for a minute: the tiny one stands in; the dataset is the colour demo
+    monkeypatch.setattr(D, "demo_dataset", lambda cache_dir: colour_demo)
+    monkeypatch.setattr(D, "demo_clip", lambda demo: tiny_demo_clip)
+    monkeypatch.setattr(D, "_openai_clip_at_hand", lambda name: False)  # offline, nothing cached
+    # the demo, --clip-pretrained untyped, OpenAI's weights out of reach: the demo CLIP and its per-patch features,
+    # recorded as --clip-model / --clip-pretrained, so a checkpoint names the files evaluate.py loads
+    args = pretrain.get_parser().parse_args(["--clip-model", tiny_clip_config])
+    D.fill(args, "pretrain")
+    assert (args.clip_model, args.clip_pretrained) == tiny_demo_clip and args.tgm_features == "patch"
+    assert (args.data, args.captions, args.model, args.epochs) == (colour_demo["train"], colour_demo["captions"],
+                                                                   "vit_tiny", D.FLAGS["pretrain"]["epochs"])
+    assert "demo-sized --model vit_tiny" in capsys.readouterr().out
+    # a typed value wins; typed weights are never replaced, the demo's lists still fill --data
+    args = pretrain.get_parser().parse_args(["--clip-pretrained", "none", "--epochs", "7", "--tgm-features", "dense"])
+    D.fill(args, "pretrain")
+    assert (args.clip_pretrained, args.epochs, args.tgm_features) == ("none", 7, "dense")
+    # real data: nothing is filled, unless --clip-pretrained demo asks for the demo CLIP
+    args = pretrain.get_parser().parse_args(["--data", "x.txt", "--clip-pretrained", "demo", "--tgm-features", "patch"])
+    D.fill(args, "pretrain")
+    assert (args.data, args.model, args.epochs) == ("x.txt", None, None) and args.clip_pretrained == tiny_demo_clip[1]
+    # finetuning from a checkpoint keeps the checkpoint's shape; from none the demo's; evaluate's test reads val
+    args = finetune.parser.parse_args(["--checkpoint", "ckpt.pt", "--mode", "linear"])
+    D.fill(args, "linear")
+    assert args.model is None and args.val_data == colour_demo["val"] and args.lr == D.FLAGS["linear"]["lr"]
+    args = finetune.parser.parse_args(["--checkpoint", "none"])
+    D.fill(args, "finetune")
+    assert (args.model, args.num_frames, args.input_size) == ("vit_tiny", 8, 64)
+    args = evaluate.parser.parse_args(["--checkpoint", "ft.pt"])
+    D.fill(args, "evaluate")
+    assert (args.data, args.val_data, args.clip_pretrained) == (colour_demo["val"], None, None)
+    args = evaluate.parser.parse_args(["--checkpoint", "pre.pt", "--retrieval"])
+    D.fill(args, "evaluate")
+    assert (args.data, args.val_data) == (colour_demo["train"], colour_demo["val"])
+    args = caption.get_parser().parse_args(["--source", "oracle"])
+    D.fill(args, "caption")
+    assert (args.data, args.class_names) == (colour_demo["train"], colour_demo["class_names"])
+
+
+def test_stages_hold_no_demo_code():
+    # the demo lives in demo.py: the shared modules never import it; a command line imports it only when no --data
+    # (or --video) is given, and calls its one entry once
+    for name in ("data.py", "model.py"):
+        src = open(os.path.join(ROOT, name)).read()
+        assert "import demo" not in src and "demo_dataset" not in src, name
+    for name in ("masking.py", "pretrain.py", "finetune.py", "evaluate.py", "caption.py"):
+        src = open(os.path.join(ROOT, name)).read()
+        assert src.count("demo.fill(") == 1 and "\nimport demo" not in src and "demo_dataset" not in src, name
+
+
+def test_command_line_demo_goes_on_offline_with_the_demo_clip(demo, tiny_demo_clip, tiny_clip_config, tmp_path):
+    # the README's `python masking.py --mask tgm` on a machine without CLIP weights: the demo video, the demo CLIP
+    # (said so), the paper's patch features; a real video with weights that cannot be had stops with the reason
+    env = {**os.environ, "TGM_CACHE": os.path.dirname(demo["root"])}  # the demo dataset the session built
+    # the tiny demo CLIP where demo.py keeps the demo's own (the full-size one trains for a minute)
+    config, weights = tiny_demo_clip
+    shutil.copy(weights, os.path.join(demo["root"], f"{D.DEMO_CLIP_NAME}-seed0.pt"))
+    with open(config) as f, open(os.path.join(demo["root"], f"{D.DEMO_CLIP_NAME}.json"), "w") as g:
+        g.write(f.read())
+    small = ["--mask", "tgm", "--num-frames", "4", "--sampling-rate", "1", "--input-size", "32",
+             "--clip-model", tiny_clip_config]  # no --clip-pretrained: openai's, which this tiny model has none of
+    run = lambda *extra: subprocess.run([sys.executable, os.path.join(ROOT, "masking.py"), *small, *extra], env=env,
+                                        capture_output=True, text=True, timeout=300)
+    out = run("--out", str(tmp_path / "demo.png"))
+    assert out.returncode == 0, out.stderr
+    assert "uses the demo CLIP" in out.stdout and "tgm patch top" in out.stdout and os.path.isfile(tmp_path / "demo.png")
+    video = os.path.join(demo["root"], data.read_list(demo["val"])[0][0])
+    out = run("--video", video, "--caption", "a square", "--out", str(tmp_path / "v.png"))
+    assert out.returncode != 0 and "neither a file nor a weights tag" in out.stderr

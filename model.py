@@ -904,7 +904,7 @@ def export_videomae(ckpt, out_dir, class_names=None, source=None):
     if os.path.exists(out_dir):
         raise FileExistsError(f"{out_dir} already exists: the export writes a new folder and never overwrites one; "
                               "remove it or name another")
-    if not isinstance(ckpt.get("model"), dict) or "model_cfg" not in ckpt:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "model_cfg" not in ckpt:
         raise CheckpointError(f"{name} is not a pretrain.py or finetune.py checkpoint of this project (no 'model' and "
                               "'model_cfg'); published VideoMAE weights are loaded with load_videomae_weights instead")
     if ckpt.get("mode") == "linear":
@@ -915,7 +915,7 @@ def export_videomae(ckpt, out_dir, class_names=None, source=None):
     if class_names is not None and len(class_names) != num_classes:
         raise CheckpointError(f"{len(class_names)} class names for the {num_classes} classes of {name}: wrong file?")
     # the weights must be exactly those of the model its config builds, or the folder would load incomplete
-    with torch.device("meta"):                                 # shapes only: nothing allocated, nothing initialised
+    with torch.device("meta"):                                 # names and shapes only: no memory, no time
         want = (VideoClassifier(cfg, num_classes) if num_classes else VideoMAE(cfg)).state_dict()
     sd = ckpt["model"]
     if sorted(want) != sorted(sd) or any(tuple(want[k].shape) != tuple(sd[k].shape) for k in want):

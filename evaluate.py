@@ -85,6 +85,11 @@ parser.add_argument("--tgm-features", default=None, choices=["patch", "dense"], 
 # output
 parser.add_argument("--output-dir", default=None, help="where results.json / retrieval_*.json / vis_*.png go; default: the checkpoint's folder")
 parser.add_argument("--seed", type=int, default=0)
+# export (weights out to transformers)
+parser.add_argument("--export", default=None, metavar="DIR", help="instead of evaluating, write the checkpoint as a "
+                    "transformers VideoMAE folder DIR (must not exist): a pretrain.py checkpoint as VideoMAEForPreTraining, "
+                    "a finetune.py --mode finetune one as VideoMAEForVideoClassification (labels from --class-names, "
+                    "default: the run's); no data is read")
 
 
 
@@ -524,6 +529,16 @@ def main(args):
     if args.checkpoint is None:
         raise SystemExit("evaluate.py needs --checkpoint: a finetune.py checkpoint for the multi-view test, or a "
                          "pretrain.py checkpoint (or published VideoMAE weights) with --retrieval or --visualize")
+    if args.export:                                            # weights out to transformers: no data, no model run
+        try:
+            ckpt = M.load_checkpoint(args.checkpoint)
+            names = args.class_names or (ckpt.get("args") or {}).get("class_names")  # id2label: the run's classes
+            names = class_names_of(names) if names and "num_classes" in ckpt else None
+            M.export_videomae(ckpt, args.export, class_names=names, source=args.checkpoint)
+        except (M.CheckpointError, FileExistsError) as e:
+            raise SystemExit(f"evaluate.py: {e}")
+        print(f"wrote {args.export}: a transformers VideoMAE folder (its README.md shows how to load it)")
+        return
     if args.retrieval and args.visualize:
         raise SystemExit("--retrieval and --visualize are separate runs; pass one of them")
     out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))

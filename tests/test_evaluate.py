@@ -435,3 +435,42 @@ def test_retrieval_two_ranks_give_the_one_process_result(tmp_path, retrieval_lis
     assert one["num_gallery"] == two["num_gallery"] == 9 and one["num_queries"] == two["num_queries"] == 6
     for k in (1, 5, 10, 20):
         assert one[f"R{k}"] == pytest.approx(two[f"R{k}"]), k
+
+
+# -----------------------------------------------------------------------------
+# --export: the checkpoint as a transformers VideoMAE folder (its numbers are checked in tests/test_model.py)
+
+def test_export_command_writes_a_folder_and_refuses_with_sentences(tmp_path, capsys):
+    names = ["red", "green", "blue"]
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    save_finetune_checkpoint(tmp_path / "ft.pt", 3)
+    ckpt = M.load_checkpoint(tmp_path / "ft.pt")
+    ckpt["args"]["class_names"] = str(tmp_path / "classes.txt")  # as finetune.py saves a run that had them
+    M.save_checkpoint(tmp_path / "ft.pt", ckpt)
+    EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "ft.pt"), "--export", str(tmp_path / "hf_ft")]))
+    assert "wrote" in capsys.readouterr().out
+    config = json.load(open(tmp_path / "hf_ft" / "config.json"))
+    assert config["architectures"] == ["VideoMAEForVideoClassification"] and config["use_mean_pooling"]
+    assert config["id2label"] == {"0": "red", "1": "green", "2": "blue"}
+    info = json.load(open(tmp_path / "hf_ft" / "tgm.json"))
+    assert info["mode"] == "finetune" and info["exported_from"] == str(tmp_path / "ft.pt")
+
+    save_pretrain_checkpoint(tmp_path / "pre.pt")
+    EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "pre.pt"), "--export", str(tmp_path / "hf_pre")]))
+    config = json.load(open(tmp_path / "hf_pre" / "config.json"))
+    assert config["architectures"] == ["VideoMAEForPreTraining"] and not config["use_mean_pooling"]
+    info = json.load(open(tmp_path / "hf_pre" / "tgm.json"))
+    assert (info["mask"], info["ratio"], info["contrastive_head"], info["clip_model"]) == (
+        "tube", 0.75, "contrastive", "ViT-B-32-quickgelu")
+    assert "| mask | tube |" in open(tmp_path / "hf_pre" / "README.md").read()
+
+    with pytest.raises(SystemExit, match="already exists"):    # never over an existing folder
+        EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "ft.pt"), "--export", str(tmp_path / "hf_pre")]))
+    ckpt.update(mode="linear")                                 # a linear probe's checkpoint
+    M.save_checkpoint(tmp_path / "probe.pt", ckpt)
+    with pytest.raises(SystemExit, match="evaluate.py: .*is a linear probe"):
+        EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "probe.pt"), "--export", str(tmp_path / "hf_lp")]))
+    torch.save({"model": ckpt["model"]}, tmp_path / "other.pth")  # weights that are not ours
+    with pytest.raises(SystemExit, match="not a pretrain.py or finetune.py checkpoint"):
+        EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "other.pth"), "--export", str(tmp_path / "hf_x")]))
+    assert not (tmp_path / "hf_lp").exists() and not (tmp_path / "hf_x").exists()

@@ -5,6 +5,7 @@ checkpoints. CPU, tiny shapes, no network.
     python -m pytest -q tests/test_model.py
 """
 import math
+import os
 
 import pytest
 import torch
@@ -373,3 +374,131 @@ def test_info_nce_leaves_out_clips_without_a_caption():
     assert v.grad[~keep].abs().sum() == 0 and v.grad[keep].abs().sum() > 0
     none = M.info_nce(v, t, 0.1, torch.full((5,), -1))         # no caption anywhere: zero, and a graph to run
     assert none.item() == 0.0 and none.requires_grad
+
+
+# -----------------------------------------------------------------------------
+# export to transformers (evaluate.py --export): the folder loads there and gives our numbers
+
+# odd sizes, so that a mapping assuming 16 frames, 16 px patches or 224 px cannot pass: 4 frames of 48 x 48 in 8 px
+# patches -> grid (2, 6, 6), N = 72 tokens of P = 2*8*8*3 = 384 values
+ODD = dict(TINY, img_size=48, patch_size=8, norm_eps=1e-6)
+
+
+def randomised(module, seed=0):
+    """Every parameter moved off its init (norms and biases too), so no parameter can hide a mapping error."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return module.eval()
+
+
+def save_pretrain_like(path, cfg):
+    """A checkpoint with the keys pretrain.py's save writes -> the VideoMAE in it."""
+    mae = randomised(M.VideoMAE(cfg))
+    M.save_checkpoint(path, {
+        "model": mae.state_dict(), "optimizer": {}, "scaler": {}, "step": 40, "epoch": 2,
+        "model_cfg": M.model_config_dict(cfg), "head": "contrastive", "rng": [],
+        "args": {"mask": "tgm", "ratio": 0.6, "tgm_order": "top", "captions": "k400_captions.jsonl", "contrastive": True,
+                 "clip_model": "ViT-B-32-quickgelu", "clip_pretrained": "openai", "epochs": 2}})
+    return mae
+
+
+def save_finetune_like(path, cfg, num_classes=5, mode="finetune", class_names=None):
+    """A checkpoint with the keys finetune.py writes (--mode finetune or linear) -> the classifier in it."""
+    clf = M.VideoClassifier(cfg, num_classes, drop_path=0.0) if mode == "finetune" else M.ProbeClassifier(cfg, num_classes)
+    clf = randomised(clf)
+    M.save_checkpoint(path, {
+        "model": clf.state_dict(), "model_cfg": M.model_config_dict(cfg), "num_classes": num_classes, "mode": mode,
+        "args": {"mode": mode, "epochs": 3, "checkpoint": "runs/pre/ckpt.pt", "class_names": class_names},
+        "optimizer": {}, "epoch": 3, "best_top1": 50.0})
+    return clf
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_export_pretrain_checkpoint_gives_our_loss_in_transformers(tmp_path, norm_pix_loss):
+    from transformers import VideoMAEForPreTraining
+    mae = save_pretrain_like(tmp_path / "ckpt.pt", M.ModelConfig(**ODD, norm_pix_loss=norm_pix_loss))
+    M.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf", source="ckpt.pt")
+    hf, info = VideoMAEForPreTraining.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not any(info.values())                              # no missing, unexpected or mismatched weights
+    torch.manual_seed(1)
+    video = torch.randn(3, 3, 4, 48, 48)                       # (B, C, T, H, W)
+    mask = fixed_count_mask(3, 72, 54)                         # True = masked, 0.75
+    with torch.no_grad():
+        loss, pred, _ = mae(video, mask)
+        out = hf.eval()(video.transpose(1, 2), bool_masked_pos=mask)  # transformers takes (B, T, C, H, W)
+    assert abs(out.loss.item() - loss.item()) / loss.item() < 1e-5
+    # the rest is transformers' hard-coded eps 1e-5 in decoder.norm (the model card says so): with ours, rounding only
+    hf.decoder.norm.eps = 1e-6
+    with torch.no_grad():
+        out = hf(video.transpose(1, 2), bool_masked_pos=mask)
+    torch.testing.assert_close(out.logits, pred, rtol=0, atol=2e-6)
+
+
+def test_export_finetune_checkpoint_gives_our_logits_in_transformers(tmp_path):
+    from transformers import VideoMAEForVideoClassification
+    names = ["archery", "bowling", "cartwheel", "diving", "eating"]
+    clf = save_finetune_like(tmp_path / "ckpt.pt", M.ModelConfig(**ODD))
+    M.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf", class_names=names)
+    hf, info = VideoMAEForVideoClassification.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not any(info.values())
+    assert hf.config.id2label == dict(enumerate(names)) and hf.config.label2id["diving"] == 3
+    torch.manual_seed(1)
+    video = torch.randn(3, 3, 4, 48, 48)
+    with torch.no_grad():
+        ours, theirs = clf(video), hf.eval()(video.transpose(1, 2)).logits  # (B, K)
+    assert ours.abs().max() > 0.1                              # a head big enough for errors to show
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_export_round_trip_is_exact(tmp_path, kind):
+    """Exported, then imported back through load_videomae_weights: every tensor bit for bit (the head of Sec. 3.4
+    aside, which transformers has no slot for)."""
+    cfg = M.ModelConfig(**ODD)
+    src = (save_pretrain_like if kind == "pretrain" else save_finetune_like)(tmp_path / "ckpt.pt", cfg)
+    M.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf")
+    dst = M.VideoMAE(cfg) if kind == "pretrain" else M.VideoClassifier(cfg, 5)
+    missing, unexpected = M.load_videomae_weights(dst, tmp_path / "hf")
+    assert unexpected == [] and all(k.startswith("projector.") for k in missing)
+    want = {k: v for k, v in src.state_dict().items() if not k.startswith("projector.")}
+    got = dst.state_dict()
+    assert want.keys() <= got.keys()
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+
+
+def test_export_refuses_with_a_sentence(tmp_path):
+    cfg = M.ModelConfig(**ODD)
+    save_finetune_like(tmp_path / "probe.pt", cfg, mode="linear")
+    with pytest.raises(M.CheckpointError, match="is a linear probe"):
+        M.export_videomae(M.load_checkpoint(tmp_path / "probe.pt"), tmp_path / "hf")
+    save_pretrain_like(tmp_path / "ckpt.pt", cfg)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="already exists"):
+        M.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf")
+    assert os.listdir(tmp_path / "hf") == ["mine.txt"]         # untouched
+    official = {"model": M.load_checkpoint(tmp_path / "ckpt.pt")["model"]}  # weights without our model_cfg
+    with pytest.raises(M.CheckpointError, match="not a pretrain.py or finetune.py checkpoint"):
+        M.export_videomae(official, tmp_path / "hf2")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "hf", "probe.pt"]  # nothing written
+
+
+def test_export_crash_leaves_no_half_folder(tmp_path, monkeypatch):
+    save_pretrain_like(tmp_path / "ckpt.pt", M.ModelConfig(**ODD))
+    ckpt = M.load_checkpoint(tmp_path / "ckpt.pt")
+    write_whole = M.write_whole
+
+    def crash_at_the_card(path, write):
+        if path.endswith("README.md"):
+            raise OSError("disk full")
+        write_whole(path, write)
+    monkeypatch.setattr(M, "write_whole", crash_at_the_card)
+    with pytest.raises(OSError, match="disk full"):
+        M.export_videomae(ckpt, tmp_path / "hf")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]         # neither the folder nor its temporary copy
+    monkeypatch.undo()
+    M.export_videomae(ckpt, tmp_path / "hf")
+    assert sorted(os.listdir(tmp_path / "hf")) == ["README.md", "config.json", "model.safetensors", "tgm.json"]

@@ -195,11 +195,6 @@ class Keyframes(Dataset):
 # Vision-free captions per class from a language model (Table 6a prompts)
 
 
-def first_paragraph(text):
-    """The LM's answer up to its first blank line, whitespace collapsed (a base LM rambles on)."""
-    return " ".join(text.strip().split("\n\n")[0].split())
-
-
 @torch.no_grad()
 def llm_class_captions(name, class_names, labels, device, dtype, batch_size, max_new_tokens):
     """{label: [one caption per Table 6a prompt]} for the labels given, generated once per class (greedy)."""
@@ -219,7 +214,9 @@ def llm_class_captions(name, class_names, labels, device, dtype, batch_size, max
         enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True,
                   add_special_tokens=not tok.chat_template).to(lm.device)
         out = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        answers += [first_paragraph(t) for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+        # each answer up to its first blank line (a base LM rambles on), whitespace collapsed
+        answers += [" ".join(t.strip().split("\n\n")[0].split())
+                    for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
     k = len(LLM_PROMPTS)
     return {y: answers[j * k:(j + 1) * k] for j, y in enumerate(labels)}
 
@@ -257,14 +254,6 @@ def open_output(path):
             raise SystemExit(f"caption.py: {path}:{n}: not a caption line {{\"video\": ..., \"captions\": [...]}}; "
                              f"fix or remove that line, or pick another --out") from None
     return f, done
-
-
-def append_lines(f, objs):
-    """One write + fsync per batch: a kill loses at most this batch and leaves at most one partial line."""
-    if objs:
-        f.write("".join(json.dumps(o) + "\n" for o in objs).encode())
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def caption_batch(batch, args, processor, model, dtype, class_names, class_caps):
@@ -312,7 +301,7 @@ def main(args):
         if video not in seen:  # skip finished videos, and a video listed twice is captioned once
             seen.add(video)
             todo.append((video, label))
-    todo = todo[:args.limit] if args.limit is not None else todo
+    todo = todo[:args.limit]  # [:None]: all
     n_done = sum(video in done for video, _ in items)
     print(f"caption.py: source {args.source} | shard {args.shard}: {len(items)} videos, {n_done} already in {args.out}, "
           f"{len(todo)} to caption" + (f" (--limit {args.limit})" if args.limit is not None else ""))
@@ -321,9 +310,9 @@ def main(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision if args.precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-    use_blip2 = "blip2" in args.source
+    use_blip2 = "blip2" in args.source and bool(todo)  # nothing left to caption: no model to load
     processor = model = None
-    if use_blip2 and todo:
+    if use_blip2:
         processor, model = load_blip2(args.captioner, device, dtype)
         print(f"caption.py: BLIP-2 {args.captioner} on {device} in {precision}, {args.frames} keyframes per video")
     class_caps = {}
@@ -344,13 +333,14 @@ def main(args):
             for batch in loader:
                 good = [s for s in batch if s["error"] is None]
                 for s, caps in zip(good, caption_batch(good, args, processor, model, dtype, class_names, class_caps)):
-                    # a blank caption carries no text to mask or contrast with: kept out
-                    caps = [c for c in caps if c]
-                    s["captions"] = caps
-                    if not caps:
+                    s["captions"] = [c for c in caps if c]  # a blank caption carries no text to mask or contrast with
+                    if not s["captions"]:
                         s["error"] = f"{args.source} gave only empty captions"
                 lines = [dict(video=s["video"], captions=s["captions"], source=args.source) for s in batch if s["error"] is None]
-                append_lines(out, lines)
+                if lines:  # one write + fsync per batch: a kill loses at most this batch and one partial line
+                    out.write("".join(json.dumps(o) + "\n" for o in lines).encode())
+                    out.flush()
+                    os.fsync(out.fileno())
                 for s in batch:
                     if s["error"] is not None:
                         failed.write(json.dumps(dict(video=s["video"], reason=s["error"])) + "\n")

@@ -303,9 +303,6 @@ def test_indices(num_video_frames, num_frames, sampling_rate, view, num_views=5)
     return np.array(all_index[temporal_start:temporal_start + num_frames], dtype=np.int64)
 
 
-test_indices.__test__ = False  # a sampler, not a pytest test, even when a test module imports it by name
-
-
 # ----------------------------------------------------------------------------- spatial transforms
 
 
@@ -559,13 +556,13 @@ class VideoDataset(torch.utils.data.Dataset):
             maps, map_frames = self.text_maps.load(self.rel[index], captions)  # (n, F, g_h, g_w), (F,)
             pick = int(rng.integers(len(captions)))
             nearest = np.abs(map_frames[None, :] - indices[:, None]).argmin(1)  # each clip frame's stored frame
+        crops = self._crops(info, rng)
         samples = []
-        for crop in self._crops(info, rng):
-            # 'test' decodes all windows at once: view t is frames [t*T, (t+1)*T), crops vary fastest
-            views = range(self.test_num_segment) if self.mode == "test" else [0]
-            for t in views:
-                # RandAugment works on uint8 pixels, so the crop is rounded to them; without it the crop stays float
-                dtype = torch.uint8 if self.randaug is not None else torch.float32
+        # RandAugment works on uint8 pixels, so the crop is rounded to them; without it the crop stays float
+        dtype = torch.uint8 if self.randaug is not None else torch.float32
+        # 'test' decodes every window at once: view t is frames [t*T, (t+1)*T); VideoMAE's order: window, then crop
+        for t in range(self.test_num_segment) if self.mode == "test" else [0]:
+            for c, crop in enumerate(crops):
                 clip = apply_crop(x[t * T:(t + 1) * T], crop, self.input_size, dtype)  # (T, C, S, S)
                 if self.randaug is not None or self.erase is not None:
                     video = augment_clip(clip, self.randaug, self.erase, seed=int(rng.integers(2 ** 62)))
@@ -579,15 +576,12 @@ class VideoDataset(torch.utils.data.Dataset):
                 if self.text_maps is not None:
                     s["caption"], s["text_map"] = captions[pick], maps[pick, nearest[t * T:(t + 1) * T]]  # (T, g_h, g_w)
                 if self.mode == "test":
-                    s["view"] = (t, len(samples) // self.test_num_segment)
+                    s["view"] = (t, c)
                 if self.mask_fn is not None:
                     with torch.random.fork_rng(devices=[]):  # the masker draws from torch: seed it from rng too
                         torch.manual_seed(int(rng.integers(2 ** 62)))
                         s["mask"], s["mask_fallback"] = self.mask_fn(s)  # (N,) bool, True = masked; in the worker
                 samples.append(s)
-        if self.mode == "test":
-            # VideoMAE's order: temporal window outer, crop inner
-            samples.sort(key=lambda s: s["view"])
         return samples
 
     def __getitem__(self, index):

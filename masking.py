@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, denormalize, patchify, print0, write_whole
+from model import ModelConfig, denormalize, patchify, print0, write_whole
 
 # Notation: B clips, C channels, T frames of H x W pixels, tubelet t, patch p, grid (T', h, w) = (T/t, H/p, W/p),
 # N = T' * h * w tokens, k tokens masked per time slice, E the CLIP embedding width.
@@ -86,10 +86,9 @@ def tube_mask(batch, grid, ratio, generator=None):
 
 class LoaderMasker:
     """A mask_fn for data.VideoDataset, called in the loader workers: (sample, generator=None) -> (mask (N,) bool,
-    True = masked; fell_back: whether the masker had to fall back to a tube mask), for a token grid (T', h, w) and
-    a mask ratio. Without a generator it draws from torch's global
-    one, which data.VideoDataset seeds per (seed, epoch, video) around the call, so a mask does not depend on the
-    worker that made it (exact resume)."""
+    True = masked; fell_back: whether it had to fall back to a tube mask), for a token grid (T', h, w) and a ratio.
+    Without a generator it draws from torch's global one, which data.VideoDataset seeds per (seed, epoch, video)
+    around the call, so a mask does not depend on the worker that made it (exact resume)."""
 
     def __init__(self, grid, ratio):
         self.grid, self.ratio = tuple(grid), ratio
@@ -258,10 +257,9 @@ def clip_weights(name, pretrained, cache_dir=None):
 
 
 def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cache_dir=None):
-    """-> (clip, tokenizer): a frozen open_clip model in eval mode and its tokenizer.
-    pretrained: an open_clip tag ('openai': download or cache), a local weights file, or 'none' (random
-    weights). Use the -quickgelu name with 'openai': plain ViT-B-32 would silently build GELU (docs/design.md "Masking").
-    name may also be the path of an open_clip model config (.json), for a CLIP open_clip does not list (the demo's)."""
+    """-> (clip, tokenizer): a frozen open_clip model in eval mode and its tokenizer. pretrained: an open_clip tag
+    ('openai': download or cache), a local weights file, or 'none' (random weights). name may also be the path of
+    an open_clip model config (.json), for a CLIP open_clip does not list (the demo's)."""
     source = clip_weights(name, pretrained, cache_dir)
     name = register_config(name)
     if source is None:
@@ -338,12 +336,10 @@ class TextGuidedMasker:
 
     def _to_clip_input(self, x, size):
         """x (n, C, h_in, w_in) ImageNet-normalised -> (n, C, *size) as CLIP's preprocessing would give it."""
-        imagenet_mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        imagenet_std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         mean, std = self.clip_mean.to(x.device), self.clip_std.to(x.device)
         # both normalisations are affine per channel, so they commute with the (linear) resize: apply them to
         # the small input, and do only the clamp on the big output (one pass over it instead of three)
-        x = ((x * imagenet_std + imagenet_mean) - mean) / std  # [0, 1] pixels, then CLIP's mean/std
+        x = (denormalize(x[:, :, None])[:, :, 0] - mean) / std  # [0, 1] pixels (n 1-frame clips), then CLIP's mean/std
         # bicubic to CLIP's input size (Sec. 3.3); antialias=True is PIL's bicubic kernel, which CLIP was fed
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
         # bicubic overshoots: clamp to the normalised image of [0, 1], as PIL's 8-bit resize clips pixels
@@ -366,8 +362,7 @@ class TextGuidedMasker:
 
     def token_features(self, video):
         """video (B, C, T, H, W) ImageNet-normalised, H and W multiples of p -> (B*T*h*w, E) L2-normalised, one
-        CLIP feature per p x p patch of every frame, (t, h, w) order: 'patch' one CLIP image per patch, 'dense' one
-        per frame."""
+        CLIP feature per p x p patch of every frame, (t, h, w) order, by this masker's features."""
         if self.features == "patch":
             return self._patch_features(video)
         H, W = video.shape[-2:]
@@ -527,10 +522,8 @@ def make_maps(clip, tokenizer, items, captions, folder, identity, cells=14, fram
         try:
             if not caps:
                 raise data.VideoError("no caption for it in the captions file")
-            info = data.probe_video(path)
-            stored = np.arange(0, info.num_frames, frame_stride)
-            maps = frame_maps(clip, tokenizer, data.read_frames(path, stored), caps, cells, features,
-                              chunk_size=chunk_size)
+            frames, _, stored, _ = data.read_clip(path, lambda info: np.arange(0, info.num_frames, frame_stride))
+            maps = frame_maps(clip, tokenizer, frames, caps, cells, features, chunk_size=chunk_size)
         except data.VideoError as e:
             failed += 1
             with open(os.path.join(folder, "failed.jsonl"), "a") as f:
@@ -720,28 +713,16 @@ def main(args):
 
     # the clip as the validation loader cuts it: the centre window, the centre square, optionally flipped
     try:
-        info = data.probe_video(args.video)
-        indices = data.test_indices(info.num_frames, T, args.sampling_rate, 0, num_views=1)
-        frames, motion = data.read_frames(args.video, indices, motion=True) if args.mask == "mgm" else \
-            (data.read_frames(args.video, indices), None)
+        frames, motion, _, info = data.read_clip(args.video, lambda info: data.test_indices(
+            info.num_frames, T, args.sampling_rate, 0, num_views=1), motion=args.mask == "mgm")
     except data.VideoError as e:
         sys.exit(f"error: {args.video}: {e}")
-    crop = data.uniform_crop(info.height, info.width, S, 0, num_crops=1)
-    crop = dataclasses.replace(crop, flip=args.flip)
+    crop = dataclasses.replace(data.uniform_crop(info.height, info.width, S, 0, num_crops=1), flip=args.flip)
     pixels = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), crop, S, torch.float32)  # (T, C, S, S)
     video = data.normalize(pixels.permute(0, 2, 3, 1))  # (C, T, S, S) ImageNet-normalised
     g = torch.Generator().manual_seed(args.seed)
 
-    if args.mask == "random":
-        mask = random_mask(1, grid, ratio, g)[0]
-    elif args.mask == "tube":
-        mask = tube_mask(1, grid, ratio, g)[0]
-    elif args.mask == "mgm":
-        sample = {"video": video, "motion": motion, "frame_size": (info.height, info.width), "crop": crop}
-        mask, fell_back = MotionMasker(grid, ratio)(sample, g)
-        if fell_back:
-            print(f"{args.video} carries no motion vectors: fell back to a tube mask")
-    else:
+    if args.mask == "tgm":
         try:
             clip, tokenizer = load_clip(args.clip_model, args.clip_pretrained or "openai", args.device)
         except ClipWeightsError as e:
@@ -750,6 +731,12 @@ def main(args):
         text = TextEmbedder(clip, tokenizer)([caption])
         masker = TextGuidedMasker(clip, features, ratio, args.tgm_order, p, t, args.chunk_size)
         mask = masker(video[None], text, g)[0]
+    else:  # the loader's own maskers, given the sample the loader would give them
+        masker = {"random": RandomMasker, "tube": TubeMasker, "mgm": MotionMasker}[args.mask](grid, ratio)
+        sample = {"video": video, "motion": motion, "frame_size": (info.height, info.width), "crop": crop}
+        mask, fell_back = masker(sample, g)
+        if fell_back:
+            print(f"{args.video} carries no motion vectors: fell back to a tube mask")
 
     k = int(ratio * grid[1] * grid[2])
     name = f"tgm {features} {args.tgm_order}" if args.mask == "tgm" else args.mask

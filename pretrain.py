@@ -166,6 +166,8 @@ def text_targets(embed_text, captions, caption_ids, dim, device):
 
 def pretraining_loss(mae, raw_model, video, mask, text, text_ids, args):
     """Sec. 3.5: L = L_MSE + lambda * L_NCE -> (L, L_MSE, L_NCE or None when the run has no text).
+    Without --contrastive, L is L_MSE alone and L_NCE is the Fig. 4 probe's own loss, which backward_and_clip
+    steps apart from L.
 
     mae is the model as trained (DDP-wrapped or not), raw_model the bare VideoMAE (its head).
     video (B, C, T, H, W); mask (B, N) bool, True = masked; text (B, E) and text_ids (B,) from text_targets.
@@ -178,8 +180,9 @@ def pretraining_loss(mae, raw_model, video, mask, text, text_ids, args):
     # decreases", Sec. 5) but none of its gradient reaches the encoder.
     v = raw_model.video_embedding(latent if args.contrastive else latent.detach())  # (B, E) L2-normalised
     loss_nce = M.info_nce(v, text, args.tau, text_ids)         # Sec. 3.4, Eq. (4)
-    nce_weight = args.nce_weight if args.contrastive else 1.0  # the probe's own loss: lambda is for the encoder
-    return args.mse_weight * loss_mse + nce_weight * loss_nce, loss_mse, loss_nce
+    if not args.contrastive:  # the probe's loss stays out of L: a probe that diverged must not stop the run
+        return args.mse_weight * loss_mse, loss_mse, loss_nce
+    return args.mse_weight * loss_mse + args.nce_weight * loss_nce, loss_mse, loss_nce
 
 
 def main(args):
@@ -243,10 +246,8 @@ def main(args):
                 raise SystemExit(f"pretrain.py: the loss is {loss.item()} at step {step} (epoch {epoch}); stopping. "
                                  f"The last good checkpoint is {ckpt_path}" + ("" if os.path.isfile(ckpt_path) else " (none saved yet)"))
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.clip_grad)
+            log.probe_skips += backward_and_clip(loss, loss_nce if head == "probe" else None, raw_model, optimizer,
+                                                 scaler, args.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             step += 1
@@ -271,7 +272,7 @@ def main(args):
             break
 
     M.print0(f"done: {step} steps, last loss_nce {log.last_nce}, {log.bad_videos} bad videos skipped, "
-             f"{log.mask_fallbacks} mgm masks fell back to tube; checkpoint {ckpt_path}")
+             f"{log.mask_fallbacks} mgm masks fell back to tube, {log.probe_skips} probe steps dropped; checkpoint {ckpt_path}")
     log.close()
     if world > 1:
         dist.destroy_process_group()
@@ -302,9 +303,8 @@ def make_data(args, rank, world):
     """The clips (and, for random/tube/mgm, their masks, made in the loader workers) -> (dataset, the rank's
     DistributedSampler, steps per epoch). The demo data is built once, by rank 0."""
     if args.demo:
-        demo = data.demo_dataset() if rank == 0 else None
-        if world > 1:
-            dist.barrier()
+        with M.stop_together(world):  # if rank 0 cannot build it, every rank stops now with its sentence
+            demo = data.demo_dataset() if rank == 0 else None
         demo = demo or data.demo_dataset()
         args.data, args.root, args.captions = demo["train"], demo["root"], demo["captions"]
     grid = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames).grid
@@ -341,19 +341,21 @@ def make_text_side(args, dataset, cfg, device, rank, world):
     # on the demo, unless --clip-pretrained was typed, the demo CLIP stands in for weights that cannot be had; rank 0
     # loads first (it may train the demo CLIP, about a minute) while the others wait, as for the demo data
     stand_in = data.demo_dataset() if args.demo and args.clip_pretrained is None else None
+    # (a failure on any rank stops every rank at once, with that rank's sentence: M.stop_together)
     try:
-        got = masking.load_clip_for(args.clip_model, args.clip_pretrained or "openai", device, stand_in) if rank == 0 else None
-        if world > 1:
-            dist.barrier()
-        got = got or masking.load_clip_for(args.clip_model, args.clip_pretrained or "openai", device, stand_in)
+        with M.stop_together(world):
+            got = masking.load_clip_for(args.clip_model, args.clip_pretrained or "openai", device, stand_in) if rank == 0 else None
+        with M.stop_together(world):
+            got = got or masking.load_clip_for(args.clip_model, args.clip_pretrained or "openai", device, stand_in)
     except masking.ClipWeightsError as e:
         raise SystemExit(f"pretrain.py: {e}")
     clip, tokenizer, args.clip_model, args.clip_pretrained = got
     if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions
         problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
             args.clip_model, args.clip_pretrained, dataset.captions, dataset.rel), dataset.rel)
-        if problem:
-            raise SystemExit(f"pretrain.py: {problem}")
+        with M.stop_together(world):
+            if problem:
+                raise SystemExit(f"pretrain.py: {problem}")
     embed_text = masking.TextEmbedder(clip, tokenizer)
     # Every distinct caption of the list is embedded once, up front, in a fixed order and fixed chunks: a text
     # target then never depends on which captions shared its CLIP batch (bit for bit, so --resume is exact).
@@ -378,6 +380,7 @@ def make_text_side(args, dataset, cfg, device, rank, world):
 
 def resume(args, ckpt_path, raw_model, optimizer, scaler, rank, steps_per_epoch):
     """--resume auto | PATH: model, optimizer, scaler, step and this rank's RNG states -> the step to go on from."""
+    args.resume = M.resume_on_restart(args.resume)
     os.makedirs(args.output_dir, exist_ok=True)
     path = ckpt_path if args.resume == "auto" and os.path.isfile(ckpt_path) else (
         None if args.resume in (None, "auto") else args.resume)
@@ -415,6 +418,31 @@ def epoch_loader(args, dataset, sampler, epoch, skip_steps, device):
     return DataLoader(dataset, batch_size=videos_per_step, sampler=SkipSampler(sampler, skip_steps * videos_per_step),
                       num_workers=args.num_workers, collate_fn=data.collate, drop_last=True,
                       pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def backward_and_clip(loss, probe_loss, raw_model, optimizer, scaler, clip_grad):
+    """One backward pass (DDP reduces every gradient in it) of L and, given, the Fig. 4 probe's loss; then --clip-grad.
+    -> 1 when the probe's step was dropped, else 0.
+
+    The probe stands apart, so that it never changes what the encoder learns: its loss or gradient not finite,
+    its gradients are dropped before GradScaler looks for infs (which would skip the whole step) and AdamW leaves the
+    head as it is; and --clip-grad clips the head by its own norm, not by one total norm with the encoder's."""
+    scaler.scale(loss if probe_loss is None else loss + probe_loss).backward()  # the probe's graph starts at a detach
+    head = list(raw_model.projector.parameters()) if probe_loss is not None else []
+    dropped = 0
+    if head:
+        grads = [p.grad for p in head if p.grad is not None]
+        finite = torch.isfinite(probe_loss) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        if not finite:  # the same on every rank: the loss is the global batch's, the gradients DDP's average
+            for p in head:
+                p.grad = None
+            dropped = 1
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        ids = {id(p) for p in head}
+        torch.nn.utils.clip_grad_norm_([p for p in raw_model.parameters() if id(p) not in ids], clip_grad)
+        torch.nn.utils.clip_grad_norm_(head, clip_grad)      # no gradients (dropped, or no probe): nothing to do
+    return dropped
 
 
 def catch_stop_signals():
@@ -471,6 +499,7 @@ class Log:
     def __init__(self, output_dir, rank):
         self.file = open(os.path.join(output_dir, "log.jsonl"), "a") if rank == 0 else None
         self.bad_videos, self.mask_fallbacks, self.last_nce = 0, 0, "none (no captions)"
+        self.probe_skips = 0  # steps of the Fig. 4 probe dropped for a loss or gradient that was not finite
 
     def bad(self, bad):
         self.bad_videos += len(bad)
@@ -478,7 +507,7 @@ class Log:
             M.print0(f"skipped bad video {path}: {reason}")
 
     def write(self, **rec):
-        rec.update(bad_videos=self.bad_videos, mask_fallbacks=self.mask_fallbacks)
+        rec.update(bad_videos=self.bad_videos, mask_fallbacks=self.mask_fallbacks, probe_skips=self.probe_skips)
         if rec["loss_nce"] is not None:
             self.last_nce = f"{rec['loss_nce']:.4f}"
         if self.file:

@@ -10,7 +10,8 @@ One node with 8 GPUs, Kinetics-400 (the paper's TGM run; docs/pretraining.md lis
     torchrun --nproc_per_node=8 pretrain.py --data k400/train.txt --root k400/ --captions k400_captions.jsonl \
         --mask tgm --ratio 0.6 --contrastive --batch-size 32 --epochs 200 --output-dir runs/k400_tgm
 Several nodes: the same with torchrun --nnodes=N --node_rank=i --rdzv-endpoint=HOST:PORT.
-Resume: add --resume auto (or a path): optimizer, schedule, step, sampler position and RNG states continue.
+Resume: add --resume auto (or a path): optimizer, schedule, step, sampler position and RNG states continue; under
+torchrun --max-restarts N a restarted group resumes so by itself (docs/pretraining.md "Faults").
 """
 import argparse
 import json
@@ -424,9 +425,10 @@ def backward_and_clip(loss, probe_loss, raw_model, optimizer, scaler, clip_grad)
     """One backward pass (DDP reduces every gradient in it) of L and, given, the Fig. 4 probe's loss; then --clip-grad.
     -> 1 when the probe's step was dropped, else 0.
 
-    The probe stands apart, so that it never changes what the encoder learns: its loss or gradient not finite,
-    its gradients are dropped before GradScaler looks for infs (which would skip the whole step) and AdamW leaves the
-    head as it is; and --clip-grad clips the head by its own norm, not by one total norm with the encoder's."""
+    The probe stands apart, so that it never changes what the encoder learns: when its loss or gradient is not
+    finite, its gradients are dropped before GradScaler looks for infs (which would skip the whole step) and AdamW
+    leaves the head as it is; and --clip-grad clips the head by its own norm and the MAE by its own (one total norm
+    would let the probe's gradient set the encoder's clipping factor)."""
     scaler.scale(loss if probe_loss is None else loss + probe_loss).backward()  # the probe's graph starts at a detach
     head = list(raw_model.projector.parameters()) if probe_loss is not None else []
     dropped = 0

@@ -233,6 +233,14 @@ def validate(model, loader, device, amp):
     return c1, c5, n
 
 
+def seed_epoch(seed, rank, epoch):
+    """The epoch's draws from (seed, rank, epoch) alone -> the mixup / cutmix generator; torch's (drop path, the
+    loader's shuffle and workers) seeded too. A run resumed at an epoch's start (--resume, or a torchrun restart)
+    then draws what the uninterrupted run drew."""
+    torch.manual_seed(hash((seed, rank, epoch)) % 2**63)
+    return np.random.default_rng([seed, rank, epoch])
+
+
 def main(args):
     rank, world, device = M.setup_distributed()
     state, enc_sd, cfg = starting_point(args)                  # fills args (paper / demo / checkpoint values)
@@ -254,13 +262,13 @@ def main(args):
     total_steps, warmup_steps = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
     os.makedirs(args.output_dir, exist_ok=True)
     log_path = os.path.join(args.output_dir, "log.jsonl")
-    mix_rng = np.random.default_rng([args.seed, rank])
 
     # -----------------------------------------------------------------------------
     # the loop: Sec. 4.2, VideoMAE's finetuning (mixup / cutmix, soft targets) or MAE's linear probe
     bad_total, t_start = 0, time.time()
     for epoch in range(start_epoch, args.epochs):
         train_ds.set_epoch(epoch)  # new crops, flips and temporal offsets every epoch (data.py seeds per epoch)
+        mix_rng = seed_epoch(args.seed, rank, epoch)
         if isinstance(train_loader.sampler, torch.utils.data.DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
         model.train()
@@ -330,7 +338,7 @@ def main(args):
 def starting_point(args):
     """Where the run starts -> (resume state or None, pretrained encoder state dict or None, the ModelConfig); fills
     args' None defaults (resolve_args). The config comes from the checkpoint when it stores one."""
-    resume = args.resume
+    resume = M.resume_on_restart(args.resume)
     if resume == "auto":
         resume = os.path.join(args.output_dir, "ckpt.pt")
         resume = resume if os.path.isfile(resume) else None

@@ -954,11 +954,61 @@ def setup_distributed(device=None):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if "RANK" not in os.environ:
         return 0, 1, device
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    join_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def join_process_group(backend):
+    """init_process_group over torchrun's store, seen under a prefix of this elastic attempt's own.
+
+    NOTE: torchrun's static rendezvous (--master_port, no --rdzv-backend) keeps one store for the whole job, and a
+    process group writes the same keys in every attempt: after a restart (--max-restarts) a rank would read the
+    addresses its dead predecessors wrote there and connect to ranks that no longer exist (refused; or no answer
+    until the timeout, when something still holds such a port). A prefix per attempt hides the old keys."""
+    store, rank, world = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"attempt{elastic_restarts()}/", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+
+
+def elastic_restarts():
+    """How many times torchrun restarted this group after a rank died (0: the first attempt, or no torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def resume_on_restart(resume):
+    """--resume as typed; or, after torchrun restarted the group (--max-restarts), 'auto': the restarted run goes on
+    from its last checkpoint, not from step 0."""
+    if resume is None and elastic_restarts() > 0:
+        print0(f"torchrun restart {elastic_restarts()}: resuming from the run's last checkpoint, as --resume auto")
+        return "auto"
+    return resume
+
+
+@contextlib.contextmanager
+def stop_together(world):
+    """Start-up work that may fail on some rank (CLIP weights, the demo data, a list, the maps): the ranks meet at
+    the end of the block, and when any failed, every rank stops there at once. The lowest failed rank raises its
+    own error (its sentence, printed once); the others exit 1 without a word. A rank that just died would leave the
+    others waiting at their next collective until the job's timeout."""
+    try:
+        yield
+    except BaseException:
+        if failed_ranks(world, True)[0] == (dist.get_rank() if world > 1 else 0):
+            raise
+        raise SystemExit(1) from None
+    if failed_ranks(world, False):
+        raise SystemExit(1)
+
+
+def failed_ranks(world, failed):
+    """Every rank says whether it failed -> the ranks that did, in order (one all_gather)."""
+    flags = [failed] * world
+    if world > 1:
+        dist.all_gather_object(flags, failed)
+    return [r for r, f in enumerate(flags) if f]
 
 
 def print0(*args, **kwargs):

@@ -10,7 +10,8 @@ One node with 8 GPUs, Kinetics-400 (the paper's TGM run; docs/pretraining.md lis
     torchrun --nproc_per_node=8 pretrain.py --data k400/train.txt --root k400/ --captions k400_captions.jsonl \
         --mask tgm --ratio 0.6 --contrastive --batch-size 32 --epochs 200 --output-dir runs/k400_tgm
 Several nodes: the same with torchrun --nnodes=N --node_rank=i --rdzv-endpoint=HOST:PORT.
-Resume: add --resume auto (or a path): optimizer, schedule, step, sampler position and RNG states continue.
+Resume: add --resume auto (or a path): optimizer, schedule, step, sampler position and RNG states continue; under
+torchrun --max-restarts N a restarted group resumes so by itself (docs/pretraining.md "Faults").
 """
 import argparse
 import json
@@ -176,20 +177,24 @@ def pretraining_loss(mae, video, mask, t=None, text_ids=None, tau=0.07, mse_weig
     head = getattr(mae, "module", mae)                         # the VideoMAE inside DDP: its video-text head
     v = head.video_embedding(latent.detach() if probe else latent)  # (B, E) L2-normalised
     loss_nce = M.info_nce(v, t, tau, text_ids, grad_sync="mean")  # Sec. 3.4, Eq. (4); DDP averages gradients
+    if probe:  # the probe's loss stays out of L, stepped apart (backward_and_clip): a diverging probe never stops a run
+        return mse_weight * loss_mse, loss_mse, loss_nce
     return mse_weight * loss_mse + nce_weight * loss_nce, loss_mse, loss_nce
 
 
 def main(args):
     rank, world, device = M.setup_distributed(args.device)
     set_up_run(args, device)
-    dataset, sampler, steps_per_epoch = make_data(args, rank, world)
+    with M.stop_together(world):      # a list or captions file that cannot be read: one sentence, every rank stops
+        dataset, sampler, steps_per_epoch = make_data(args, rank, world)
     cfg = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames,
                         norm_pix_loss=not args.no_norm_pix_loss)
     embed_text = caption_ids = tgm = None                     # a run without text: no CLIP at all
     if args.mask == "tgm" or args.contrastive or args.captions:  # the tgm mask, L_NCE, or the Fig. 4 probe
-        clip, tokenizer = load_clip(args, device)
-        if args.tgm_maps:
-            check_maps(args, dataset)
+        with M.stop_together(world):  # a rank that cannot load CLIP or use the maps stops every rank, with its sentence
+            clip, tokenizer = load_clip(args, device)
+            if args.tgm_maps:
+                check_maps(args, dataset)
         embed_text, caption_ids = embed_captions(clip, tokenizer, dataset, device, args.precision)
         cfg.head_out_dim = embed_text(["a video"]).shape[1]   # CLIP's joint width: video and text meet in one space
         if args.mask == "tgm" and not args.tgm_maps:          # Sec. 3.3 in the step; with maps, in the loader
@@ -247,17 +252,14 @@ def main(args):
                                           titles=[c or "" for c in captions] if captions else ())
 
             with M.autocast(device, args.precision):
-                loss, loss_mse, loss_nce = pretraining_loss(  # the probe's own loss has weight 1: lambda is the encoder's
-                    mae, video, mask, text, text_ids, args.tau, args.mse_weight,
-                    args.nce_weight if args.contrastive else 1.0, probe=not args.contrastive)
+                loss, loss_mse, loss_nce = pretraining_loss(mae, video, mask, text, text_ids, args.tau, args.mse_weight,
+                                                            args.nce_weight, probe=not args.contrastive)
             if not torch.isfinite(loss):
                 raise SystemExit(f"pretrain.py: the loss is {loss.item()} at step {step} (epoch {epoch}); stopping. "
                                  f"The last good checkpoint is {ckpt_path}" + ("" if os.path.isfile(ckpt_path) else " (none saved yet)"))
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.clip_grad)
+            log.probe_skips += backward_and_clip(loss, loss_nce if head == "probe" else None, raw_model, optimizer,
+                                                 scaler, args.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             step += 1
@@ -282,7 +284,7 @@ def main(args):
             break
 
     M.print0(f"done: {step} steps, last loss_nce {log.last_nce}, {log.bad_videos} bad videos skipped, "
-             f"{log.mask_fallbacks} mgm masks fell back to tube; checkpoint {ckpt_path}")
+             f"{log.mask_fallbacks} mgm masks fell back to tube, {log.probe_skips} probe steps dropped; checkpoint {ckpt_path}")
     log.close()
     if world > 1:
         dist.destroy_process_group()
@@ -366,6 +368,7 @@ def embed_captions(clip, tokenizer, dataset, device, precision):
 
 def resume(args, ckpt_path, raw_model, optimizer, scaler, rank, steps_per_epoch):
     """--resume auto | PATH: model, optimizer, scaler, step and this rank's RNG states -> the step to go on from."""
+    args.resume = M.resume_on_restart(args.resume)
     os.makedirs(args.output_dir, exist_ok=True)
     path = ckpt_path if args.resume == "auto" and os.path.isfile(ckpt_path) else (
         None if args.resume in (None, "auto") else args.resume)
@@ -403,6 +406,32 @@ def epoch_loader(args, dataset, sampler, epoch, skip_steps, device):
     return DataLoader(dataset, batch_size=videos_per_step, sampler=SkipSampler(sampler, skip_steps * videos_per_step),
                       num_workers=args.num_workers, collate_fn=data.collate, drop_last=True,
                       pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def backward_and_clip(loss, probe_loss, raw_model, optimizer, scaler, clip_grad):
+    """One backward pass (DDP reduces every gradient in it) of L and, given, the Fig. 4 probe's loss; then --clip-grad.
+    -> 1 when the probe's step was dropped, else 0.
+
+    The probe stands apart, so that it never changes what the encoder learns: when its loss or gradient is not
+    finite, its gradients are dropped before GradScaler looks for infs (which would skip the whole step) and AdamW
+    leaves the head as it is; and --clip-grad clips the head by its own norm and the MAE by its own (one total norm
+    would let the probe's gradient set the encoder's clipping factor)."""
+    scaler.scale(loss if probe_loss is None else loss + probe_loss).backward()  # the probe's graph starts at a detach
+    head = list(raw_model.projector.parameters()) if probe_loss is not None else []
+    dropped = 0
+    if head:
+        grads = [p.grad for p in head if p.grad is not None]
+        finite = torch.isfinite(probe_loss) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        if not finite:  # the same on every rank: the loss is the global batch's, the gradients DDP's average
+            for p in head:
+                p.grad = None
+            dropped = 1
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        ids = {id(p) for p in head}
+        torch.nn.utils.clip_grad_norm_([p for p in raw_model.parameters() if id(p) not in ids], clip_grad)
+        torch.nn.utils.clip_grad_norm_(head, clip_grad)      # no gradients (dropped, or no probe): nothing to do
+    return dropped
 
 
 def catch_stop_signals():
@@ -459,6 +488,7 @@ class Log:
     def __init__(self, output_dir, rank):
         self.file = open(os.path.join(output_dir, "log.jsonl"), "a") if rank == 0 else None
         self.bad_videos, self.mask_fallbacks, self.last_nce = 0, 0, "none (no captions)"
+        self.probe_skips = 0  # steps of the Fig. 4 probe dropped for a loss or gradient that was not finite
 
     def bad(self, bad):
         self.bad_videos += len(bad)
@@ -466,7 +496,7 @@ class Log:
             M.print0(f"skipped bad video {path}: {reason}")
 
     def write(self, **rec):
-        rec.update(bad_videos=self.bad_videos, mask_fallbacks=self.mask_fallbacks)
+        rec.update(bad_videos=self.bad_videos, mask_fallbacks=self.mask_fallbacks, probe_skips=self.probe_skips)
         if rec["loss_nce"] is not None:
             self.last_nce = f"{rec['loss_nce']:.4f}"
         if self.file:

@@ -41,3 +41,53 @@ def tiny_clip_config(tmp_path_factory):
 def tiny_clip_dim():
     """TINY_CLIP's embedding width E: the contrastive head's output must match it."""
     return TINY_CLIP["embed_dim"]
+
+
+# -----------------------------------------------------------------------------
+# torchrun runs of a stage, for the elastic-restart and start-up failure tests
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(script, argv, *torchrun_flags, timeout=300):
+    """`torchrun --nproc_per_node=2 ... script argv` on the CPU, one thread per rank -> subprocess.CompletedProcess."""
+    import subprocess
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           *torchrun_flags, script, *argv]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# A stage whose rank 1 is SIGKILLed at the start of its second epoch, once rank 0 has written the first checkpoint,
+# in torchrun's first attempt only: the restarted group (--max-restarts) then runs the stage as it is.
+KILLED_RANK_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+import {module} as stage
+
+calls, epoch_start = [], stage.{hook}
+
+
+def hooked(*a):
+    calls.append(1)
+    if len(calls) == 2 and os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        while not os.path.isfile({ckpt!r}):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return epoch_start(*a)
+
+
+stage.{hook} = hooked
+stage.main({parse})
+"""
+
+
+def killed_rank_script(path, module, hook, ckpt, parse):
+    """Write KILLED_RANK_SCRIPT for module (pretrain or finetune), hooked on its per-epoch function hook -> path."""
+    with open(path, "w") as f:
+        f.write(KILLED_RANK_SCRIPT.format(root=ROOT, module=module, hook=hook, ckpt=str(ckpt), parse=parse))
+    return str(path)

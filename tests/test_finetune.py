@@ -399,3 +399,23 @@ def test_bad_flag_combinations_stop_with_a_sentence(colour_data, tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(M.CheckpointError, match="cannot be read"):
         FT.main(run_args(colour_data, tmp_path / "bad", "--checkpoint", str(tmp_path / "broken.pt")))
+
+
+def test_a_killed_rank_restarts_under_torchrun_and_ends_as_the_uninterrupted_run(colour_data, tmp_path):
+    """Rank 1 SIGKILLed at the start of epoch 2, after the first checkpoint, under torchrun --max-restarts 1 and no
+    --resume: the restarted group goes on from that checkpoint, and every weight ends as the uninterrupted run's."""
+    from conftest import ROOT, killed_rank_script, torchrun
+    argv = ["--data", colour_data["train"], "--root", colour_data["root"], "--sampling-rate", "2", "--num-workers", "0",
+            "--checkpoint", "none", "--model", "vit_tiny", "--num-frames", "4", "--input-size", "32",
+            "--batch-size", "4", "--epochs", "2", "--warmup-epochs", "1"]
+    res = torchrun(os.path.join(ROOT, "finetune.py"), argv + ["--output-dir", str(tmp_path / "straight")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    killed = tmp_path / "killed"
+    script = killed_rank_script(tmp_path / "killed.py", "finetune", "seed_epoch", killed / "ckpt.pt", "stage.parser.parse_args()")
+    res = torchrun(script, argv + ["--output-dir", str(killed)], "--max-restarts=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "torchrun restart 1: resuming from the run's last checkpoint" in res.stdout and "resumed at epoch 1" in res.stdout
+    a, b = M.load_checkpoint(tmp_path / "straight" / "ckpt.pt"), M.load_checkpoint(killed / "ckpt.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

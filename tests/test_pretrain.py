@@ -206,7 +206,7 @@ def test_nce_probe_trains_the_head_and_leaves_the_encoder_alone():
     def grads(text, ids):
         mae.zero_grad(set_to_none=True)
         loss, loss_mse, loss_nce = pretrain.pretraining_loss(mae, video, mask, text, ids, probe=True)
-        loss.backward()
+        (loss if loss_nce is None else loss + loss_nce).backward()  # L, and the probe's loss apart (backward_and_clip)
         return {n: (p.grad.clone() if p.grad is not None else None) for n, p in mae.named_parameters()}, loss_nce
 
     with_probe, loss_nce = grads(text, ids)
@@ -250,3 +250,95 @@ def test_two_ranks_where_one_lacks_captions_finish(demo, tiny_clip, small_list, 
     log = read_log(tmp_path / "ddp")
     assert [r["step"] for r in log] == [1, 2] and all(r["loss_nce"] > 0 and not r["nce_optimised"] for r in log)
     assert M.load_checkpoint(tmp_path / "ddp" / "ckpt.pt")["head"] == "probe"
+
+
+# -----------------------------------------------------------------------------
+# faults of a long run (docs/pretraining.md "Faults"): a rank killed under torchrun's restart, a rank that fails at
+# start-up, a Fig. 4 probe that diverges
+
+def test_a_killed_rank_restarts_under_torchrun_and_ends_as_the_uninterrupted_run(demo, tiny_clip, small_list, tmp_path):
+    from conftest import killed_rank_script, torchrun
+    common = flags(demo, tiny_clip, None, small_list) + ["--mask", "tube", "--save-every", "1"]
+    common[common.index("--batch-size") + 1] = "4"                   # 2 ranks x 4: 4 steps an epoch
+    del common[common.index("--captions"):common.index("--captions") + 2]  # no captions: no CLIP to load in its three starts
+    res = torchrun(os.path.join(ROOT, "pretrain.py"), common + out_flag(tmp_path / "straight"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    killed = tmp_path / "killed"
+    script = killed_rank_script(tmp_path / "killed.py", "pretrain", "epoch_loader", killed / "ckpt.pt", "stage.parse_args()")
+    res = torchrun(script, common + out_flag(killed), "--max-restarts=1")  # no --resume typed
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "torchrun restart 1: resuming from the run's last checkpoint" in res.stdout
+    assert "resumed from" in res.stdout and "at step 4" in res.stdout
+    a, b = M.load_checkpoint(tmp_path / "straight" / "ckpt.pt"), M.load_checkpoint(killed / "ckpt.pt")
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_rank_0_failing_to_load_clip_stops_both_ranks_at_once(demo, tiny_clip, small_list, tmp_path):
+    import time
+    from conftest import torchrun
+    argv = flags(demo, tiny_clip, tmp_path, small_list) + ["--mask", "tube"]
+    argv[argv.index("--clip-pretrained") + 1] = str(tmp_path / "no_such_weights.safetensors")
+    t0 = time.time()
+    res = torchrun(os.path.join(ROOT, "pretrain.py"), argv, timeout=120)
+    assert res.returncode != 0 and time.time() - t0 < 60           # not the process group's 30-minute timeout
+    sentence = "pretrain.py: --clip-pretrained"
+    assert (res.stdout + res.stderr).count(sentence) == 1, res.stderr[-3000:]
+    # rank 1 stopped on rank 0's word, not on a broken connection (a barrier's error; on GPUs, a hang)
+    assert "[rank1]" not in res.stderr, res.stderr[-3000:]
+
+
+def test_the_probe_is_clipped_apart_and_a_bad_probe_step_is_dropped():
+    """--clip-grad 0.1 with the Fig. 4 probe: after backward_and_clip the encoder's and decoder's gradients equal
+    those of the same step without captions, bit for bit (fp32); a probe loss that is not finite drops the probe's
+    step alone."""
+    import torch.nn.functional as F
+    from test_model import fixed_count_mask, tiny_cfg
+    torch.manual_seed(0)
+    mae = M.VideoMAE(tiny_cfg()).train()
+    video, mask = torch.randn(4, 3, 4, 32, 32), fixed_count_mask(4, 8, 6)
+    text, ids = F.normalize(torch.randn(4, 16), dim=-1) * 30, torch.arange(4)  # a large probe gradient
+    optimizer = torch.optim.AdamW(M.param_groups(mae, 0.05), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def step(text, poison=1.0):
+        optimizer.zero_grad(set_to_none=True)
+        loss, _, loss_nce = pretrain.pretraining_loss(mae, video, mask, text, ids, probe=True)
+        dropped = pretrain.backward_and_clip(loss, None if text is None else loss_nce * poison, mae, optimizer, scaler, 0.1)
+        return {n: None if p.grad is None else p.grad.clone() for n, p in mae.named_parameters()}, dropped
+
+    without, _ = step(None)
+    with_probe, dropped = step(text)
+    assert not dropped
+    head = [g for n, g in with_probe.items() if n.startswith("projector.")]
+    assert torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in head])) <= 0.1 + 1e-6  # its own clip
+    for n, g in without.items():
+        if not n.startswith("projector."):
+            assert torch.equal(with_probe[n], g), n
+    poisoned, dropped = step(text, float("nan"))
+    assert dropped and all(poisoned[n] is None for n in poisoned if n.startswith("projector."))
+    for n, g in without.items():
+        if not n.startswith("projector."):
+            assert torch.equal(poisoned[n], g), n
+
+
+def test_a_diverging_probe_leaves_the_mae_run_as_it_was(demo, tiny_clip, small_list, tmp_path, monkeypatch):
+    common = flags(demo, tiny_clip, None, small_list) + ["--mask", "tube", "--clip-grad", "0.1", "--max-steps", "6"]
+    pretrain.main(pretrain.parse_args(common + out_flag(tmp_path / "healthy")))
+    info_nce, calls = M.info_nce, []
+
+    def diverging(*a, **kw):   # the probe's loss blows up from the 3rd step on: inf, then NaN
+        calls.append(1)
+        loss = info_nce(*a, **kw)
+        return loss if len(calls) < 3 else loss * (float("inf") if len(calls) % 2 else float("nan"))
+
+    monkeypatch.setattr(M, "info_nce", diverging)
+    pretrain.main(pretrain.parse_args(common + out_flag(tmp_path / "diverged")))
+    healthy, diverged = read_log(tmp_path / "healthy"), read_log(tmp_path / "diverged")
+    assert [r["loss_mse"] for r in diverged] == [r["loss_mse"] for r in healthy] and len(diverged) == 6
+    assert [r["probe_skips"] for r in diverged] == [0, 0, 1, 2, 3, 4] and healthy[-1]["probe_skips"] == 0
+    a, b = M.load_checkpoint(tmp_path / "healthy" / "ckpt.pt"), M.load_checkpoint(tmp_path / "diverged" / "ckpt.pt")
+    for k in a["model"]:
+        if not k.startswith("projector."):
+            assert torch.equal(a["model"][k], b["model"][k]), k

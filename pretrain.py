@@ -66,7 +66,8 @@ def get_parser():
     parser.add_argument("--contrastive", action="store_true", help="add the masked video-text InfoNCE loss (Sec. 3.4)")
     parser.add_argument("--tau", type=float, default=0.07, help="InfoNCE temperature tau, Eq. (4)")
     parser.add_argument("--nce-weight", type=float, default=1.0, help="lambda in L_MSE + lambda L_NCE; paper: 1 (Sec. 3.5)")
-    parser.add_argument("--mse-weight", type=float, default=1.0, help="weight of L_MSE; 0 = pure contrastive (Table 2 rows 'V->T' only)")
+    parser.add_argument("--mse-weight", type=float, default=1.0, help="weight of L_MSE; 0 = pure contrastive (Table 2 rows 'V->T' "
+                        "only); 0 without --contrastive (with captions): Fig. 4's control, the probe on a never-trained encoder")
     # optimisation
     parser.add_argument("--epochs", type=int, default=None, help="paper: 200 (Tables 1-6) (demo: 4)")
     parser.add_argument("--batch-size", type=int, default=None, help="clips per process per step (repeated copies included); paper: 32 (demo: 16)")
@@ -129,8 +130,9 @@ def check_args(args):
         fail(f"--data {args.data}: no such list file")
     if args.captions and not os.path.isfile(args.captions):
         fail(f"--captions {args.captions}: no such file (make one with caption.py)")
-    if args.mse_weight == 0 and not args.contrastive:
-        fail("--mse-weight 0 leaves no loss: add --contrastive for pure contrastive pretraining")
+    if args.mse_weight == 0 and not (args.contrastive or args.captions):
+        fail("--mse-weight 0 leaves no loss: add --contrastive for pure contrastive pretraining (or --captions for "
+             "Fig. 4's control: the probe alone, on an encoder that never trains)")
     if args.batch_size % args.repeat_aug:
         fail(f"--batch-size {args.batch_size} must be a multiple of --repeat-aug {args.repeat_aug}")
     if args.mask == "tgm" and not (args.tgm_maps or args.tgm_features):
@@ -207,6 +209,9 @@ def main(args):
     # what trains the video-text head: L_NCE, the Fig. 4 probe, or nothing (no captions: frozen, so that DDP does
     # not wait for gradients that never come)
     head = "contrastive" if args.contrastive else ("probe" if embed_text is not None else None)
+    # --mse-weight 0 without --contrastive is Fig. 4's control: no loss reaches the MAE, so it stays as initialised
+    # (frozen, so that not even weight decay moves it) while the probe learns on its output, as it does in pure MAE
+    raw_model.requires_grad_(not (args.mse_weight == 0 and head == "probe"))
     raw_model.projector.requires_grad_(head is not None)
     mae = torch.compile(raw_model) if args.compile else raw_model
     if world > 1:

@@ -38,10 +38,15 @@ for mask, ratio in (("tube", 0.75), ("mgm", 0.75), ("tgm", 0.6)):
              (mask, mask, ratio, [], "MAE"),
              (mask, mask, ratio, ["--contrastive"], "MAE + V->T")]
 ROWS += [("tube0.9", "tube", 0.9, [], "MAE"), ("none", "none", None, None, "no pretraining")]
+# Fig. 4's control, per mask: the same head, data and schedule as pure MAE, on an encoder that never trains
+# (--mse-weight 0 without --contrastive); pretraining only, as its transfer is the "none" row's
+CONTROL = "probe, never-trained encoder"
+ROWS += [(mask + "-control", mask, ratio, ["--mse-weight", "0"], CONTROL) for mask, ratio in (("tube", 0.75), ("mgm", 0.75), ("tgm", 0.6))]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one full pipeline per seed and row")
-parser.add_argument("--rows", nargs="+", default=["tube", "mgm", "tgm", "tube0.9", "none"],
+parser.add_argument("--rows", nargs="+", default=["tube", "mgm", "tgm", "tube0.9", "none", "tube-control", "mgm-control",
+                                                 "tgm-control"],
                     choices=list(dict.fromkeys(r[0] for r in ROWS)), help="rows to run")
 parser.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs; default: pretrain.py's demo value")
 parser.add_argument("--lp-epochs", type=int, default=None, help="linear-probe epochs; default: finetune.py's demo value")
@@ -104,7 +109,7 @@ def pipeline(key, seed, mask, ratio, extra, label):
                                + flag("--clip-pretrained", args.clip_pretrained) + extra + common, f"{d}.pretrain.log")
         row["pretrain_log"] = read_jsonl(f"{d}/pre/log.jsonl")
         checkpoint = f"{d}/pre/ckpt.pt"
-    for mode, epochs in (("linear", args.lp_epochs), ("finetune", args.ft_epochs)):
+    for mode, epochs in () if label == CONTROL else (("linear", args.lp_epochs), ("finetune", args.ft_epochs)):
         secs[mode] = run(["finetune.py", "--checkpoint", checkpoint, "--mode", mode, "--output-dir", f"{d}/{mode}"]
                          + flag("--epochs", epochs) + common, f"{d}.{mode}.log")
         secs[mode + "_test"] = run(["evaluate.py", "--checkpoint", f"{d}/{mode}/ckpt.pt", "--output-dir", f"{d}/{mode}",
@@ -117,8 +122,8 @@ def pipeline(key, seed, mask, ratio, extra, label):
         with open(results_path + ".tmp", "w") as f:
             json.dump(results, f)
         os.replace(results_path + ".tmp", results_path)
-        print(f"{key}: linear {row['linear']['top1']:.1f}, finetune {row['finetune']['top1']:.1f} "
-              f"({sum(secs.values()):.0f} s; {time.time() - t0:.0f} s so far)", flush=True)
+        done = "" if label == CONTROL else f"linear {row['linear']['top1']:.1f}, finetune {row['finetune']['top1']:.1f} "
+        print(f"{key}: {done}({sum(secs.values()):.0f} s; {time.time() - t0:.0f} s so far)", flush=True)
 
 
 todo = []  # every row once before any row twice: a stopped run still covers the whole table
@@ -152,7 +157,7 @@ def stats(values):
 lines = ["| mask | ratio | components | seeds | finetune top-1 | linear top-1 |", "| --- | --- | --- | --- | --- | --- |"]
 for _, mask, ratio, _, label in ROWS:
     rows = [r for r in results.values() if r["mask"] == mask and r["ratio"] == ratio and r["components"] == label]
-    if rows:
+    if rows and label != CONTROL:
         lines.append(f"| {mask} | {ratio or '-'} | {label} | {len(rows)} | {stats([r['finetune']['top1'] for r in rows])} "
                      f"| {stats([r['linear']['top1'] for r in rows])} |")
 note = ("\nMulti-view top-1 (%) on the demo validation videos, 5x3 views; mean over seeds, (min-max) in brackets. "
@@ -167,13 +172,15 @@ print("\n".join(lines) + note)
 
 def plot_fig4(path):
     """loss_nce per pretraining step, mean over seeds: solid where L_NCE is optimised (MAE + V->T), dashed where the
-    head is only an online probe on the detached encoder output (MAE), one colour per mask."""
+    head is only an online probe on the detached encoder output (MAE), dotted for the same probe on an encoder that
+    never trains (the control: what the probe's own fitting of the captions gives), one colour per mask. Prints each
+    curve's first- and last-quarter means."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     curves = {}
     for r in results.values():
-        if r["components"] not in ("MAE", "MAE + V->T") or r["ratio"] == 0.9:  # Table 2's ratios only
+        if r["components"] not in ("MAE", "MAE + V->T", CONTROL) or r["ratio"] == 0.9:  # Table 2's ratios only
             continue
         for rec in r["pretrain_log"]:
             if rec.get("loss_nce") is not None:
@@ -182,10 +189,18 @@ def plot_fig4(path):
         return
     colours = {"tube": "tab:blue", "mgm": "tab:green", "tgm": "tab:red"}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    styles = {"MAE": ("--", " (probe: measured, not optimised)"), "MAE + V->T": ("-", " (optimised)"), CONTROL: (":", "")}
+    quarters = ["| mask | curve | seeds | first quarter | last quarter |", "| --- | --- | --- | --- | --- |"]
     for (mask, label), c in sorted(curves.items()):
         steps = sorted(c)
-        ax.plot(steps, [statistics.mean(c[s]) for s in steps], color=colours[mask], linestyle="--" if label == "MAE" else "-",
-                label=f"{mask}, {label}" + (" (probe: measured, not optimised)" if label == "MAE" else " (optimised)"))
+        mean = [statistics.mean(c[s]) for s in steps]
+        ax.plot(steps, mean, color=colours[mask], linestyle=styles[label][0], label=f"{mask}, {label}{styles[label][1]}")
+        q = max(1, len(mean) // 4)
+        quarters.append(f"| {mask} | {label} | {len(c[steps[0]])} | {statistics.mean(mean[:q]):.3f} | "
+                        f"{statistics.mean(mean[-q:]):.3f} |")
+    print("Fig. 4, loss_nce (mean over seeds) in the first and last quarter of the logged steps:\n" + "\n".join(quarters))
+    with open(os.path.join(args.output_dir, "fig4_demo.md"), "w") as f:
+        f.write("\n".join(quarters) + "\n")
     ax.set_xlabel("pretraining step")
     ax.set_ylabel("contrastive loss L_NCE (mean over seeds)")
     ax.set_title("Fig. 4 at demo scale")

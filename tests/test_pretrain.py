@@ -123,7 +123,7 @@ def test_two_processes_see_the_global_batch(demo, tiny_clip, small_list, tmp_pat
 ])
 def test_bad_flags_stop_with_a_sentence(demo, bad, message):
     with pytest.raises(SystemExit, match=message):
-        pretrain.parse_args(["--data", demo["train"], "--captions", demo["captions"]] + bad)
+        pretrain.parse_args(["--data", demo["train"], "--mask", "tube"] + bad)
 
 
 def test_tgm_without_captions_says_how_to_fix(demo):
@@ -342,3 +342,16 @@ def test_a_diverging_probe_leaves_the_mae_run_as_it_was(demo, tiny_clip, small_l
     for k in a["model"]:
         if not k.startswith("projector."):
             assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_fig4_control_trains_the_probe_on_an_encoder_that_never_trains(demo, tiny_clip, small_list, tmp_path):
+    """--mse-weight 0 without --contrastive: the MAE's weights after 4 steps are those after 1 (frozen: not even
+    weight decay moves them), the probe's head moves, and the log holds the probe's loss_nce at every line, as a
+    pure-MAE run's does (Fig. 4's control curve)."""
+    common = flags(demo, tiny_clip, None, small_list) + ["--mask", "tube", "--mse-weight", "0", "--weight-decay", "0.5"]
+    for steps in (1, 4):
+        pretrain.main(pretrain.parse_args(common + out_flag(tmp_path / f"s{steps}") + ["--max-steps", str(steps)]))
+    one, four = (torch.load(tmp_path / f"s{n}" / "ckpt.pt", weights_only=True) for n in (1, 4))
+    moved = [n for n, w in four["model"].items() if not torch.equal(w, one["model"][n])]
+    assert moved and all(n.startswith("projector.") for n in moved), moved
+    assert four["head"] == "probe" and all(r["loss_nce"] is not None for r in read_log(tmp_path / "s4"))

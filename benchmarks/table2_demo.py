@@ -53,6 +53,7 @@ parser.add_argument("--lp-epochs", type=int, default=None, help="linear-probe ep
 parser.add_argument("--ft-epochs", type=int, default=None, help="finetuning epochs; default: finetune.py's demo value")
 parser.add_argument("--clip-pretrained", default=None, help="CLIP weights for pretrain.py; default: what its demo uses "
                     "(OpenAI's when cached, else the demo CLIP)")
+parser.add_argument("--no-transfer", action="store_true", help="pretraining only (Fig. 4's curves), no probe or finetuning")
 parser.add_argument("--output-dir", default="runs/table2_demo")
 parser.add_argument("--num-workers", type=int, default=1, help="loader processes per script")
 parser.add_argument("--jobs", type=int, default=1, help="pipelines run at once; with more than one, each script gets "
@@ -109,7 +110,7 @@ def pipeline(key, seed, mask, ratio, extra, label):
                                + flag("--clip-pretrained", args.clip_pretrained) + extra + common, f"{d}.pretrain.log")
         row["pretrain_log"] = read_jsonl(f"{d}/pre/log.jsonl")
         checkpoint = f"{d}/pre/ckpt.pt"
-    for mode, epochs in () if label == CONTROL else (("linear", args.lp_epochs), ("finetune", args.ft_epochs)):
+    for mode, epochs in () if label == CONTROL or args.no_transfer else (("linear", args.lp_epochs), ("finetune", args.ft_epochs)):
         secs[mode] = run(["finetune.py", "--checkpoint", checkpoint, "--mode", mode, "--output-dir", f"{d}/{mode}"]
                          + flag("--epochs", epochs) + common, f"{d}.{mode}.log")
         secs[mode + "_test"] = run(["evaluate.py", "--checkpoint", f"{d}/{mode}/ckpt.pt", "--output-dir", f"{d}/{mode}",
@@ -122,7 +123,7 @@ def pipeline(key, seed, mask, ratio, extra, label):
         with open(results_path + ".tmp", "w") as f:
             json.dump(results, f)
         os.replace(results_path + ".tmp", results_path)
-        done = "" if label == CONTROL else f"linear {row['linear']['top1']:.1f}, finetune {row['finetune']['top1']:.1f} "
+        done = "" if "linear" not in row else f"linear {row['linear']['top1']:.1f}, finetune {row['finetune']['top1']:.1f} "
         print(f"{key}: {done}({sum(secs.values()):.0f} s; {time.time() - t0:.0f} s so far)", flush=True)
 
 
@@ -157,7 +158,8 @@ def stats(values):
 lines = ["| mask | ratio | components | seeds | finetune top-1 | linear top-1 |", "| --- | --- | --- | --- | --- | --- |"]
 for _, mask, ratio, _, label in ROWS:
     rows = [r for r in results.values() if r["mask"] == mask and r["ratio"] == ratio and r["components"] == label]
-    if rows and label != CONTROL:
+    rows = [r for r in rows if "linear" in r]
+    if rows:
         lines.append(f"| {mask} | {ratio or '-'} | {label} | {len(rows)} | {stats([r['finetune']['top1'] for r in rows])} "
                      f"| {stats([r['linear']['top1'] for r in rows])} |")
 note = ("\nMulti-view top-1 (%) on the demo validation videos, 5x3 views; mean over seeds, (min-max) in brackets. "

@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    """The built-in demo dataset (demo.demo_dataset), generated once per test session (~20 s):
-    dict(root, train, val, class_names, captions) of paths."""
+    """The built-in demo dataset (demo.demo_dataset), generated once per test session (~45 s on 2 busy cores):
+    dict(root, pretrain, train, val, class_names, captions, objects) of paths."""
     import demo as D
     return D.demo_dataset(cache_dir=str(tmp_path_factory.mktemp("tgm-cache")))
 

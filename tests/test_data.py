@@ -382,7 +382,7 @@ def test_bad_counts_cross_worker_processes(zoo):
 def test_demo_motion_vectors(demo):
     train = data.read_list(demo["train"], demo["root"])
     path = train[0][0]
-    idx = np.arange(0, 64, 4)
+    idx = np.arange(0, 32, 2)
     frames, mvs = data.read_frames(path, idx, motion=True)
     assert len(mvs) == 16
     # threaded decoding keeps the vectors: compare with a plain single-threaded PyAV decode
@@ -396,14 +396,29 @@ def test_demo_motion_vectors(demo):
         else:
             np.testing.assert_array_equal(m, ref[i].to_ndarray())
             assert {"src_x", "dst_y", "motion_x", "motion_scale"} <= set(m.dtype.names)
-    # the vectors see the action: over the class, "moving up" points up and "moving down" points down
-    dy = {}
-    for name in ("moving up", "moving down"):
-        label = [a[0] for a in D.DEMO_ACTIONS].index(name)
-        vs = [v for p, l in train if l == label for v in data.read_frames(p, idx, motion=True)[1] if v is not None]
-        v = np.concatenate(vs)
-        dy[name] = (v["dst_y"] - v["src_y"]).astype(float).mean()  # image y grows downwards
-    assert dy["moving up"] < 0 < dy["moving down"]
+    # the vectors see the motion in place: on the actor, spinning moves pixels around its centre and pulsing moves
+    # them towards or away from it
+    objects = np.load(demo["objects"])
+    share = {}
+    for motion in range(len(D.DEMO_MOTIONS)):
+        radial = tangential = 0.0
+        for p, label in train[:48]:
+            if label % len(D.DEMO_MOTIONS) != motion:
+                continue
+            mask = objects[os.path.splitext(os.path.basename(p))[0]]
+            for i, v in zip(idx, data.read_frames(p, idx, motion=True)[1]):
+                if v is None:
+                    continue
+                ys, xs = np.nonzero(mask[i])
+                on = mask[i][v["dst_y"].clip(0, mask.shape[1] - 1), v["dst_x"].clip(0, mask.shape[2] - 1)]
+                v = v[on]
+                rx, ry = v["dst_x"] - xs.mean(), v["dst_y"] - ys.mean()
+                mx, my = (v["dst_x"] - v["src_x"]).astype(float), (v["dst_y"] - v["src_y"]).astype(float)
+                norm = np.hypot(rx, ry) + 1e-6
+                radial += (np.abs(mx * rx + my * ry) / norm).sum()
+                tangential += (np.abs(mx * ry - my * rx) / norm).sum()
+        share[D.DEMO_MOTIONS[motion][0]] = radial / (radial + tangential)
+    assert share["spinning"] < 0.5 < share["pulsing"]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
@@ -415,7 +430,7 @@ def test_motion_decoding_leaves_no_decoder_threads(demo):
     train = data.read_list(demo["train"], demo["root"])
     before = threads()
     for path, _ in train[:6]:
-        frames, mvs = data.read_frames(path, np.arange(0, 64, 4), motion=True)
+        frames, mvs = data.read_frames(path, np.arange(0, 32, 2), motion=True)
         assert any(m is not None for m in mvs)
     assert threads() <= before
 
@@ -432,7 +447,7 @@ def test_demo_dataset_batches_with_masks_and_repeats(demo):
     assert batch["video"].shape == (4, 3, 8, 32, 32) and batch["mask"].shape == (4, grid_n)
     assert batch["mask_fallback"] == [False] * 4
     assert batch["index"].tolist() == [0, 0, 37, 37] and batch["label"].tolist() == [ds.items[0][1]] * 2 + [ds.items[37][1]] * 2
-    assert len(batch["captions"][0]) == 3 and batch["frame_size"][0] == (96, 128) and len(batch["motion"][0]) == 8
+    assert len(batch["captions"][0]) == 3 and batch["frame_size"][0] == D.DEMO_SIZE and len(batch["motion"][0]) == 8
     assert batch["bad"] == [] and len(batch["crop"]) == 4
     # the two copies share frames (one decode) but not their crop
     assert batch["crop"][0] != batch["crop"][1] or not torch.equal(batch["video"][0], batch["video"][1])

@@ -31,56 +31,110 @@ from conftest import ROOT
 
 def test_demo_dataset_files(demo):
     names = data.read_class_names(demo["class_names"])
+    pretrain = data.read_list(demo["pretrain"], demo["root"])
     train, val = data.read_list(demo["train"], demo["root"]), data.read_list(demo["val"], demo["root"])
     caps = data.read_captions(demo["captions"])
-    assert len(names) == 8 and len(train) == 320 and len(val) == 80
+    n = D.DEMO_COUNTS
+    assert len(names) == 8 and (len(pretrain), len(train), len(val)) == (8 * (n["pretrain"] + n["train"]), 8 * n["train"], 8 * n["val"])
+    assert len(pretrain) > 5 * len(train)                        # more unlabelled videos than labelled ones
+    assert set(train) <= set(pretrain) and not set(val) & set(pretrain)  # val is never pretrained on
     assert {label for _, label in train} == set(range(8))
-    assert len(caps) == 400 and all(len(c) == 3 and len(set(c)) == 3 for c in caps.values())
+    assert len(caps) == len(pretrain) + len(val) and all(len(c) == 3 and len(set(c)) == 3 for c in caps.values())
     info = data.probe_video(train[0][0])
-    assert info.num_frames >= 64 and (info.height, info.width) == (96, 128)
-    # the captions say what a frame shows, as BLIP-2's keyframe captions do: every one names a colour and a shape,
-    # and only about one video in ten has a caption that names its action (one frame rarely shows it)
+    assert info.num_frames == D.DEMO_FRAMES >= 8 * 4 and (info.height, info.width) == D.DEMO_SIZE
+    # the captions say what a frame shows, as BLIP-2's keyframe captions do: every one names a colour and the actor's
+    # shape (half of the class), and only about one video in ten has a caption that names its motion
     named = 0
     for path, label in train:
         c = caps[path[len(demo["root"]) + 1:]]
-        assert all(any(w in x for w in D.DEMO_COLOURS) and any(w in x for w in D.DEMO_SHAPES) for x in c)
+        assert all(any(w in x for w in D.DEMO_COLOURS) and D.DEMO_ACTIONS[label][0].split()[1] in x for x in c)
         named += any(D.DEMO_ACTIONS[label][1] in x for x in c)
+        assert not any(a[0] in x for a in D.DEMO_ACTIONS for x in c)  # never the class name itself
     assert 0 < named / len(train) < 0.2
     assert not any(" a o" in x or " a e" in x for c in caps.values() for x in c)  # "an orange", not "a orange"
 
 
-def test_demo_is_deterministic_and_atomic(tmp_path):
-    a = D.demo_dataset(cache_dir=str(tmp_path / "a"), seed=3, train_per_class=1, val_per_class=1)
-    b = D.demo_dataset(cache_dir=str(tmp_path / "b"), seed=3, train_per_class=1, val_per_class=1)
-    c = D.demo_dataset(cache_dir=str(tmp_path / "c"), seed=4, train_per_class=1, val_per_class=1)
+def test_demo_is_deterministic_and_atomic(tmp_path, monkeypatch):
+    kw = dict(seed=3, pretrain_per_class=1, train_per_class=1, val_per_class=1)
+    a = D.demo_dataset(cache_dir=str(tmp_path / "a"), **kw)
+    b = D.demo_dataset(cache_dir=str(tmp_path / "b"), **kw)
+    c = D.demo_dataset(cache_dir=str(tmp_path / "c"), **{**kw, "seed": 4})
     assert open(a["captions"]).read() == open(b["captions"]).read() != open(c["captions"]).read()
-    for (pa, _), (pb, _) in zip(data.read_list(a["train"], a["root"]), data.read_list(b["train"], b["root"])):
-        np.testing.assert_array_equal(data.read_frames(pa, np.arange(72)), data.read_frames(pb, np.arange(72)))
-    # no temporary folder is left behind, and a second call reuses the cache
+    for (pa, _), (pb, _) in zip(data.read_list(a["pretrain"], a["root"]), data.read_list(b["pretrain"], b["root"])):
+        idx = np.arange(D.DEMO_FRAMES)
+        np.testing.assert_array_equal(data.read_frames(pa, idx), data.read_frames(pb, idx))
     oa, ob = np.load(a["objects"]), np.load(b["objects"])
     assert oa.files == ob.files and all(np.array_equal(oa[k], ob[k]) for k in oa.files)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"demo-v{D.DEMO_VERSION}-seed3-1x1"]
-    assert D.demo_dataset(cache_dir=str(tmp_path / "a"), seed=3, train_per_class=1, val_per_class=1) == a
+    # no temporary folder is left behind, and a second call reuses the cache without rendering anything
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"demo-v{D.DEMO_VERSION}-seed3-1x1x1"]
+    monkeypatch.setattr(D, "_render_demo", None)
+    assert D.demo_dataset(cache_dir=str(tmp_path / "a"), **kw) == a
 
 
+def test_demo_scene_is_independent_of_the_class():
+    """Every draw comes before the class is read: one stream rendered as each class gives the same background and
+    distractor, and the actor differs only in what the class sets, its shape with that shape's colours and pattern."""
+    for k in range(4):
+        w = [D._render_demo(np.random.default_rng([0, k]), label)[2] for label in range(len(D.DEMO_ACTIONS))]
+        assert all((x["bg"], x["dshape"], x["dtexture"]) == (w[0]["bg"], w[0]["dshape"], w[0]["dtexture"]) for x in w)
+        for label, x in enumerate(w):
+            shape = D.DEMO_ACTIONS[label][0].split()[1]
+            s = D.DEMO_SHAPES.index(shape)
+            assert x["shape"] == shape and x["texture"] == D.DEMO_TEXTURES[s]
+            assert x["colour"] in list(D.DEMO_COLOURS)[2 * s:2 * s + 2] and x["dcolour"] != x["colour"]
+
+
+def _mask_features(mask):
+    """The renderer's ground truth -> what a tiny classifier needs: how much the actor's area swings over the video
+    (pulsing: about +-30 %; spinning: pixel rounding only), and how it fills the disc around its centre (shape)."""
+    area = mask.sum(axis=(1, 2)).astype(float)                # (T,)
+    T, H, W = mask.shape
+    yy, xx = np.mgrid[0:H, 0:W]
+    fill = []
+    for f in range(T):
+        ys, xs = np.nonzero(mask[f])
+        r = np.hypot(ys - ys.mean(), xs - xs.mean()).max() + 0.5
+        fill.append(area[f] / (np.pi * r * r))                 # 1: a circle; 0.64: a square; less: triangle, star
+    return np.array([area.std() / area.mean(), np.mean(fill)])
+
+
+def test_demo_classes_are_learnable_by_construction():
+    """A nearest-class-mean classifier on two numbers of each video's ground-truth actor mask, trained on 6 videos
+    a class and tested on 4 new ones, names the class of every one: shape and motion are both in what the video shows."""
+    def videos(start, per_class):
+        X, y = [], []
+        for label in range(len(D.DEMO_ACTIONS)):
+            for k in range(per_class):
+                X.append(_mask_features(D._render_demo(np.random.default_rng([7, start + 100 * label + k]), label)[1]))
+                y.append(label)
+        return np.array(X), np.array(y)
+    Xtr, ytr = videos(0, 6)
+    Xva, yva = videos(50, 4)
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    means = np.stack([((Xtr - mu) / sd)[ytr == c].mean(0) for c in range(len(D.DEMO_ACTIONS))])
+    pred = np.linalg.norm(((Xva - mu) / sd)[:, None] - means[None], axis=2).argmin(1)
+    assert (pred == yva).mean() >= 0.9
 
 
 def test_demo_keeps_the_main_objects_mask(demo):
-    """objects.npz holds, for every demo video, the per-frame mask of the object the captions name first; rendered
+    """objects.npz holds, for every labelled demo video, the per-frame mask of the object the captions name first; rendered
     pixels under it are that object's colour, shaded and patterned (so a multiple of it, or its dark rim), and it moves as
-    the action says."""
+    the class says."""
     objects = np.load(demo["objects"])
     stems = sorted(os.path.splitext(os.path.basename(rel))[0] for f in (demo["train"], demo["val"])
                    for rel, _ in data.read_list(f))
     assert sorted(objects.files) == stems
-    frames, mask, words = D._render_demo(np.random.default_rng([0, 0]), label=0)  # label 0: moving up
+    names = [a[0] for a in D.DEMO_ACTIONS]
+    frames, mask, words = D._render_demo(np.random.default_rng([0, 0]), label=names.index("pulsing square"))
     assert mask.shape == frames.shape[:3] and mask.any(axis=(1, 2)).all()
     ratio = frames[mask].astype(float) / np.array(D.DEMO_COLOURS[words["colour"]])  # (pixels, 3): the shading
     assert np.abs(ratio - ratio.mean(1, keepdims=True)).max() < 0.06 and 0.25 < ratio.min() and ratio.max() < 1.01
     assert len(np.unique(frames[mask], axis=0)) > 20           # shaded and patterned, not one flat colour
-    rows = np.nonzero(mask.any(axis=2))                       # (frame, row) pairs covered by the object
-    first, last = rows[1][rows[0] == 0].mean(), rows[1][rows[0] == len(mask) - 1].mean()
-    assert last < first - 20                                  # "moving up": its rows climb
+    area = mask.sum(axis=(1, 2))
+    assert area.max() > 1.8 * area.min()                       # pulsing: (1.25 / 0.75) ** 2 = 2.8 at the extremes
+    spun = D._render_demo(np.random.default_rng([0, 0]), label=names.index("spinning square"))[1]
+    area = spun.sum(axis=(1, 2))
+    assert area.max() < 1.15 * area.min() and not np.array_equal(spun[0], spun[5])  # spinning: it turns in place
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -108,7 +162,7 @@ def colour_demo(tmp_path_factory):
             lst.write(f"videos/{name}.mp4 {i}\n")
             caps.write(json.dumps({"video": f"videos/{name}.mp4", "captions": [f"a {name} picture", f"all {name}"]}) + "\n")
     (root / "class_names.txt").write_text("".join(f"{name}\n" for name in COLOURS))
-    return {"root": str(root), "train": str(root / "train.txt"), "val": str(root / "train.txt"),
+    return {"root": str(root), "pretrain": str(root / "train.txt"), "train": str(root / "train.txt"), "val": str(root / "train.txt"),
             "captions": str(root / "captions.jsonl"), "class_names": str(root / "class_names.txt")}
 
 
@@ -154,7 +208,7 @@ def test_fill_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, 
     args = pretrain.get_parser().parse_args(["--clip-model", tiny_clip_config])
     D.fill(args, "pretrain")
     assert (args.clip_model, args.clip_pretrained) == tiny_demo_clip and args.tgm_features == "patch"
-    assert (args.data, args.captions, args.model, args.epochs) == (colour_demo["train"], colour_demo["captions"],
+    assert (args.data, args.captions, args.model, args.epochs) == (colour_demo["pretrain"], colour_demo["captions"],
                                                                    "vit_tiny", D.FLAGS["pretrain"]["epochs"])
     assert "demo-sized --model vit_tiny" in capsys.readouterr().out
     # a typed value wins; typed weights are never replaced, the demo's lists still fill --data

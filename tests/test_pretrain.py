@@ -184,7 +184,7 @@ def test_demo_defaults_fill_only_untyped_flags(demo, monkeypatch):
     none = ["--clip-pretrained", "none"]                       # typed: no demo CLIP to train
     args = pretrain.parse_args(["--mask", "tgm", "--epochs", "7"] + none)
     assert args.epochs == 7 and args.model == "vit_tiny" == D.FLAGS["pretrain"]["model"]
-    assert (args.data, args.captions) == (demo["train"], demo["captions"]) and args.tgm_features == "dense"
+    assert (args.data, args.captions) == (demo["pretrain"], demo["captions"]) and args.tgm_features == "dense"
     # a flag typed with the very value of the paper's default is still the user's: the demo does not override it
     assert pretrain.parse_args(["--mask", "tgm", "--model", "vit_base"] + none).model == "vit_base"
     # real data: the paper's values (Sec. 4.2), none of the demo's

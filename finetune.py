@@ -44,20 +44,20 @@ import data
 import model as M
 
 # -----------------------------------------------------------------------------
-# Arguments. A default of None is filled in by `resolve_args`: the paper's value on real data, a small one on the
-# built-in demo (no --data), or the pretraining checkpoint's own value.
+# Arguments. A default of None is filled in by `resolve_args`: the pretraining checkpoint's own value, else the
+# paper's.
 
 parser = argparse.ArgumentParser(description="Finetuning and linear probe (Sec. 4.2)",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 # data
 parser.add_argument("--data", default=None, help="training list file, 'path label' per line (VideoMAE format); none: the built-in demo dataset")
 parser.add_argument("--root", default="", help="folder prefixed to every path of the list files")
-parser.add_argument("--val-data", default=None, help="validation list for the per-epoch one-view top-1; none: no validation (demo: its val split)")
+parser.add_argument("--val-data", default=None, help="validation list for the per-epoch one-view top-1; none: no validation")
 parser.add_argument("--class-names", default=None, help="class names, line i = label i; only sets the number of classes K")
 parser.add_argument("--num-classes", type=int, default=None, help="K; default: from --class-names, else 1 + the largest label of the lists")
-parser.add_argument("--num-frames", type=int, default=None, help="T frames per clip; default: the checkpoint's (paper: 16; demo: 8)")
-parser.add_argument("--sampling-rate", type=int, default=None, help="frame stride; paper: 4 for K400 and the small datasets (SSv2 uses --tsn); demo: 4")
-parser.add_argument("--input-size", type=int, default=None, help="H = W; default: the checkpoint's (paper: 224; demo: 64)")
+parser.add_argument("--num-frames", type=int, default=None, help="T frames per clip; default: the checkpoint's (paper: 16)")
+parser.add_argument("--sampling-rate", type=int, default=None, help="frame stride; paper: 4 for K400 and the small datasets (SSv2 uses --tsn)")
+parser.add_argument("--input-size", type=int, default=None, help="H = W; default: the checkpoint's (paper: 224)")
 parser.add_argument("--tsn", action="store_true", help="TSN sampling, one frame per segment (VideoMAE's SSv2 setting)")
 parser.add_argument("--no-flip", action="store_true", help="no horizontal flip; paper: flip off for SSv2, whose labels say left/right")
 parser.add_argument("--repeat-aug", type=int, default=1, help="augmented clips per decoded video (VideoMAE's num_sample): 2 for K400/UCF101/HMDB51, 1 for SSv2")
@@ -65,14 +65,14 @@ parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 
 # model
 parser.add_argument("--checkpoint", default=None, help="pretrain.py checkpoint, published VideoMAE weights (.pth / HF folder), or 'none' for a random encoder (the from-scratch baseline)")
 parser.add_argument("--mode", default="finetune", choices=["finetune", "linear"], help="full finetuning (FT) or linear probe on the frozen encoder (LP)")
-parser.add_argument("--model", default=None, help="size for VideoMAE weights or --checkpoint none: vit_small|vit_base|vit_large (paper: vit_base; demo: vit_tiny)")
+parser.add_argument("--model", default=None, help="size for VideoMAE weights or --checkpoint none: vit_small|vit_base|vit_large (paper: vit_base)")
 parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate, finetune only; paper (VideoMAE ViT-B): 0.1")
 # optimisation
-parser.add_argument("--epochs", type=int, default=None, help="paper (VideoMAE): 100 K400, 50 SSv2, 100 UCF101, 50 HMDB51 (FT); 90 (LP, MAE); demo: 8 FT, 20 LP")
-parser.add_argument("--batch-size", type=int, default=None, help="videos per process per step; paper: 8 per GPU x 64 GPUs (FT), 16384 global (LP, MAE); demo: 16")
-parser.add_argument("--lr", type=float, default=None, help="base lr per 256 videos, lr = base * global_batch / 256; paper: 1e-3 FT (VideoMAE ViT-B K400; 5e-4 SSv2, UCF101), 0.1 LP (MAE); demo: 5e-3 FT, 0.1 LP")
+parser.add_argument("--epochs", type=int, default=None, help="paper (VideoMAE): 100 K400, 50 SSv2, 100 UCF101, 50 HMDB51 (FT); 90 (LP, MAE)")
+parser.add_argument("--batch-size", type=int, default=None, help="videos per process per step; paper: 8 per GPU x 64 GPUs (FT), 16384 global (LP, MAE)")
+parser.add_argument("--lr", type=float, default=None, help="base lr per 256 videos, lr = base * global_batch / 256; paper: 1e-3 FT (VideoMAE ViT-B K400; 5e-4 SSv2, UCF101), 0.1 LP (MAE)")
 parser.add_argument("--min-lr", type=float, default=1e-6, help="base lr at the end of the cosine, per 256 videos; VideoMAE: 1e-6 (FT); LP goes to 0 as MAE")
-parser.add_argument("--warmup-epochs", type=int, default=None, help="linear warmup from 0; paper: 5 FT (VideoMAE), 10 LP (MAE); demo: 1 FT, 2 LP")
+parser.add_argument("--warmup-epochs", type=int, default=None, help="linear warmup from 0; paper: 5 FT (VideoMAE), 10 LP (MAE)")
 parser.add_argument("--weight-decay", type=float, default=None, help="paper: 0.05 FT (AdamW), 0 LP (MAE)")
 parser.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay, block i gets lr * decay^(depth+1-i); paper: 0.75 (VideoMAE; 0.7 UCF101/HMDB51)")
 parser.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas (FT); paper: 0.9 0.999")
@@ -243,7 +243,7 @@ def seed_epoch(seed, rank, epoch):
 
 def main(args):
     rank, world, device = M.setup_distributed()
-    state, enc_sd, cfg = starting_point(args)                  # fills args (paper / demo / checkpoint values)
+    state, enc_sd, cfg = starting_point(args)                  # fills args' None defaults
     train_ds, train_loader, val_loader, K = make_loaders(args, state, rank, world, device)
     model = make_model(args, cfg, K, enc_sd, rank).to(device)
     # DDP syncs the gradients of what trains: the whole classifier, or the probe (the frozen encoder has none)

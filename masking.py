@@ -5,8 +5,8 @@ Mask convention, everywhere in this file: mask (B, N) bool, True = masked (hidde
 (t, h, w) raster order, N = T' * h * w. Tube, MGM and TGM hide exactly k = int(ratio * h * w) tokens in every
 time slice; random hides int(ratio * N) over the whole volume; every row hides the same number.
 
-Look at a mask (one CPU process; no --video: a demo video, cut as the demo pretraining cuts it: 8 frames, 64 px;
-CLIP weights: openai | a local file | demo | none):
+Look at a mask (one CPU process; no --video: the built-in demo's first val video; CLIP weights: openai | a local
+file | demo | none):
     python masking.py --video V.mp4 --caption "a man is surfing" --mask tgm --ratio 0.6 --out mask.png
     python masking.py --mask mgm --ratio 0.75 --out mgm.png
     python masking.py --mask tgm --tgm-features dense --clip-pretrained none --out tgm.png
@@ -14,7 +14,7 @@ pretrain.py builds the same maskers: random/tube/mgm run in the loader workers (
 tgm on real data reads maps made once, offline (CLIP is too heavy for a worker), also in the loader workers:
     python masking.py --make-maps maps/k400 --data k400/train.txt --root k400/ --captions k400_captions.jsonl
     python pretrain.py ... --mask tgm --tgm-maps maps/k400
-or, with --tgm-features patch|dense, CLIP makes the masks in the training loop (the demo does so).
+or, with --tgm-features patch|dense, CLIP makes the masks in the training loop.
 """
 import argparse
 import contextlib
@@ -259,7 +259,7 @@ def clip_weights(name, pretrained, cache_dir=None):
 def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cache_dir=None):
     """-> (clip, tokenizer): a frozen open_clip model in eval mode and its tokenizer. pretrained: an open_clip tag
     ('openai': download or cache), a local weights file, or 'none' (random weights). name may also be the path of
-    an open_clip model config (.json), for a CLIP open_clip does not list (the demo's)."""
+    an open_clip model config (.json), for a CLIP open_clip does not list."""
     source = clip_weights(name, pretrained, cache_dir)
     name = register_config(name)
     if source is None:
@@ -625,10 +625,10 @@ def get_args(argv=None):
     parser = argparse.ArgumentParser(description="Sec. 3.3: draw a clip's mask (masked tokens shaded) into a PNG")
     # data
     parser.add_argument("--video", default=None, help="video file; default: the demo dataset's first val video")
-    parser.add_argument("--caption", default=None, help="the text --mask tgm follows; demo video: its first caption")
-    parser.add_argument("--num-frames", type=int, default=None, help="T frames per clip; paper: 16 (the demo video: 8)")
+    parser.add_argument("--caption", default=None, help="the text --mask tgm follows (the demo video: its first caption)")
+    parser.add_argument("--num-frames", type=int, default=None, help="T frames per clip; paper: 16")
     parser.add_argument("--sampling-rate", type=int, default=4, help="frame stride; paper: 4 (K400), 2 (SSv2)")
-    parser.add_argument("--input-size", type=int, default=None, help="H = W in pixels; paper: 224 (the demo video: 64)")
+    parser.add_argument("--input-size", type=int, default=None, help="H = W in pixels; paper: 224")
     parser.add_argument("--flip", action="store_true", help="flip the clip horizontally (the masks must follow)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random, tube and tie-breaking draws")
     # mask
@@ -639,15 +639,14 @@ def get_args(argv=None):
     parser.add_argument("--patch-size", type=int, default=16, help="p pixels per token side; paper: 16")
     parser.add_argument("--tgm-features", default=None, choices=["patch", "dense"],
                         help="patch: each 16x16 patch through CLIP (the paper, Sec. 3.3; the default); dense: CLIP's "
-                             "patch tokens (~50x faster on a CPU: the demo video's default with a full-size CLIP)")
+                             "patch tokens (~50x faster on a CPU)")
     parser.add_argument("--tgm-order", default="top", choices=["top", "bottom"],
                         help="mask the top-k or bottom-k tokens by text similarity; paper: top (Table 5b)")
     # CLIP
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model; paper: ViT-B/32")
     parser.add_argument("--clip-pretrained", default=None,
                         help="CLIP weights: openai (download or cache; the default) | a weights file | demo (a small "
-                             "CLIP trained on the demo data; the demo video's stand-in when openai's cannot be had) | "
-                             "none (random)")
+                             "CLIP trained on the built-in demo's data, its stand-in offline) | none (random)")
     parser.add_argument("--chunk-size", type=int, default=512, help="CLIP images per forward (tgm)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where CLIP runs")
     # output
@@ -658,9 +657,9 @@ def get_args(argv=None):
                       "pretrain.py --tgm-maps DIR into DIR; rerunning resumes")
     maps.add_argument("--data", default=None, help="list file 'path label' per line; none: the demo's train list")
     maps.add_argument("--root", default="", help="folder prefixed to every path of the list")
-    maps.add_argument("--captions", default=None, help="captions JSONL from caption.py (the demo: its own)")
+    maps.add_argument("--captions", default=None, help="captions JSONL from caption.py")
     maps.add_argument("--cells", type=int, default=None, help="map cells along a frame's short side; default: one per "
-                      "token of a full-frame crop (input size / patch size: 14 at 224 px, 4 on the demo)")
+                      "token of a full-frame crop (input size / patch size: 14 at 224 px)")
     maps.add_argument("--map-features", default="patch", choices=["patch", "dense"], help="patch: each cell through "
                       "CLIP alone (the paper's recipe); dense: each frame once (cheaper, agrees less: docs/design.md)")
     maps.add_argument("--frame-stride", type=int, default=4, help="map every n-th frame (a clip frame takes the "

@@ -989,7 +989,7 @@ def resume_on_restart(resume):
 
 @contextlib.contextmanager
 def stop_together(world):
-    """Start-up work that may fail on some rank (CLIP weights, the demo data, a list, the maps): the ranks meet at
+    """Start-up work that may fail on some rank (CLIP weights, a list or captions file, the maps): the ranks meet at
     the end of the block, and when any failed, every rank stops there at once. The lowest failed rank raises its
     own error (its sentence, printed once); the others exit 1 without a word. A rank that just died would leave the
     others waiting at their next collective until the job's timeout."""

@@ -32,7 +32,7 @@ import masking
 import model as M
 
 # -----------------------------------------------------------------------------
-# Flags. Defaults are the paper's (Sec. 4.2, VideoMAE's recipe); with no --data the demo values below apply.
+# Flags. Defaults are the paper's (Sec. 4.2, VideoMAE's recipe).
 
 
 def get_parser():
@@ -41,26 +41,25 @@ def get_parser():
     parser.add_argument("--data", default=None, help="list file 'path label' per line; none: the built-in demo dataset")
     parser.add_argument("--root", default="", help="folder prefixed to every path of the list")
     parser.add_argument("--captions", default=None, help="captions JSONL from caption.py (needed by tgm and --contrastive)")
-    parser.add_argument("--num-frames", type=int, default=None, help="T, frames per clip; paper: 16 (demo: 8)")
-    parser.add_argument("--sampling-rate", type=int, default=None, help="temporal stride; paper: 4 on K400, 2 on SSv2 (demo: 4)")
-    parser.add_argument("--input-size", type=int, default=None, help="H = W after the crop; paper: 224 (demo: 64)")
+    parser.add_argument("--num-frames", type=int, default=None, help="T, frames per clip; paper: 16")
+    parser.add_argument("--sampling-rate", type=int, default=None, help="temporal stride; paper: 4 on K400, 2 on SSv2")
+    parser.add_argument("--input-size", type=int, default=None, help="H = W after the crop; paper: 224")
     parser.add_argument("--no-flip", action="store_true", help="no horizontal flip; paper: off for SSv2 (left/right labels)")
     parser.add_argument("--repeat-aug", type=int, default=1, help="clips cut from each decoded video (ST-MAE/MGMAE repeated augmentation)")
-    parser.add_argument("--num-workers", type=int, default=None, help="loader processes per rank; default: min(8, CPUs) (demo: 1)")
+    parser.add_argument("--num-workers", type=int, default=None, help="loader processes per rank; default: min(8, CPUs)")
     # masking
     parser.add_argument("--mask", choices=["random", "tube", "mgm", "tgm"], default="tgm", help="mask generator eta (Sec. 3.1, 3.3)")
     parser.add_argument("--ratio", type=float, default=None, help="mask ratio gamma; paper: 0.9 tube/random, 0.75 mgm, 0.6 tgm (Table 5a)")
     parser.add_argument("--tgm-order", choices=["top", "bottom"], default="top", help="mask the top-k or bottom-k tokens by text similarity (Table 5b)")
     parser.add_argument("--tgm-features", choices=["patch", "dense"], default=None, help="CLIP in the step, instead of --tgm-maps: "
-                        "patch: CLIP per 16x16 patch (the paper's; the demo's default); dense: one CLIP pass per frame (the demo's "
-                        "default with a full-size CLIP)")
+                        "patch: CLIP per 16x16 patch (the paper's); dense: one CLIP pass per frame")
     parser.add_argument("--tgm-maps", default=None, help="folder of CLIP similarity maps made once by masking.py --make-maps: "
                         "TGM masks made in the loader workers, not in the step (real data's default; docs/design.md \"TGM maps\")")
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model of the mask and the text tower; paper: ViT-B/32")
     parser.add_argument("--clip-pretrained", default=None, help="openai (default) | a local weights file | demo (a small CLIP trained on "
                         "the demo data; the demo's default when openai's cannot be had) | none (random CLIP: masks mean nothing)")
     # model
-    parser.add_argument("--model", default=None, choices=list(M.MODEL_SIZES), help="encoder size; paper: vit_base (demo: vit_tiny)")
+    parser.add_argument("--model", default=None, choices=list(M.MODEL_SIZES), help="encoder size; paper: vit_base")
     parser.add_argument("--no-norm-pix-loss", action="store_true", help="regress [0, 1] pixels instead of per-patch normalised ones")
     # contrastive (Sec. 3.4)
     parser.add_argument("--contrastive", action="store_true", help="add the masked video-text InfoNCE loss (Sec. 3.4)")
@@ -69,20 +68,20 @@ def get_parser():
     parser.add_argument("--mse-weight", type=float, default=1.0, help="weight of L_MSE; 0 = pure contrastive (Table 2 rows 'V->T' "
                         "only); 0 without --contrastive (with captions): Fig. 4's control, the probe on a never-trained encoder")
     # optimisation
-    parser.add_argument("--epochs", type=int, default=None, help="paper: 200 (Tables 1-6) (demo: 4)")
-    parser.add_argument("--batch-size", type=int, default=None, help="clips per process per step (repeated copies included); paper: 32 (demo: 16)")
-    parser.add_argument("--blr", type=float, default=None, help="base lr; lr = blr * global_batch / 256; paper: 1.5e-4 (demo: 1e-2)")
+    parser.add_argument("--epochs", type=int, default=None, help="paper: 200 (Tables 1-6)")
+    parser.add_argument("--batch-size", type=int, default=None, help="clips per process per step (repeated copies included); paper: 32")
+    parser.add_argument("--blr", type=float, default=None, help="base lr; lr = blr * global_batch / 256; paper: 1.5e-4")
     parser.add_argument("--min-blr", type=float, default=1e-5, help="cosine floor, also scaled by global_batch / 256")
-    parser.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup from 0; VideoMAE: 40 (demo: 1)")
+    parser.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup from 0; VideoMAE: 40")
     parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (none on biases, norms, mask_token)")
     parser.add_argument("--clip-grad", type=float, default=None, help="max gradient norm; VideoMAE pretraining: none")
     # system
     parser.add_argument("--output-dir", default="runs/pretrain", help="ckpt.pt, log.jsonl and masks.png go here")
     parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for output-dir/ckpt.pt if it exists")
-    parser.add_argument("--save-every", type=int, default=None, help="epochs between checkpoints (and one at the end); default: 20 (demo: 1)")
+    parser.add_argument("--save-every", type=int, default=None, help="epochs between checkpoints (and one at the end); default: 20")
     parser.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps; "
                         "the schedule still spans --epochs, so --resume continues the same run")
-    parser.add_argument("--log-interval", type=int, default=None, help="steps between log lines; default: 20 (demo: 5)")
+    parser.add_argument("--log-interval", type=int, default=None, help="steps between log lines; default: 20")
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="autocast dtype; bf16 falls back to fp32 where unsupported")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--seed", type=int, default=0)

@@ -221,6 +221,11 @@ def write_video(path, frames, fps=25, gop=16):
         c.mux(s.encode())
 
 
+def _cache_dir():
+    """Where the demo is written once: $TGM_CACHE, default ~/.cache/tgm."""
+    return os.environ.get("TGM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tgm")
+
+
 def demo_dataset(cache_dir=None, seed=0, pretrain_per_class=None, train_per_class=None, val_per_class=None):
     """The built-in demo dataset, generated on first use -> dict(root, pretrain, train, val, class_names, captions,
     objects) of paths. pretrain: the pretraining list, the unlabelled videos and then the labelled train videos (its
@@ -231,7 +236,7 @@ def demo_dataset(cache_dir=None, seed=0, pretrain_per_class=None, train_per_clas
     counts = dict(DEMO_COUNTS)
     counts.update({k: v for k, v in (("pretrain", pretrain_per_class), ("train", train_per_class),
                                      ("val", val_per_class)) if v is not None})
-    cache_dir = cache_dir or os.environ.get("TGM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tgm")
+    cache_dir = cache_dir or _cache_dir()
     name = f"demo-v{DEMO_VERSION}-seed{seed}" + ("" if counts == DEMO_COUNTS else "-{pretrain}x{train}x{val}".format(**counts))
     root = os.path.join(cache_dir, name)
     paths = {k: os.path.join(root, f) for k, f in
@@ -450,14 +455,17 @@ def fill(args, stage):
     gives the demo CLIP (its config file and weights become --clip-model and --clip-pretrained, so a checkpoint
     records them); and on the demo --tgm-features defaults to the per-patch features only the demo CLIP is small
     enough for on a CPU (a full-size CLIP gets 'dense')."""
-    cache_dir = os.environ.get("TGM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tgm")
+    cache_dir = _cache_dir()
     on_demo = args.data is None
     with _one_builder(cache_dir):
         demo = demo_dataset(cache_dir)
         typed = getattr(args, "clip_pretrained", None)
-        # evaluate.py's CLIP is the pretraining run's: only pretrain.py and masking.py get a stand-in
-        stand_in = on_demo and stage in ("pretrain", "masking") and typed is None
-        clip = demo_clip(demo) if typed == "demo" or (stand_in and not _openai_clip_at_hand(args.clip_model)) else None
+        # evaluate.py's CLIP and features are the pretraining run's: only pretrain.py and masking.py get demo defaults
+        stand_in = on_demo and stage in ("pretrain", "masking")
+        clip = None
+        if typed == "demo" or (stand_in and typed is None):
+            clip = demo_clip(demo) if typed == "demo" else clip_for(demo, args.clip_model)
+            args.clip_model, args.clip_pretrained = clip
     if on_demo:
         filled = {k: v for k, v in FLAGS[stage].items() if getattr(args, k, "") is None}
         if stage in ("finetune", "linear") and args.checkpoint != "none":
@@ -480,11 +488,15 @@ def fill(args, stage):
         M.print0(f"no --data: the built-in demo dataset in {demo['root']}"
                  + (", with demo-sized " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
                     if filled else ""))
-    if clip is not None:
-        args.clip_model, args.clip_pretrained = clip
-    if on_demo and getattr(args, "tgm_features", "") is None and not getattr(args, "tgm_maps", None):
-        args.tgm_features = "patch" if clip is not None else "dense"
+    if stand_in and args.tgm_features is None and not getattr(args, "tgm_maps", None):  # masking.py has no --tgm-maps
+        args.tgm_features = "patch" if clip and clip[1] != "openai" else "dense"
     return demo
+
+
+def clip_for(demo, name="ViT-B-32-quickgelu"):
+    """The CLIP a demo run takes when none is typed -> (--clip-model, --clip-pretrained): OpenAI's weights for `name`
+    where they are cached or can be downloaded, else the demo CLIP's config and weights files (trained on first use)."""
+    return (name, "openai") if _openai_clip_at_hand(name) else demo_clip(demo)
 
 
 def _openai_clip_at_hand(name):

@@ -42,11 +42,7 @@ demo = D.demo_dataset()
 objects = np.load(demo["objects"])
 captions = data.read_captions(demo["captions"])
 torch.manual_seed(0)
-try:  # OpenAI's ViT-B/32 where it can be had, else the demo CLIP, as the demo's pretraining chooses (demo.fill)
-    masking.clip_weights("ViT-B-32-quickgelu", "openai")  # raises when neither cached nor reachable
-    clip_name, clip_weights = "ViT-B-32-quickgelu", "openai"
-except masking.ClipWeightsError:
-    clip_name, clip_weights = D.demo_clip(demo)
+clip_name, clip_weights = D.clip_for(demo)  # OpenAI's ViT-B/32 where it can be had, else the demo CLIP
 clip, tokenizer = masking.load_clip(clip_name, clip_weights)
 embed = masking.TextEmbedder(clip, tokenizer)
 

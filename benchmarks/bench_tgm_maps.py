@@ -74,11 +74,7 @@ def alternated_ms(fns, repeats=args.repeats):
 
 demo = D.demo_dataset()
 captions = data.read_captions(demo["captions"])
-try:  # OpenAI's ViT-B/32 where it can be had, else the demo CLIP, as the demo's pretraining chooses (demo.fill)
-    masking.clip_weights("ViT-B-32-quickgelu", "openai")  # raises when neither cached nor reachable
-    clip_name, clip_pretrained = "ViT-B-32-quickgelu", "openai"
-except masking.ClipWeightsError:
-    clip_name, clip_pretrained = D.demo_clip(demo)
+clip_name, clip_pretrained = D.clip_for(demo)  # OpenAI's ViT-B/32 where it can be had, else the demo CLIP
 clip, tokenizer = masking.load_clip(clip_name, clip_pretrained)
 embed = masking.TextEmbedder(clip, tokenizer)
 val = [(os.path.join(demo["root"], rel), rel) for rel, _ in data.read_list(demo["val"])]

@@ -228,7 +228,7 @@ def test_fill_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, 
     assert (args.model, args.num_frames, args.input_size) == ("vit_tiny", 8, 64)
     args = evaluate.parser.parse_args(["--checkpoint", "ft.pt"])
     D.fill(args, "evaluate")
-    assert (args.data, args.val_data, args.clip_pretrained) == (colour_demo["val"], None, None)
+    assert (args.data, args.val_data, args.clip_pretrained, args.tgm_features) == (colour_demo["val"], None, None, None)
     args = evaluate.parser.parse_args(["--checkpoint", "pre.pt", "--retrieval"])
     D.fill(args, "evaluate")
     assert (args.data, args.val_data) == (colour_demo["train"], colour_demo["val"])

@@ -1,20 +1,14 @@
 """
 Sec. 3.1 and 3.4: the video masked autoencoder, the video-text contrastive head, and the classifiers.
 
-This is the shared module: every stage imports it, and nothing in it reads video or text, so it can be
-copied into another project alone (it needs only torch). It holds, in the paper's order:
-
-  Sec. 3.1  patchify / unpatchify, the normalised-pixel target, the ViT encoder (visible tokens only)
-            and the light decoder of VideoMAE [38]: `VideoMAE.forward(video, mask) -> (loss, pred, latent)`
-  Sec. 3.4  mean pooling + prediction head with (Sync)BatchNorm, and the symmetric InfoNCE of Eq. (4)
-            over the global batch: `info_nce(v, t)`
+The shared module: every stage imports it; it reads no video or text and needs only torch, so it can be copied alone.
+  Sec. 3.1  patchify, the normalised-pixel target, VideoMAE's [38] encoder (visible tokens only) and light decoder:
+            `VideoMAE.forward(video, mask) -> (loss, pred, latent)`
+  Sec. 3.4  mean pooling + prediction head with global BatchNorm, the symmetric InfoNCE of Eq. (4): `info_nce(v, t)`
   Sec. 4.2  the finetuning classifier and the linear-probe classifier (MAE's protocol)
-  and the plumbing around them: parameter groups, atomic checkpoints, the import of published VideoMAE
-  weights (official and Hugging Face formats), and the few lines every script needs, spelled once
-  (distributed set-up, rank-0 printing, autocast).
-
-The model is VideoMAE exactly: loaded with the same weights it gives the same loss as
-`transformers.VideoMAEForPreTraining` (tests/test_model.py checks this to 1e-5).
+  plumbing  parameter groups, atomic checkpoints, VideoMAE weights in and out, distributed set-up, print0, autocast
+The model is VideoMAE exactly: with the same weights it gives the loss of `transformers.VideoMAEForPreTraining`
+(tests/test_model.py checks this to 1e-5).
 
 Notation (the paper's symbols, used in every shape comment):
   B  clips in a batch            C  colour channels (3)
@@ -99,11 +93,8 @@ def make_config(name="vit_base", **overrides):
 # Sec. 3.1: tokens, and the reconstruction target
 
 def patchify(video, tubelet, patch):
-    """Cut clips into tubelets, one row per token. video: (B, C, T, H, W) -> (B, N, t*p*p*C).
-
-    Tokens are in raster order (t, h, w), like the patch embedding's output; inside a token the values are
-    ordered (t, p, p, C), channel fastest, which is the order VideoMAE's decoder head predicts.
-    """
+    """Cut clips into tubelets, one row per token. video: (B, C, T, H, W) -> (B, N, t*p*p*C). Tokens in raster
+    order (t, h, w), as the patch embedding's; values (t, p, p, C), channel fastest, as VideoMAE's decoder predicts."""
     B, C, T, H, W = video.shape
     t, p = tubelet, patch
     x = video.reshape(B, C, T // t, t, H // p, p, W // p, p)
@@ -130,10 +121,8 @@ def denormalize(video):
 
 def pixel_target(video, tubelet, patch, norm_pix_loss=True):
     """What the decoder regresses, for every token. video: ImageNet-normalised (B, C, T, H, W) -> (B, N, P).
-
-    VideoMAE's order: undo the ImageNet normalisation to [0, 1], cut into tokens, then normalise each token
-    per channel over its t*p*p pixels with the unbiased std (the "norm pixel" target of MAE, Sec. 3.1).
-    """
+    VideoMAE's order: undo the ImageNet normalisation to [0, 1], cut into tokens, then normalise each token per
+    channel over its t*p*p pixels with the unbiased std (the "norm pixel" target of MAE, Sec. 3.1)."""
     x = patchify(denormalize(video), tubelet, patch)           # (B, N, P), pixels in [0, 1]
     if not norm_pix_loss:
         return x
@@ -146,9 +135,7 @@ def pixel_target(video, tubelet, patch, norm_pix_loss=True):
 
 def sinusoid_table(n_position, dim):
     """The fixed 1-D sine-cosine position table of VideoMAE (Transformer-style), (1, n_position, dim).
-
-    Built in float64 as VideoMAE's numpy code does, then cast, so it matches theirs bit for bit.
-    """
+    Built in float64 as VideoMAE's numpy code does, then cast, so it matches theirs bit for bit."""
     pos = torch.arange(n_position, dtype=torch.float64)[:, None]
     freq = torch.pow(10000.0, 2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim)
     table = pos / freq                                         # (n_position, dim)
@@ -173,10 +160,8 @@ def attention_weights(q, k):
     return (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1)  # hs = 64: the scale 1/8 is exact
 
 
-# NOTE: glibc's malloc gives every block above its mmap threshold (at most 32 MiB) fresh pages of its own and hands
-# them back on free, so a tensor that big is page-faulted in again on every step. Written out at once, the decoder's
-# (B, nh, N, N) weights and their gradients are such tensors; a chunk of queries at a time keeps each under it
-# (and the decoder's fwd + bwd is ~1.2x faster than at once: smaller blocks stay in cache; benchmarks/README.md).
+# NOTE: a chunk's weights stay under glibc's mmap threshold (at most 32 MiB), above which every step would page-fault
+# fresh memory in again; smaller blocks also stay in cache (docs/design.md "Plumbing", benchmarks/README.md).
 ATTN_CHUNK_BYTES = 2 ** 23
 
 
@@ -210,9 +195,8 @@ class Attention(nn.Module):
         B, N, D = x.shape
         q, k, v = self.qkv_heads(x)
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-            # NOTE: torch's CPU flash kernel is slow in bf16: fwd + bwd of softmax(q k^T) v written out in chunks
-            # is 1.4x (decoder, N) to 2x (encoder, N_vis) faster at our sizes (benchmarks/README.md).
-            # In fp32 and on GPUs the fused kernel wins, and never holds the (B, nh, N, N) weights.
+            # NOTE: torch's CPU flash kernel is slow in bf16: written out in chunks, fwd + bwd is 1.4x (decoder) to
+            # 2x (encoder) faster (benchmarks/README.md). In fp32 and on GPUs the fused kernel wins.
             x = chunked_attention(q, k, v)                     # (B, nh, N, hs)
         else:
             x = F.scaled_dot_product_attention(q, k, v)        # (B, nh, N, hs); scale hs^-0.5 as VideoMAE
@@ -362,12 +346,8 @@ class Decoder(nn.Module):
 
 class AllReduceSum(torch.autograd.Function):
     """Differentiable sum over ranks: the gradient of a sum over ranks is the sum of the ranks' gradients.
-
-    NOTE: written here rather than torch.distributed.nn.functional.all_reduce (deprecated), whose graph node
-    keeps a reference to the process group: when a rank's last graph outlives destroy_process_group(), the
-    Gloo group is torn down during interpreter exit and the rank can die with SIGABRT after a finished run.
-    This one always uses the default group and keeps nothing.
-    """
+    NOTE: not torch.distributed.nn.functional.all_reduce (deprecated), whose graph node keeps the process group:
+    a graph that outlives destroy_process_group() can kill the rank with SIGABRT at exit. This one keeps nothing."""
 
     @staticmethod
     def forward(ctx, x):
@@ -383,12 +363,8 @@ class AllReduceSum(torch.autograd.Function):
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose training statistics are those of the global batch, summed over all ranks.
-
-    NOTE: not nn.SyncBatchNorm, which computes the same thing but runs only on GPUs (docs/design.md);
-    this one also runs under Gloo on CPUs, so one code path serves `python`, CPU torchrun and GPU torchrun.
-    On one process it is exactly nn.BatchNorm1d.
-    """
+    """BatchNorm1d whose training statistics are those of the global batch, summed over all ranks; on one process
+    exactly nn.BatchNorm1d. NOTE: not nn.SyncBatchNorm, which runs only on GPUs (docs/design.md "Global batch norm")."""
 
     def forward(self, x):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -420,11 +396,9 @@ class ContrastiveHead(nn.Module):
 
 
 class VideoMAE(nn.Module):
-    """The pretraining model: encoder, decoder, and the video-text head of Sec. 3.4.
-
-    Parameter names follow the official VideoMAE checkpoints (`encoder.*`, `encoder_to_decoder`, `mask_token`,
-    `decoder.*`), so they load as they are; `projector.*` is ours.
-    """
+    """The pretraining model: encoder, decoder, and the video-text head of Sec. 3.4. Parameter names follow the
+    official VideoMAE checkpoints (`encoder.*`, `encoder_to_decoder`, `mask_token`, `decoder.*`); `projector.*`
+    is ours."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -470,9 +444,7 @@ class VideoMAE(nn.Module):
 
     def video_embedding(self, latent):
         """Sec. 3.4: v_i = head(mean over the visible tokens of phi's output), L2-normalised. -> (B, E)."""
-        # NOTE: the head runs in fp32 even under bf16 autocast: its output feeds logits v t^T / tau with tau =
-        # 0.07, where bf16's rounding (~0.06 at those values) would be as large as real differences. One row per
-        # clip, so fp32 costs nothing measurable.
+        # NOTE: fp32 even under bf16 autocast: bf16 would round the logits v t^T / 0.07 by ~0.06 (docs/design.md)
         with torch.autocast(latent.device.type, enabled=False):
             return F.normalize(self.projector(latent.float().mean(dim=1)), dim=-1)
 
@@ -491,20 +463,13 @@ def gather_with_local_grad(x):
 def info_nce(v, t, tau=0.07, text_ids=None, grad_sync="mean"):
     """(L_NCE(v, t) + L_NCE(t, v)) / 2 of Sec. 3.4, Eq. (4). v, t: (B, E) L2-normalised; row i is a pair.
 
-    The negatives of a pair are all other clips (texts) of the *global* batch: under torch.distributed both
-    sides are gathered from every rank, so the value equals the one-process value on the same global batch.
-    Every rank computes that same global loss, but its graph reaches only its own clips, so the ranks' gradients
-    must be *summed* to give the global loss's gradient. grad_sync says what the caller does with them:
-    'mean' (DDP, and FSDP by default, average the ranks' gradients): this loss's gradient is scaled by the world
-    size, so the average comes out right; 'sum' (the caller all-reduces with SUM, or syncs nothing itself and
-    wants each rank's share): left as it is. Without a process group both are the same.
-
-    text_ids (B,) int, optional: which caption row i carries, -1 for a clip without one. A clip without a
-    caption takes no part (its row and column are dropped), and two clips with the same caption are neither
-    positive nor negative for each other: that pair leaves both denominators. Same-caption pairs are common:
-    the copies of one video under repeated augmentation, and oracle or LLM captions, which are one text per
-    class (Table 6b). NOTE: the paper does not say; counting them as negatives would push apart clips whose
-    targets are the very same vector, so the loss could never reach its minimum.
+    The negatives are all other clips (texts) of the *global* batch: both sides are gathered from every rank, so
+    each rank computes the one-process value, but its graph reaches only its own clips: the ranks' gradients must
+    be *summed*. grad_sync says what the caller does with them: 'mean' (DDP, FSDP's default, average them): the
+    gradient is scaled by the world size so the average comes out right; 'sum' (the caller sums them): as it is.
+    text_ids (B,) int, optional: row i's caption id, -1 for none. A clip without a caption takes no part, and two
+    clips with the same caption are neither positive nor negative for each other: the pair leaves both denominators
+    (NOTE: the paper does not say; docs/design.md "Same-caption pairs" says why).
     """
     if grad_sync not in ("mean", "sum"):
         raise ValueError(f"grad_sync must be 'mean' or 'sum', not {grad_sync!r}")
@@ -692,18 +657,48 @@ def model_config_dict(cfg):
 
 
 # -----------------------------------------------------------------------------
-# Import of published VideoMAE weights (official repo and Hugging Face)
+# VideoMAE weights in (official repo and Hugging Face) and out (transformers' VideoMAE, evaluate.py --export)
+
+# Our (= the official repo's) key prefix -> transformers' prefix, read one way to export and the other to import; the
+# fused qkv matrix is cut apart in hf_state_dict and joined in videomae_state_dict. Names not listed
+# (encoder_to_decoder, mask_token, decoder.norm, decoder.head, fc_norm) are the same in both.
+HF_PREFIXES = (
+    ("encoder.patch_embed.proj.", "videomae.embeddings.patch_embeddings.projection."),
+    ("encoder.blocks.", "videomae.encoder.layer."),
+    ("encoder.norm.", "videomae.layernorm."),                  # pretraining only: the classifier has fc_norm instead
+    ("decoder.blocks.", "decoder.decoder_layers."),
+    ("head.", "classifier."),                                  # the finetuning classifier's Linear
+)
+# Inside one Block (encoder or decoder): our name -> transformers'.
+HF_BLOCK_NAMES = (
+    ("norm1.", "layernorm_before."), ("attn.q_bias", "attention.attention.query.bias"),
+    ("attn.v_bias", "attention.attention.value.bias"), ("attn.proj.", "attention.output.dense."),
+    ("norm2.", "layernorm_after."), ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."),
+)
+EXPORT_INFO = "tgm.json"                                       # what transformers has no slot for (export_videomae)
+
 
 def _hf_to_official(key):
-    """Rename one Hugging Face VideoMAE key to the official name, or None if it has no counterpart here."""
-    key = key.replace("videomae.embeddings.patch_embeddings.projection", "encoder.patch_embed.proj")
-    key = key.replace("videomae.encoder.layer.", "encoder.blocks.")
-    key = key.replace("decoder.decoder_layers.", "decoder.blocks.")
-    key = key.replace("videomae.layernorm.", "encoder.norm.")
-    key = key.replace("classifier.", "head.")
-    for hf, ours in (("attention.output.dense", "attn.proj"), ("layernorm_before", "norm1"),
-                     ("layernorm_after", "norm2"), ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2")):
-        key = key.replace(hf, ours)
+    """Rename one Hugging Face VideoMAE key to ours: _official_to_hf backwards."""
+    for ours, hf in HF_PREFIXES:
+        if key.startswith(hf):
+            key = ours + key[len(hf):]
+            break
+    if key.startswith(("encoder.blocks.", "decoder.blocks.")):
+        for ours, hf in HF_BLOCK_NAMES:
+            key = key.replace(hf, ours)
+    return key
+
+
+def _official_to_hf(key):
+    """Rename one of our keys to transformers' name (the qkv matrix aside: hf_state_dict cuts it in three)."""
+    for ours, hf in HF_PREFIXES:
+        if key.startswith(ours):
+            key = hf + key[len(ours):]
+            break
+    if key.startswith(("videomae.encoder.layer.", "decoder.decoder_layers.")):
+        for ours, hf in HF_BLOCK_NAMES:
+            key = key.replace(ours, hf)
     return key
 
 
@@ -726,11 +721,8 @@ def _read_state_dict(path):
 
 
 def videomae_state_dict(path):
-    """Published VideoMAE weights as a state dict in this project's (= the official repo's) names.
-
-    The Hugging Face format keeps q, k, v as three Linears with q/v biases; we fuse them into one qkv matrix
-    plus q_bias and v_bias, as the official checkpoints store them.
-    """
+    """Published VideoMAE weights as a state dict in this project's (= the official repo's) names: Hugging Face's
+    q, k, v Linears fused into one qkv matrix plus q_bias and v_bias, as the official checkpoints store them."""
     sd = _read_state_dict(path)
     out = {}
     for k, v in sd.items():
@@ -742,20 +734,15 @@ def videomae_state_dict(path):
         stem = k[: -len("attention.attention.query.weight")]
         q, kk, v = (out.pop(f"{stem}attention.attention.{n}.weight") for n in ("query", "key", "value"))
         out[f"{stem}attn.qkv.weight"] = torch.cat([q, kk, v])
-        for n, b in (("q", "query"), ("v", "value")):        # HF files name them q_bias (hub) or query.bias
-            bias = out.pop(f"{stem}attention.attention.{n}_bias", None)
-            bias = out.pop(f"{stem}attention.attention.{b}.bias", bias)
-            if bias is not None:
-                out[f"{stem}attn.{n}_bias"] = bias
+        for n in ("q", "v"):                                   # the hub's q_bias (query.bias was renamed above)
+            if f"{stem}attention.attention.{n}_bias" in out:
+                out[f"{stem}attn.{n}_bias"] = out.pop(f"{stem}attention.attention.{n}_bias")
     return out
 
 
 def load_videomae_weights(module, path):
-    """Load official or Hugging Face VideoMAE weights into a VideoMAE, VideoClassifier or Encoder.
-
-    Returns (missing, unexpected) key lists, as load_state_dict does; tensors whose shape differs from the
-    module's (e.g. a classifier head for another number of classes) are reported as unexpected, not loaded.
-    """
+    """Load official or Hugging Face VideoMAE weights into a VideoMAE, VideoClassifier or Encoder -> (missing,
+    unexpected) keys, as load_state_dict; a tensor of another shape (a head for other classes) is unexpected."""
     sd = videomae_state_dict(path)
     if isinstance(module, Encoder):
         sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
@@ -766,47 +753,9 @@ def load_videomae_weights(module, path):
     return list(missing), list(unexpected) + skipped
 
 
-# -----------------------------------------------------------------------------
-# Export to transformers' VideoMAE: the importer's names, the other way (evaluate.py --export)
-
-# Our (= the official repo's) key prefix -> transformers' prefix. The inverse of _hf_to_official's renames; the
-# fused qkv matrix is cut apart in hf_state_dict. Names not listed (encoder_to_decoder, mask_token, decoder.norm,
-# decoder.head, fc_norm) are the same in both.
-HF_PREFIXES = (
-    ("encoder.patch_embed.proj.", "videomae.embeddings.patch_embeddings.projection."),
-    ("encoder.blocks.", "videomae.encoder.layer."),
-    ("encoder.norm.", "videomae.layernorm."),                  # pretraining only: the classifier has fc_norm instead
-    ("decoder.blocks.", "decoder.decoder_layers."),
-    ("head.", "classifier."),                                  # the finetuning classifier's Linear
-)
-# Inside one Block (encoder or decoder): our name -> transformers'.
-HF_BLOCK_NAMES = (
-    ("norm1.", "layernorm_before."), ("attn.q_bias", "attention.attention.query.bias"),
-    ("attn.v_bias", "attention.attention.value.bias"), ("attn.proj.", "attention.output.dense."),
-    ("norm2.", "layernorm_after."), ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."),
-)
-EXPORT_INFO = "tgm.json"                                       # what transformers has no slot for (export_videomae)
-
-
-def _official_to_hf(key):
-    """Rename one of our keys to transformers' name (the qkv matrix aside: hf_state_dict cuts it in three)."""
-    for ours, hf in HF_PREFIXES:
-        if key.startswith(ours):
-            key = hf + key[len(ours):]
-            break
-    if key.startswith(("videomae.encoder.layer.", "decoder.decoder_layers.")):
-        for ours, hf in HF_BLOCK_NAMES:
-            key = key.replace(ours, hf)
-    return key
-
-
 def hf_state_dict(sd):
-    """A VideoMAE or VideoClassifier state dict -> transformers' names and layout (the inverse of videomae_state_dict).
-
-    transformers keeps q, k, v as three Linears; our fused (3D, D) qkv matrix is cut into them in q, k, v order, and
-    q_bias / v_bias become the query and value biases (k has none in either). The video-text head of Sec. 3.4
-    (`projector.*`) has no slot in transformers and is left out.
-    """
+    """A VideoMAE or VideoClassifier state dict -> transformers' names and layout (the inverse of videomae_state_dict):
+    the fused (3D, D) qkv matrix cut into query, key, value Linears; `projector.*` (Sec. 3.4) has no slot: left out."""
     out = {}
     for k, v in sd.items():
         if k.startswith("projector."):
@@ -823,10 +772,7 @@ def hf_state_dict(sd):
 
 def hf_config(cfg, class_names=None, num_classes=None):
     """transformers' VideoMAEConfig for our ModelConfig, as the dict of config.json: every field its forward reads.
-
-    num_classes None: VideoMAEForPreTraining (the encoder's final LayerNorm, no pooling); else
-    VideoMAEForVideoClassification (mean pooling -> fc_norm -> classifier), labelled by class_names when given.
-    """
+    num_classes None: VideoMAEForPreTraining; else VideoMAEForVideoClassification, labelled by class_names if given."""
     out = dict(
         model_type="videomae", image_size=cfg.img_size, patch_size=cfg.patch_size, num_channels=cfg.in_chans,
         num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size, hidden_size=cfg.embed_dim,
@@ -899,13 +845,9 @@ def model_card(info):
 def export_videomae(ckpt, out_dir, class_names=None, source=None):
     """A pretrain.py or finetune.py (--mode finetune) checkpoint dict -> a folder out_dir that transformers'
     VideoMAEForPreTraining / VideoMAEForVideoClassification.from_pretrained loads, equal to ours to float precision:
-    model.safetensors, config.json, a README.md model card and tgm.json (how it was trained). class_names: name of
-    label i at i, for id2label; source: the checkpoint's path, for the card. Returns out_dir.
-
-    Written whole: into a temporary folder beside out_dir, renamed once complete, so a crash leaves no half folder.
-    One sentence, not a traceback, for an existing out_dir (FileExistsError: never overwritten), and for a checkpoint
-    that is not ours or is a linear probe's (CheckpointError).
-    """
+    model.safetensors, config.json, a README.md model card and tgm.json. class_names: label i's name at i (id2label);
+    source: the checkpoint's path, for the card. Returns out_dir, written whole (a temporary folder, then renamed).
+    One sentence for an existing out_dir (FileExistsError) and a checkpoint not ours or a probe's (CheckpointError)."""
     from safetensors.torch import save                         # transformers' own format; needed only here
     out_dir = os.path.abspath(os.fspath(out_dir))
     name = source or "the checkpoint"
@@ -963,11 +905,8 @@ def setup_distributed(device=None):
 
 def join_process_group(backend):
     """init_process_group over torchrun's store, seen under a prefix of this elastic attempt's own.
-
-    NOTE: torchrun's static rendezvous (--master_port, no --rdzv-backend) keeps one store for the whole job, and a
-    process group writes the same keys in every attempt: after a restart (--max-restarts) a rank would read the
-    addresses its dead predecessors wrote there and connect to ranks that no longer exist (refused; or no answer
-    until the timeout, when something still holds such a port). A prefix per attempt hides the old keys."""
+    NOTE: torchrun's static rendezvous keeps one store for the whole job: after a restart (--max-restarts) a rank
+    would read the addresses its dead predecessors wrote there and wait on ranks that no longer exist."""
     store, rank, world = next(dist.rendezvous("env://"))
     store = dist.PrefixStore(f"attempt{elastic_restarts()}/", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world)
@@ -990,25 +929,21 @@ def resume_on_restart(resume):
 @contextlib.contextmanager
 def stop_together(world):
     """Start-up work that may fail on some rank (CLIP weights, a list or captions file, the maps): the ranks meet at
-    the end of the block, and when any failed, every rank stops there at once. The lowest failed rank raises its
-    own error (its sentence, printed once); the others exit 1 without a word. A rank that just died would leave the
-    others waiting at their next collective until the job's timeout."""
+    the end of the block, and when any failed, every rank stops there at once (a rank that just died would leave
+    the others waiting until the job's timeout). The lowest failed rank raises its own error; the others exit 1."""
+    def failed_ranks(failed):                                  # one all_gather: the ranks that failed, in order
+        flags = [failed] * world
+        if world > 1:
+            dist.all_gather_object(flags, failed)
+        return [r for r, f in enumerate(flags) if f]
     try:
         yield
     except BaseException:
-        if failed_ranks(world, True)[0] == (dist.get_rank() if world > 1 else 0):
+        if failed_ranks(True)[0] == (dist.get_rank() if world > 1 else 0):
             raise
         raise SystemExit(1) from None
-    if failed_ranks(world, False):
+    if failed_ranks(False):
         raise SystemExit(1)
-
-
-def failed_ranks(world, failed):
-    """Every rank says whether it failed -> the ranks that did, in order (one all_gather)."""
-    flags = [failed] * world
-    if world > 1:
-        dist.all_gather_object(flags, failed)
-    return [r for r, f in enumerate(flags) if f]
 
 
 def print0(*args, **kwargs):

@@ -906,7 +906,7 @@ def setup_distributed(device=None):
 def join_process_group(backend):
     """init_process_group over torchrun's store, seen under a prefix of this elastic attempt's own.
     NOTE: torchrun's static rendezvous keeps one store for the whole job: after a restart (--max-restarts) a rank
-    would read the addresses its dead predecessors wrote there and wait on ranks that no longer exist."""
+    would read the addresses its dead predecessors wrote there (docs/pretraining.md "Faults")."""
     store, rank, world = next(dist.rendezvous("env://"))
     store = dist.PrefixStore(f"attempt{elastic_restarts()}/", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world)

@@ -1,17 +1,12 @@
 """Video clips for TGM: reading, frame sampling, augmentation and datasets.
 
-Sec. 4.2 (pre-processing): "clips of 16 frames sampled at a temporal stride of 4 for K400 and 2 for
-SSv2 ... multi-scale-crop and horizontal flip ... TSN-style sampling on SSv2 with 2 temporal x 3
-spatial views during test-time ... 5 temporal x 3 spatial views" for the other datasets, all
-"following [38]" (VideoMAE). Every frame sampler below reproduces a function of the official VideoMAE
-code (github.com/MCG-NJU/VideoMAE, kinetics.py / ssv2.py / transforms.py), cited where it is copied;
-finetuning clips also get VideoMAE's RandAugment and random erasing, as torchvision's transforms.
-Sec. 3.2 / 3.3 need two more things from here: the video's captions ride along with the clip, and
-every crop/flip is reported as a resolution-free `Crop` so that motion- and text-guided masks can be
-moved with the clip (`apply_crop`).
-
-NOTE: a second shared module beside model.py (docs/design.md, "Layout: why data.py"): model.py stays one
-sitting of reading and can be copied without PyAV; data.py imports only the ImageNet mean/std from it.
+Sec. 4.2 (pre-processing): "clips of 16 frames sampled at a temporal stride of 4 for K400 and 2 for SSv2 ...
+multi-scale-crop and horizontal flip ... TSN-style sampling on SSv2 with 2 temporal x 3 spatial views during
+test-time ... 5 temporal x 3 spatial views" for the other datasets, all "following [38]" (VideoMAE). Every frame
+sampler reproduces a function of the official VideoMAE code (github.com/MCG-NJU/VideoMAE), cited where it is copied.
+Sec. 3.2 / 3.3: the video's captions ride along with the clip, and every crop/flip is a resolution-free `Crop`, so
+that motion- and text-guided masks move with the clip (`apply_crop`).
+NOTE: a second shared module beside model.py (docs/design.md, "Layout: why data.py"), which stays torch-only.
 
 Used by pretrain.py / finetune.py / evaluate.py / caption.py / masking.py:
     ds = VideoDataset("train.txt", root="videos/", captions="captions.jsonl", mode="pretrain")
@@ -38,7 +33,6 @@ from model import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger("tgm.data")
 
 # ----------------------------------------------------------------------------- list and caption files
-
 
 def read_list(path, root=""):
     """VideoMAE's list format: one `relative/path.mp4 label` per line. -> [(root/path, label)]."""
@@ -86,7 +80,6 @@ def read_captions(path):
 
 
 # ----------------------------------------------------------------------------- reading video (PyAV)
-
 
 class VideoError(Exception):
     """A video that cannot be used; the message is the reason that goes into the log."""
@@ -183,10 +176,8 @@ def _decode(container, stream, info, wanted, motion, short_side, seek):
 def _convert(frame, motion, size, reformatter):
     w, h = size if size else (None, None)
     # gray / yuv444 / odd sizes all -> rgb24, through one scaler per video on one thread. frame.to_ndarray(format=...)
-    # would make a scaler per frame with a thread per core, kept alive as long as the frame is: with motion vectors
-    # that is until the garbage collector's next full pass (PyAV's frame and its side data refer to each other), so
-    # ten MGM clips left 160 idle threads in the process, and a process that then forks DataLoader workers carries
-    # them (a worker segfaulted so in CI). The shared scaler also decodes a small clip in half the time.
+    # makes a scaler per frame with a thread per core, alive (with motion vectors) until the garbage collector's next
+    # full pass: ten MGM clips left 160 idle threads, which forked DataLoader workers carried (one segfaulted in CI).
     rgb = reformatter.reformat(frame, format="rgb24", width=w, height=h, threads=1).to_ndarray()
     if not motion:
         return rgb, None
@@ -196,13 +187,10 @@ def _convert(frame, motion, size, reformatter):
 
 def read_clip(path, sample_indices, motion=False, short_side=None, seek=True):
     """Open once, choose indices from the frame count, decode only those. Raises VideoError.
-
-    sample_indices: VideoInfo -> int array of frame indices (any order, repeats allowed).
-    Returns (frames uint8 (T, H, W, 3), motion list of T arrays-or-None (None if not motion), indices, info).
-    motion: each entry is PyAV's MotionVectors.to_ndarray() (fields source, w, h, src_x, src_y, dst_x,
-    dst_y, flags, motion_x, motion_y, motion_scale) in coded-frame pixels, or None (e.g. an I-frame).
-    short_side: decode at this shorter side when the video is larger (None: full size).
-    """
+    sample_indices: VideoInfo -> int array of frame indices (any order, repeats allowed); short_side: decode at this
+    shorter side when the video is larger (None: full size). -> (frames uint8 (T, H, W, 3), motion, indices, info).
+    motion (None if not asked): T entries, each PyAV's MotionVectors.to_ndarray() (fields source, w, h, src_x, src_y,
+    dst_x, dst_y, flags, motion_x, motion_y, motion_scale) in coded-frame pixels, or None (e.g. an I-frame)."""
     container, stream, info = _open(path)
     try:
         indices = np.asarray(sample_indices(info), dtype=np.int64)  # outside the except: a bug is no bad video
@@ -240,7 +228,6 @@ def read_frames(path, indices, motion=False, short_side=None, seek=True):
 # ----------------------------------------------------------------------------- frame samplers (VideoMAE)
 # Each returns an int array of frame indices. rng is a numpy Generator; rng.integers(n) is numpy's
 # np.random.randint(n) that VideoMAE calls.
-
 
 def pretrain_indices(num_video_frames, num_frames, sampling_rate, rng):
     """VideoMAE pretraining clip: kinetics.py `VideoMAE._sample_train_indices` (num_segments=1) and
@@ -304,7 +291,6 @@ def test_indices(num_video_frames, num_frames, sampling_rate, view, num_views=5)
 
 
 # ----------------------------------------------------------------------------- spatial transforms
-
 
 @dataclass(frozen=True)
 class Crop:
@@ -412,24 +398,12 @@ def normalize(frames):
 
 # ----------------------------------------------------------------------------- finetuning augmentation
 
-
 def finetune_transforms(randaug_n=4, randaug_m=7, reprob=0.25):
     """VideoMAE's finetuning augmentation (run_class_finetuning.py: --aa rand-m7-n4-mstd0.5-inc1, --reprob 0.25,
     --remode pixel) as torchvision transforms -> (randaug, erase); None for one that is off (n = 0, reprob = 0).
-
-    NOTE: differs from VideoMAE: its RandAugment is timm's. torchvision's has the same maximum shear (0.3),
-    rotation (30 degrees) and enhancement (1 +- 0.9) and nearly the same translation (0.453 of the side, timm 0.45),
-    and with 11 magnitude bins its bin m is timm's level m of 10 (the same fraction m/10 of each maximum); we use
-    it because it works on a (T, C, H, W) tensor with one draw for all frames and is maintained. It differs in:
-    (1) no magnitude noise (mstd0.5 draws each op's m from N(7, 0.5)); (2) each of the n ops is always applied,
-    where timm applies each with chance 0.5, so ours is the stronger (--randaug-n 2 gives timm's mean number of
-    ops); (3) the op set: no Invert and no SolarizeAdd, an Identity instead; posterize at m=7 keeps 5 bits, not 2;
-    (4) bilinear, not bicubic, resampling (torchvision's tensor kernels have no bicubic affine). Pixels moved in
-    by rotation, shear or translation are grey 128, as timm's default fill.
-    NOTE: differs from VideoMAE: its erasing (random_erasing.py, cube mode) puts the same box on every frame but
-    fresh noise in each frame, and tries 100 boxes; torchvision's puts the same noise in every frame (one
-    (C, h, w) draw broadcast over T) and tries 10: a box that fits is found in the first tries anyway.
-    """
+    NOTE: differs from VideoMAE, whose RandAugment and erasing are timm's: 11 bins make torchvision's bin m timm's
+    level m; no magnitude noise, all n ops always applied, a slightly different op set, bilinear; the same erasing
+    noise in every frame (docs/design.md "Finetuning augmentation" lists each difference)."""
     randaug = erase = None
     if randaug_n > 0:
         randaug = T.RandAugment(num_ops=randaug_n, magnitude=randaug_m, num_magnitude_bins=11,
@@ -443,18 +417,11 @@ def finetune_transforms(randaug_n=4, randaug_m=7, reprob=0.25):
 
 def augment_clip(clip, randaug, erase, seed):
     """A (T, C, S, S) crop -> ImageNet-normalised (C, T, S, S) with VideoMAE's finetuning augmentation.
-
-    RandAugment acts on the [0, 255] pixels (uint8, as timm's acts on PIL images), random erasing on the
-    normalised ones (VideoMAE erases after normalising). A torchvision transform given a (T, C, H, W) tensor
-    makes one draw and applies it to every leading index, so every frame gets the same operations, magnitudes
-    and erased box: one draw per clip, as VideoMAE applies one draw to the clip's list of frames.
-    Their draws come from torch's global generator: seeded here, inside fork_rng, from the dataset's
-    per-(seed, epoch, index) rng, so they do not depend on the worker and a resumed run redraws the same clips.
-    NOTE: differs from VideoMAE, which augments the whole decoded frames before the random-resized crop: we
-    augment the crop, which is cheaper (S x S pixels, not the frame's). The geometric ops scale with the image,
-    so a translation moves the content by a share of the crop's side, not of the frame's (less, after a small
-    crop), and the grey fill of a rotation or shear shows in the crop's corners instead of being cropped away.
-    """
+    RandAugment acts on the [0, 255] pixels (uint8, as timm's on PIL images), random erasing on the normalised ones
+    (as VideoMAE). Given (T, C, H, W), a torchvision transform makes one draw for every frame: one per clip, as
+    VideoMAE's. The draws come from torch's generator, seeded here from the dataset's per-(seed, epoch, index) rng,
+    so they do not depend on the worker (exact resume). NOTE: differs from VideoMAE, which augments the whole frames
+    before the crop: we augment the crop, cheaper (docs/design.md "Finetuning augmentation")."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if randaug is not None:
@@ -467,10 +434,8 @@ def augment_clip(clip, randaug, erase, seed):
 
 # ----------------------------------------------------------------------------- dataset
 
-
 class VideoDataset(torch.utils.data.Dataset):
     """A list file (+ captions) -> augmented clips with label, captions, crop and the bad videos skipped.
-
     mode: 'pretrain' (VideoMAE pretraining clip, multi-scale crop), 'finetune' (finetuning clip or TSN,
     random-resized crop), 'val' (one deterministic view: centre window, centre crop), 'test' (every test
     view from one decode: 5 windows x 3 crops, or with tsn 2 interleaved samplings x 3 crops).

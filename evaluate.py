@@ -138,10 +138,7 @@ def load_clip(args, pre_args, device):
     name = args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu")
     pretrained = args.clip_pretrained or pre_args.get("clip_pretrained") or "openai"
     torch.manual_seed(args.seed)                               # a random CLIP ('none') is then the same every run
-    try:
-        return (*masking.load_clip(name, pretrained, device), name, pretrained)
-    except masking.ClipWeightsError as e:
-        raise SystemExit(f"evaluate.py: {e}")
+    return (*masking.load_clip_or_exit("evaluate.py", name, pretrained, device), name, pretrained)
 
 
 # -----------------------------------------------------------------------------

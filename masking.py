@@ -10,11 +10,10 @@ file | demo | none):
     python masking.py --video V.mp4 --caption "a man is surfing" --mask tgm --ratio 0.6 --out mask.png
     python masking.py --mask mgm --ratio 0.75 --out mgm.png
     python masking.py --mask tgm --tgm-features dense --clip-pretrained none --out tgm.png
-pretrain.py builds the same maskers: random/tube/mgm run in the loader workers (data.VideoDataset(mask_fn=...)).
-tgm on real data reads maps made once, offline (CLIP is too heavy for a worker), also in the loader workers:
+pretrain.py makes random/tube/mgm masks in the loader workers (data.VideoDataset(mask_fn=...)), and tgm ones there too
+from maps made once, offline (or, with --tgm-features patch|dense, with CLIP in the training step):
     python masking.py --make-maps maps/k400 --data k400/train.txt --root k400/ --captions k400_captions.jsonl
     python pretrain.py ... --mask tgm --tgm-maps maps/k400
-or, with --tgm-features patch|dense, CLIP makes the masks in the training loop.
 """
 import argparse
 import contextlib
@@ -86,23 +85,22 @@ def tube_mask(batch, grid, ratio, generator=None):
 
 class LoaderMasker:
     """A mask_fn for data.VideoDataset, called in the loader workers: (sample, generator=None) -> (mask (N,) bool,
-    True = masked; fell_back: whether it had to fall back to a tube mask), for a token grid (T', h, w) and a ratio.
-    Without a generator it draws from torch's global one, which data.VideoDataset seeds per (seed, epoch, video)
-    around the call, so a mask does not depend on the worker that made it (exact resume)."""
+    True = masked; fell_back to a tube mask), for a token grid (T', h, w) and a ratio. Without a generator it draws
+    from torch's, which data.VideoDataset seeds per (seed, epoch, video): a mask does not depend on the worker."""
 
     def __init__(self, grid, ratio):
         self.grid, self.ratio = tuple(grid), ratio
 
 
 class RandomMasker(LoaderMasker):
-    """mask_fn: (sample, generator=None) -> ((N,) bool random mask (ST-MAE), True = masked; False)."""
+    """LoaderMasker of a random mask (ST-MAE)."""
 
     def __call__(self, sample, generator=None):
         return random_mask(1, self.grid, self.ratio, generator)[0], False
 
 
 class TubeMasker(LoaderMasker):
-    """mask_fn: (sample, generator=None) -> ((N,) bool tube mask (VideoMAE), True = masked; False)."""
+    """LoaderMasker of a tube mask (VideoMAE)."""
 
     def __call__(self, sample, generator=None):
         return tube_mask(1, self.grid, self.ratio, generator)[0], False
@@ -270,6 +268,14 @@ def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cach
     return clip, open_clip.get_tokenizer(name)
 
 
+def load_clip_or_exit(prog, name, pretrained, device):
+    """load_clip for a script: one sentence, "prog: ...", when the weights cannot be had (every rank loads its own)."""
+    try:
+        return load_clip(name, pretrained, device)
+    except ClipWeightsError as e:
+        raise SystemExit(f"{prog}: {e}")
+
+
 def encode_text(clip, tokens):
     """CLIP's encode_text, run on the first L positions only, L = 1 + the last [EOS] of the batch.
 
@@ -418,13 +424,10 @@ class TextGuidedMasker:
 # ----------------------------------------------------------------------------------------------------------------
 # TGM maps: the CLIP side of text-guided masks made once per video, offline, so that the masks ride with the data
 #
-# NOTE: not in the paper, which says only that TGM cost 15 % on top of an MGM run (Sec. 5). Online, CLIP in the step
-# costs 2.7x a tube step (dense) to 80x (patch) on an H100 (benchmarks/README.md). Here each stored frame of a
-# video (every --frame-stride-th) goes through CLIP once, by the paper's patch recipe over the whole frame (or dense),
-# and its similarity to each of the video's captions is kept as a small grid (cells along the short side). The
-# loader then picks the caption, carries that caption's map through the clip's own crop and flip (as MGM's motion
-# maps are carried) and takes the top-k per time slice: the step itself does no CLIP work. docs/design.md "TGM maps"
-# says what this gives up against the paper's per-clip patches; benchmarks/bench_tgm_maps.py measures it.
+# NOTE: not in the paper (Sec. 5 says only that TGM cost 15 % over MGM); CLIP in the step costs 2.7x (dense) to 80x
+# (patch) a tube step on an H100. Each stored frame goes through CLIP once and its similarity to each caption is kept
+# as a small grid; the loader carries the drawn caption's map through the clip's crop and flip, as MGM's motion, and
+# takes the top-k (docs/design.md "TGM maps": what it gives up; benchmarks/bench_tgm_maps.py measures it).
 
 MAPS_VERSION = 1
 MAPS_UPSAMPLE = 8  # each map cell becomes 8 x 8 pixels before the crop: the crop's edges then cut cells finely
@@ -682,10 +685,7 @@ def make_maps_main(args):
     items = [(os.path.join(args.root, rel), rel) for rel in rels][i::n]  # this shard's (path, rel)
     captions = data.read_captions(args.captions)
     name, pretrained = args.clip_model, args.clip_pretrained or "openai"
-    try:
-        clip, tokenizer = load_clip(name, pretrained, args.device)
-    except ClipWeightsError as e:
-        sys.exit(f"error: {e}")
+    clip, tokenizer = load_clip_or_exit("masking.py", name, pretrained, args.device)
     cells = args.cells or (args.input_size or 224) // args.patch_size
     try:
         made, done, failed = make_maps(clip, tokenizer, items, captions, args.make_maps,
@@ -722,10 +722,8 @@ def main(args):
     g = torch.Generator().manual_seed(args.seed)
 
     if args.mask == "tgm":
-        try:
-            clip, tokenizer = load_clip(args.clip_model, args.clip_pretrained or "openai", args.device)
-        except ClipWeightsError as e:
-            sys.exit(f"error: {e}")
+        clip, tokenizer = load_clip_or_exit("masking.py", args.clip_model, args.clip_pretrained or "openai",
+                                            args.device)
         features = args.tgm_features or "patch"
         text = TextEmbedder(clip, tokenizer)([caption])
         masker = TextGuidedMasker(clip, features, ratio, args.tgm_order, p, t, args.chunk_size)

@@ -150,12 +150,8 @@ def pick_captions(captions, indices, seed, step):
 
 def text_targets(embed_text, captions, caption_ids, dim, device):
     """The text side of Eq. (4) for one batch: captions (B,), str or None -> (t (B, E) L2-normalised CLIP text
-    embeddings, ids (B,) each caption's index in the run's caption list).
-
-    A clip without a caption (possible only in a pure-MAE run given --captions) gets a zero row and id -1, which
-    info_nce leaves out. Every rank then still runs the head and the loss's collectives every step: a rank that
-    skipped them would leave the others waiting forever.
-    """
+    embeddings, ids (B,) each caption's index in the run's caption list). A clip without a caption gets a zero row
+    and id -1, which info_nce leaves out: every rank still runs the loss's collectives (docs/design.md)."""
     t = torch.zeros(len(captions), dim, device=device)
     have = [i for i, c in enumerate(captions) if c is not None]
     if have:
@@ -165,13 +161,10 @@ def text_targets(embed_text, captions, caption_ids, dim, device):
 
 def pretraining_loss(mae, video, mask, t=None, text_ids=None, tau=0.07, mse_weight=1.0, nce_weight=1.0, probe=False):
     """Sec. 3.5: L = mse_weight * L_MSE + lambda * L_NCE -> (L, L_MSE, L_NCE or None in a run without text).
-
     mae: the VideoMAE as trained (bare, or wrapped by DDP / torch.compile); video (B, C, T, H, W); mask (B, N) bool,
     True = masked; t (B, E) and text_ids (B,): the captions' CLIP embeddings and ids (text_targets); lambda = nce_weight.
-    probe: the head is Fig. 4's online probe instead of L_NCE's: it learns from a stop-gradient copy of the latent, so
-    L_NCE is measured as the encoder learns ("even for pure MAE, the contrastive loss naturally decreases", Sec. 5)
-    but none of its gradient reaches the encoder.
-    """
+    probe: the head is Fig. 4's online probe: it learns from a stop-gradient copy of the latent, so L_NCE is measured
+    as the encoder learns (Sec. 5) but none of its gradient reaches the encoder (docs/design.md "Fig. 4")."""
     loss_mse, _, latent = mae(video, mask)                     # Sec. 3.1, Eq. (3): E = phi(V_vis), V' = xi(E, ...)
     if t is None:
         return mse_weight * loss_mse, loss_mse, None
@@ -193,7 +186,8 @@ def main(args):
     embed_text = caption_ids = tgm = None                     # a run without text: no CLIP at all
     if args.mask == "tgm" or args.contrastive or args.captions:  # the tgm mask, L_NCE, or the Fig. 4 probe
         with M.stop_together(world):  # a rank that cannot load CLIP or use the maps stops every rank, with its sentence
-            clip, tokenizer = load_clip(args, device)
+            clip, tokenizer = masking.load_clip_or_exit(
+                "pretrain.py", args.clip_model, args.clip_pretrained or "openai", device)
             if args.tgm_maps:
                 check_maps(args, dataset)
         embed_text, caption_ids = embed_captions(clip, tokenizer, dataset, device, args.precision)
@@ -339,15 +333,6 @@ def make_data(args, rank, world):
     return dataset, sampler, steps_per_epoch
 
 
-def load_clip(args, device):
-    """The frozen CLIP of the tgm mask and of L_NCE's text side (Sec. 3.3, 3.4), or one sentence when its weights cannot
-    be had. Every rank loads its own copy."""
-    try:
-        return masking.load_clip(args.clip_model, args.clip_pretrained or "openai", device)
-    except masking.ClipWeightsError as e:
-        raise SystemExit(f"pretrain.py: {e}")
-
-
 def check_maps(args, dataset):
     """--tgm-maps: masks from the loader, so the maps must come from this run's CLIP and captions, all made."""
     problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
@@ -389,11 +374,9 @@ def resume(args, ckpt_path, raw_model, optimizer, scaler, rank, steps_per_epoch)
 
 def save(ckpt_path, args, cfg, raw_model, optimizer, scaler, step, steps_per_epoch, head, world, rank):
     """One atomic checkpoint, with every rank's RNG states (a resumed run draws what the stopped one would have)."""
-    states = [None] * world
+    states = [rng_states()] * world
     if world > 1:
-        dist.all_gather_object(states, rng_states())
-    else:
-        states = [rng_states()]
+        dist.all_gather_object(states, states[0])
     if rank == 0:
         M.save_checkpoint(ckpt_path, {
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -414,12 +397,9 @@ def epoch_loader(args, dataset, sampler, epoch, skip_steps, device):
 
 def backward_and_clip(loss, probe_loss, raw_model, optimizer, scaler, clip_grad):
     """One backward pass (DDP reduces every gradient in it) of L and, given, the Fig. 4 probe's loss; then --clip-grad.
-    -> 1 when the probe's step was dropped, else 0.
-
-    The probe stands apart, so that it never changes what the encoder learns: when its loss or gradient is not
-    finite, its gradients are dropped before GradScaler looks for infs (which would skip the whole step) and AdamW
-    leaves the head as it is; and --clip-grad clips the head by its own norm and the MAE by its own (one total norm
-    would let the probe's gradient set the encoder's clipping factor)."""
+    -> 1 when the probe's step was dropped, else 0. The probe never changes what the encoder learns: a non-finite
+    probe gradient is dropped before GradScaler looks for infs (which would skip the whole step), and --clip-grad
+    clips the head and the MAE each by its own norm (one total norm would let the probe set the encoder's factor)."""
     scaler.scale(loss if probe_loss is None else loss + probe_loss).backward()  # the probe's graph starts at a detach
     head = list(raw_model.projector.parameters()) if probe_loss is not None else []
     dropped = 0

@@ -9,11 +9,9 @@ total of 3 captions per video" with BLIP-2 (Sec. 3.2). Table 6b's other text sou
              of a class gets its class's captions (Table 6b "GPT3.5"; here any local causal LM)
   blip2+llm  both lists joined, 3 + 3 captions per video (Table 6b "BLIP + GPT3.5")
 
-Output (docs/design.md, "Data formats"): JSONL, one line per video, appended and fsynced per batch:
-    {"video": "<path as in the list>", "captions": ["...", "...", "..."], "source": "blip2"}
-Rerunning the same command resumes (videos already in --out are skipped). A video that cannot be read
-goes to <out stem>.failed.jsonl with the reason and is counted in the summary; it never stops the run,
-and the next run tries it again. oracle and llm captions come from the label alone: they open no video.
+Output: JSONL, one line per video (docs/design.md, "Data formats"), appended and fsynced per batch; rerunning the same
+command resumes. A video that cannot be read goes to <out stem>.failed.jsonl with the reason, counted, and never stops
+the run; the next run tries it again. oracle and llm captions come from the label alone: they open no video.
 
 One GPU (or a CPU), Kinetics-400:
     python caption.py --data k400/train.txt --root k400/ --out k400_captions.jsonl
@@ -74,13 +72,9 @@ def get_parser():
 
 
 def parse_args(argv=None):
+    """The flags; combinations that cannot work stop here, with one sentence saying how to fix them."""
     args = get_parser().parse_args(argv)
-    check_args(args)
-    return args
 
-
-def check_args(args):
-    """Flag combinations that cannot work stop here, with one sentence saying how to fix them."""
     def fail(msg):
         raise SystemExit(f"caption.py: {msg}")
     try:
@@ -102,11 +96,11 @@ def check_args(args):
         path = getattr(args, flag)
         if path is not None and not os.path.isfile(path):
             fail(f"--{flag.replace('_', '-')} {path}: no such file")
+    return args
 
 
 # -----------------------------------------------------------------------------
 # Loading models: a hub id that is neither cached nor reachable fails in seconds, not minutes of retries.
-
 
 def from_pretrained(cls, name, flag, **kwargs):
     """cls.from_pretrained(name) for a local folder or a hub id; offline and uncached -> one sentence saying what to do."""
@@ -131,7 +125,6 @@ def from_pretrained(cls, name, flag, **kwargs):
 
 # -----------------------------------------------------------------------------
 # BLIP-2 on keyframes (Sec. 3.2)
-
 
 def keyframe_indices(num_frames, k):
     """k uniformly spaced frames: the centres of k equal segments (k=3 of 72 frames: 12, 36, 60; k=1: the centre)."""
@@ -162,10 +155,8 @@ def blip2_captions(processor, model, pixels, dtype, max_new_tokens, num_beams):
 
 class Keyframes(Dataset):
     """List item -> {'video', 'label', 'pixels' (K, 3, S, S) or None, 'error'}; reads nothing when frames == 0.
-
-    Runs in the loader workers, so decoding and BLIP-2's resize/normalise use the CPU cores while the
-    main process drives the GPU. A video that cannot be used gives 'error' (the reason), never an exception.
-    """
+    In the loader workers, so decoding and BLIP-2's preprocessing use the CPU cores while the main process drives the
+    GPU. A video that cannot be used gives 'error' (the reason), never an exception."""
 
     def __init__(self, items, root, frames, image_processor):
         self.items, self.root, self.frames, self.image_processor = items, root, frames, image_processor
@@ -193,7 +184,6 @@ class Keyframes(Dataset):
 
 # -----------------------------------------------------------------------------
 # Vision-free captions per class from a language model (Table 6a prompts)
-
 
 @torch.no_grad()
 def llm_class_captions(name, class_names, labels, device, dtype, batch_size, max_new_tokens):
@@ -224,13 +214,9 @@ def llm_class_captions(name, class_names, labels, device, dtype, batch_size, max
 # -----------------------------------------------------------------------------
 # The output file: append-only JSONL, resumable
 
-
 def open_output(path):
-    """Open `path` for appending, locked against a second writer; -> (file, videos already in it).
-
-    A last line without its newline is what a kill in the middle of a write leaves: it is cut off
-    here (that video is captioned again). A malformed line anywhere else stops with file:line.
-    """
+    """Open `path` for appending, locked against a second writer; -> (file, videos already in it). A last line
+    without its newline (a kill mid-write) is cut off, and that video captioned again; another bad line stops."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     f = open(path, "a+b")
     try:
@@ -275,7 +261,6 @@ def caption_batch(batch, args, processor, model, dtype, class_names, class_caps)
 
 # -----------------------------------------------------------------------------
 # main
-
 
 def main(args):
     # --- the list, this shard of it, and what is already done

@@ -1,18 +1,14 @@
 """
 Sec. 4.2, 4.5, 4.7: evaluation of pretrained and finetuned models.
 
-  multi-view test (Tables 1, 2, 4 and the LP columns of Table 3), the default: a finetune.py checkpoint, every
-      video seen as 5 temporal windows x 3 crops along the long side (K400, UCF101, HMDB51, Diving48,
-      Epic-Kitchens), or with --tsn 2 interleaved TSN samplings x 3 crops (SSv2); softmax per view, the mean over
+  multi-view test (Tables 1, 2, 4, the LP columns of Table 3), the default: a finetune.py checkpoint, 5 temporal
+      windows x 3 crops per video, or with --tsn 2 TSN samplings x 3 crops (SSv2); softmax per view, the mean over
       views, top-1 and top-5 (VideoMAE's final_test + merge).
-  --retrieval (Table 3, R@1 / R@5): zero-shot video -> video retrieval with the frozen pretrained encoder (a
-      pretrain.py checkpoint or published VideoMAE weights): each test clip (--val-data) queries the training clips
-      (--data) by the cosine of their mean-pooled features; a query scores at k when one of its k nearest training
-      clips has its class. The paper does not define its retrieval; see "Table 3's retrieval" in docs/design.md.
-      With --text classes|captions: video -> text retrieval through the contrastive head instead (an extra, for
-      checkpoints whose head was trained).
-  --visualize (Fig. 3): for a few videos, one PNG each with the input frames, the mask, the reconstruction and
-      the last block's attention for the centre patch of the centre frame.
+  --retrieval (Table 3, R@1 / R@5): zero-shot video -> video retrieval with the frozen pretrained encoder: each test
+      clip (--val-data) queries the training clips (--data); our reading, docs/design.md "Table 3's retrieval".
+      With --text classes|captions: video -> text through the contrastive head instead (an extra).
+  --visualize (Fig. 3): for a few videos, one PNG each: input, mask, reconstruction, last block's attention.
+  --export DIR: the checkpoint as a transformers VideoMAE folder (docs/transfer.md).
 
 One CPU process on the built-in demo (its val split; finetune.py and pretrain.py demo checkpoints first):
     python evaluate.py --checkpoint runs/demo_ft/ckpt.pt
@@ -24,8 +20,7 @@ The paper's tests, distributed (views of one video are merged across ranks by vi
     torchrun --nproc_per_node=8 evaluate.py --checkpoint runs/ssv2_ft/ckpt.pt --data lists/ssv2/val.csv --root /data/ssv2 --tsn
     torchrun --nproc_per_node=8 evaluate.py --retrieval --checkpoint runs/k400_tgm/ckpt.pt \\
         --data lists/ucf101/train_split1.csv --val-data lists/ucf101/test_split1.csv --root /data/ucf101
-Results go to --output-dir (default: the checkpoint's folder) as results.json / retrieval_{video,classes,captions}.json /
-vis_*.png.
+Results go to --output-dir (default: the checkpoint's folder).
 Tests: python -m pytest -q tests/test_evaluate.py
 """
 import argparse
@@ -92,7 +87,6 @@ parser.add_argument("--export", default=None, metavar="DIR", help="instead of ev
                     "default: the run's); no data is read")
 
 
-
 # -----------------------------------------------------------------------------
 # Rebuilding models from checkpoints
 
@@ -155,11 +149,8 @@ def gather_rows(rows, world):
 
 def merge_views(index, view, probs):
     """Sec. 4.2 multi-view: rows (video index (n,), view id (n,), softmax probs (n, K)) from any ranks, in any order
-    -> (videos (m,), mean probs over each video's views (m, K), views per video (m,)).
-
-    A (video, view) pair seen twice counts once: DistributedSampler pads the last ranks with repeated videos, and
-    VideoMAE's merge() skips those repeats the same way.
-    """
+    -> (videos (m,), mean probs over each video's views (m, K), views per video (m,)). A (video, view) pair seen twice
+    counts once (DistributedSampler's padding), as VideoMAE's merge() skips it."""
     index, view, probs = np.asarray(index), np.asarray(view), np.asarray(probs, dtype=np.float64)
     _, first = np.unique(np.stack([index, view], 1), axis=0, return_index=True)
     index, probs = index[first], probs[first]
@@ -180,11 +171,8 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
 # Table 3: zero-shot retrieval, video -> video (the paper's, as we read it) and video -> text (an extra)
 
 def text_gallery(labels, video_captions=None, class_names=None):
-    """The texts to retrieve from and which are right for each video -> (texts (S,), positives (V, S) bool).
-
-    With class names: S = K, a video's positive is its class's name. With captions: every distinct caption of the
-    listed videos, a video's positives are its own captions.
-    """
+    """The texts to retrieve from and which are right for each video -> (texts (S,), positives (V, S) bool): the
+    class names (a video's positive: its class's), or every distinct caption (a video's positives: its own)."""
     if class_names is not None:
         positives = np.zeros((len(labels), len(class_names)), dtype=bool)
         positives[np.arange(len(labels)), labels] = True
@@ -199,22 +187,13 @@ def text_gallery(labels, video_captions=None, class_names=None):
 
 def recall_at_k(sim, positives, ks=(1, 5)):
     """sim (V, S) video-text similarities, positives (V, S) bool -> {k: % of videos with a positive in the top k}.
-
-    A video's rank is the number of wrong texts scored above its best right one; videos without a right text
-    are left out.
-    """
+    A video's rank: the wrong texts scored above its best right one; videos without a right text are left out."""
     sim, positives = np.asarray(sim, dtype=np.float64), np.asarray(positives, dtype=bool)
     keep = positives.any(1)
     sim, positives = sim[keep], positives[keep]
     best = np.where(positives, sim, -np.inf).max(1)            # (V,) score of the best right text
     rank = (np.where(positives, -np.inf, sim) > best[:, None]).sum(1)  # wrong texts ahead of it
     return {k: 100.0 * (rank < k).mean() for k in ks}
-
-
-def encoder_features(model):
-    """Table 3's video features (our reading): the frozen encoder over all tokens (no mask), after its final
-    LayerNorm, mean-pooled over tokens and L2-normalised -> a function video (B, C, T, H, W) -> (B, D)."""
-    return lambda video: F.normalize(model.encoder(video).float().mean(dim=1), dim=-1)
 
 
 def video_recall(query, query_labels, gallery, gallery_labels, ks=(1, 5, 10, 20)):
@@ -239,12 +218,9 @@ def video_recall(query, query_labels, gallery, gallery_labels, ks=(1, 5, 10, 20)
 # Fig. 3: input, mask, reconstruction, attention
 
 def reconstruct(model, video, mask):
-    """Pixels in [0, 1] (B, C, T, H, W): visible patches as they are, hidden ones from the decoder.
-
-    mask (B, N) bool, True = masked. With the norm-pixel target the decoder predicts each hidden token normalised
-    per channel, so, as VideoMAE's run_videomae_vis.py does, the prediction is shown with the hidden patch's TRUE
-    mean and std: the picture borrows those two numbers per patch and channel from the hidden pixels.
-    """
+    """Pixels in [0, 1] (B, C, T, H, W): visible patches as they are, hidden ones from the decoder. mask (B, N) bool,
+    True = masked. A norm-pixel prediction is shown with the hidden patch's TRUE mean and std per channel, as
+    VideoMAE's run_videomae_vis.py does: the picture borrows those two numbers from the hidden pixels."""
     cfg = model.cfg
     t, p = cfg.tubelet_size, cfg.patch_size
     _, pred, _ = model(video, mask)                            # (B, N_mask, P), hidden tokens in raster order
@@ -263,10 +239,7 @@ def reconstruct(model, video, mask):
 
 
 def centre_attention(model, video):
-    """Last block's attention of the centre token of the centre time slice, mean over heads -> (B, T', h, w).
-
-    All tokens are visible here (no mask), as for a finetuned encoder; the query is token (T'/2, h/2, w/2).
-    """
+    """Last block's attention of the centre token (T'/2, h/2, w/2), mean over heads -> (B, T', h, w); no mask."""
     T_, h, w = model.cfg.grid
     q = (T_ // 2) * h * w + (h // 2) * w + w // 2              # raster index (t, h, w)
     attn = model.encoder.last_attention(video)                 # (B, nh, N, N)
@@ -374,7 +347,8 @@ def run_retrieval(args, model, pre_args, device, amp, rank, world, write_json):
     ds_kw = dict(root=args.root, mode="val", num_frames=model.cfg.num_frames, input_size=model.cfg.img_size,
                  sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
     gallery, queries = open_list(args.data, **ds_kw), open_list(args.val_data, **ds_kw)
-    embed = encoder_features(model)
+    # Table 3's features (our reading): the frozen encoder over all tokens, its final LayerNorm, mean-pooled, L2
+    embed = lambda video: F.normalize(model.encoder(video).float().mean(dim=1), dim=-1)  # (B, D)
     g_index, g_feat, g_bad = embed_clips(embed, gallery, args, device, amp, rank, world, "embed gallery (--data)")
     q_index, q_feat, q_bad = embed_clips(embed, queries, args, device, amp, rank, world, "embed queries (--val-data)")
     if rank != 0:
@@ -563,12 +537,9 @@ def main(args):
     amp = M.autocast(device, args.precision)
     torch.manual_seed(args.seed)
 
-    def write_json(name, obj):
-        path = os.path.join(out_dir, name)
-        with open(path + ".tmp", "w") as f:                   # temp file, then rename: never half-written
-            json.dump(obj, f, indent=1)
-        os.replace(path + ".tmp", path)
-        return path
+    def write_json(name, obj):                                 # written whole (temp file, then rename)
+        M.write_whole(os.path.join(out_dir, name), lambda f: f.write(json.dumps(obj, indent=1).encode()))
+        return os.path.join(out_dir, name)
 
     if args.visualize or args.retrieval:
         model, pre_args, head = load_pretrained(args.checkpoint, args)

@@ -1,14 +1,11 @@
 """
 Sec. 4.2, 4.5: transfer of a pretrained encoder to action recognition, by full finetuning or by a linear probe.
 
-Finetune (Tables 1, 2, 4 "FT"): VideoMAE's recipe [38] (run_class_finetuning.py): the encoder over all tokens,
-mean pool -> LayerNorm -> Linear, layer-wise lr decay 0.75, drop path 0.1, RandAugment (rand-m7-n4) and random
-erasing 0.25 on every clip, mixup 0.8 / cutmix 1.0 with label smoothing 0.1, AdamW (0.9, 0.999), weight decay
-0.05, lr = base_lr * global_batch / 256, 5 warmup epochs, then a per-step cosine. Linear probe (Tables 1-4 "LP",
-Sec. 4.5): MAE's protocol (main_linprobe.py): the pretrained encoder frozen in eval mode (with its final
-LayerNorm), mean-pooled features -> BatchNorm1d(affine=False) -> Linear, plain crops; only the head trains. The
-multi-view test (5x3, or 2x3 for SSv2) is evaluate.py's job; here every epoch ends with a one-view validation
-top-1 in the log.
+Finetune (Tables 1, 2, 4 "FT"): VideoMAE's recipe [38] (run_class_finetuning.py): the encoder over all tokens, mean
+pool -> LayerNorm -> Linear, layer-wise lr decay, drop path, RandAugment, random erasing, mixup / cutmix. Linear probe
+(Tables 1-4 "LP", Sec. 4.5): MAE's protocol (main_linprobe.py): the encoder frozen, mean-pooled features ->
+BatchNorm1d(affine=False) -> Linear. The flags' help and docs/transfer.md give every value. Each epoch ends with a
+one-view validation top-1 in the log; the multi-view test is evaluate.py's.
 
 One CPU process on the built-in demo (minutes; a random encoder unless you pass a pretrain.py checkpoint):
     python finetune.py --checkpoint none --output-dir runs/demo_ft_scratch
@@ -44,8 +41,7 @@ import data
 import model as M
 
 # -----------------------------------------------------------------------------
-# Arguments. A default of None is filled in by `resolve_args`: the pretraining checkpoint's own value, else the
-# paper's.
+# Arguments. A default of None is filled in by `resolve_args`: the pretraining checkpoint's own value, else the paper's.
 
 parser = argparse.ArgumentParser(description="Finetuning and linear probe (Sec. 4.2)",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -103,10 +99,7 @@ PAPER_SHAPE = dict(model="vit_base", num_frames=16, input_size=224, sampling_rat
 
 def read_pretrained(path):
     """-> (ckpt dict or None, encoder state dict with keys relative to the Encoder, stored ModelConfig or None).
-
-    Our checkpoints carry their ModelConfig ('model_cfg'); published VideoMAE weights do not, so their shape
-    comes from --model / --num-frames / --input-size. Both name the encoder 'encoder.*'.
-    """
+    Published VideoMAE weights store no ModelConfig: their shape comes from --model / --num-frames / --input-size."""
     ckpt = M.load_checkpoint(path) if os.path.isfile(path) else None
     if ckpt is not None and "model_cfg" in ckpt:
         sd, cfg = ckpt["model"], M.config_from_checkpoint(ckpt)
@@ -119,11 +112,8 @@ def read_pretrained(path):
 
 
 def load_encoder(encoder, enc_sd, path):
-    """Copy pretrained weights into an Encoder; every parameter must come from the checkpoint.
-
-    The finetuning classifier's encoder has no final LayerNorm (VideoMAE: fc_norm after pooling replaces it), so
-    the pretrained 'norm.*' is dropped there; the linear probe keeps it (MAE probes the pretrained features).
-    """
+    """Copy pretrained weights into an Encoder; every parameter must come from the checkpoint but the final 'norm.*',
+    which the finetuning classifier drops (VideoMAE: fc_norm after pooling) and the linear probe keeps (MAE)."""
     try:
         missing, _ = encoder.load_state_dict(enc_sd, strict=False)
     except RuntimeError as e:
@@ -176,12 +166,9 @@ def smooth_one_hot(y, num_classes, smoothing):
 
 def mixup_cutmix(x, y, num_classes, mixup=0.8, cutmix=1.0, switch_prob=0.5, smoothing=0.1, rng=None):
     """Mix each clip with the batch's reversed order. x (B, C, T, H, W), y (B,) -> (x mixed, targets (B, K)).
-
-    One lam per batch (timm's mode='batch'): with both on, cutmix with chance switch_prob, else mixup.
-    Mixup blends whole clips; cutmix pastes the same box into every frame of the partner clip (a spatial
-    tube), and lam becomes the exact unpasted area after the box is clipped at the frame border (timm's
-    correct_lam). Targets: lam * smooth(y) + (1 - lam) * smooth(y reversed), so each row sums to one.
-    """
+    One lam per batch (timm's mode='batch'): with both on, cutmix with chance switch_prob, else mixup. Cutmix pastes
+    the same box into every frame (a spatial tube); lam becomes the exact unpasted area after the box is clipped at the
+    frame border (timm's correct_lam). Targets: lam * smooth(y) + (1 - lam) * smooth(y reversed), each row sums to 1."""
     rng = rng if rng is not None else np.random.default_rng()
     lam = 1.0
     if mixup > 0 or cutmix > 0:

@@ -96,6 +96,7 @@ PAPER = dict(model="vit_base", num_frames=16, sampling_rate=4, input_size=224, b
 
 
 def parse_args(argv=None):
+    """The flags, None defaults filled (demo, then PAPER); combinations that cannot work stop with one sentence."""
     args = get_parser().parse_args(argv)
     if args.data is None or args.clip_pretrained == "demo":
         import demo  # the built-in demo's data, CLIP and sizes, for what was not typed
@@ -105,12 +106,7 @@ def parse_args(argv=None):
             setattr(args, k, v)
     if args.ratio is None:
         args.ratio = masking.PAPER_RATIO[args.mask]
-    check_args(args)
-    return args
 
-
-def check_args(args):
-    """Flag combinations that cannot work stop here, with one sentence saying how to fix them."""
     def fail(msg):
         raise SystemExit(f"pretrain.py: {msg}")
     if not 0 < args.ratio < 1:
@@ -138,6 +134,7 @@ def check_args(args):
         fail("--mask tgm on your data reads CLIP similarity maps made once, offline (CLIP in the step costs 2.7x to 80x "
              "a tube step): make them with masking.py --make-maps DIR --data LIST --root ROOT --captions FILE, then "
              "pass --tgm-maps DIR; or pass --tgm-features patch|dense to run CLIP in the step")
+    return args
 
 
 def pick_captions(captions, indices, seed, step):

@@ -158,10 +158,8 @@ def token_sums(x, crop, grid, size):
 
 
 def object_coverage(mask, object_pixels):
-    """How much of an object a mask hides: mask (B, N) bool, True = masked; object_pixels (B, N), the object's
-    pixels in each token (token_sums of its per-pixel mask, flattened) -> (B,) in [0, 1], the share of the
-    object's pixels that sit in masked tokens (1: all hidden). A random mask of ratio gamma covers gamma in
-    expectation; a text-guided mask that finds what the caption names covers more."""
+    """The share of an object a mask hides: mask (B, N) bool, True = masked; object_pixels (B, N), the object's pixels
+    per token (token_sums of its per-pixel mask) -> (B,) in [0, 1]. A random mask of ratio gamma covers gamma."""
     w = object_pixels.float()
     return (w * mask).sum(dim=1) / w.sum(dim=1).clamp_min(1e-12)  # a clip without the object scores 0
 
@@ -277,11 +275,9 @@ def load_clip_or_exit(prog, name, pretrained, device):
 
 
 def encode_text(clip, tokens):
-    """CLIP's encode_text, run on the first L positions only, L = 1 + the last [EOS] of the batch.
-
-    CLIP's text tower is causal: the [EOS] output (what encode_text returns) never attends to the padding after
-    it, so cutting the 77-token context to the captions' length gives the same embedding for a fraction of the
-    work (about 5x less for a 15-token caption). Other text towers fall back to open_clip's own encode_text."""
+    """CLIP's encode_text, run on the first L positions only, L = 1 + the last [EOS] of the batch: the causal text
+    tower's [EOS] output never attends to the padding after it, so the embedding is the same for ~5x less work (a
+    15-token caption). Other text towers fall back to open_clip's own encode_text."""
     if not (isinstance(clip, open_clip.CLIP) and clip.text_pool_type == "argmax" and clip.attn_mask is not None):
         return clip.encode_text(tokens)
     L = int(tokens.argmax(dim=-1).max()) + 1           # [EOS] has the highest id, as text_global_pool assumes
@@ -399,10 +395,9 @@ class TextGuidedMasker:
         P_h, P_w = v.patch_size
         B, C, T, H, W = video.shape
         frames = video.transpose(1, 2).reshape(B * T, C, H, W)  # (B*T, C, H, W)
-        # CLIP's positional embedding is learnt for its own grid (7 x 7): resize it to h x w the way open_clip's
-        # resize_pos_embed does when it loads weights for force_image_size (bicubic, antialias, corners unaligned).
-        # We interpolate here instead of building a second model with force_image_size, so one frozen CLIP serves
-        # text, patch and dense features, at whatever grid a clip has (tests check both give the same tokens).
+        # CLIP's positional embedding is learnt for its own grid (7 x 7): resized to h x w as open_clip's
+        # resize_pos_embed does for force_image_size (tests check the same tokens), so one frozen CLIP serves text,
+        # patch and dense features at any grid, without a second model.
         pos_cls, pos = v.positional_embedding[:1], v.positional_embedding[1:]  # (1, D), (g*g, D)
         g = math.isqrt(pos.shape[0])
         pos = F.interpolate(pos.T.reshape(1, -1, g, g), size=(h, w), mode="bicubic", antialias=True,

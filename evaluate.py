@@ -358,7 +358,9 @@ def run_retrieval(args, model, pre_args, device, amp, rank, world, write_json):
                num_queries=len(q_index), views="1 per video: centre clip, centre crop", features=
                "encoder, all tokens, final LayerNorm, mean-pooled, L2-normalised; cosine",
                **{f"R{k}": v for k, v in r.items()}, bad_videos=g_bad + q_bad)
-    left_out = left_out_note(len(g_index))
+    out = [f"R@{k}" for k in (1, 5, 10, 20) if k not in r]   # at k >= the gallery's size: video_recall leaves them out
+    left_out = (f"{', '.join(out)} left out: the gallery holds {len(g_index)} clips, and at k >= the gallery's size "
+                "every query whose class it holds is a hit, whatever the features") if out else ""
     if left_out:
         res["left_out"] = left_out
     path = write_json("retrieval_video.json", res)
@@ -367,15 +369,6 @@ def run_retrieval(args, model, pre_args, device, amp, rank, world, write_json):
           f"| {os.path.basename(args.val_data)} -> {os.path.basename(args.data)} | {len(q_index)} | {len(g_index)} |"
           + "".join(f" {v:.1f} |" for v in r.values()) + "\n"
           f"(written to {path}; bad videos skipped: {len(res['bad_videos'])})" + (f"\n{left_out}" if left_out else ""))
-
-
-def left_out_note(gallery_size, ks=(1, 5, 10, 20)):
-    """The sentence that says which R@k a gallery of gallery_size clips leaves out, and why; '' when none."""
-    out = [f"R@{k}" for k in ks if k >= gallery_size]
-    if not out:
-        return ""
-    return (f"{', '.join(out)} left out: the gallery holds {gallery_size} clips, and at k >= the gallery's size every "
-            f"query whose class it holds is a hit, whatever the features")
 
 
 def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json):

@@ -70,15 +70,15 @@ parser.add_argument("--lr", type=float, default=None, help="base lr per 256 vide
 parser.add_argument("--min-lr", type=float, default=1e-6, help="base lr at the end of the cosine, per 256 videos; VideoMAE: 1e-6 (FT); LP goes to 0 as MAE")
 parser.add_argument("--warmup-epochs", type=int, default=None, help="linear warmup from 0; paper: 5 FT (VideoMAE), 10 LP (MAE)")
 parser.add_argument("--weight-decay", type=float, default=None, help="paper: 0.05 FT (AdamW), 0 LP (MAE)")
-parser.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay, block i gets lr * decay^(depth+1-i); paper: 0.75 (VideoMAE; 0.7 UCF101/HMDB51)")
+parser.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay, block i gets lr * decay^(depth+1-i); paper: 0.75 (VideoMAE; 0.7 UCF101/HMDB51)")
 parser.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas (FT); paper: 0.9 0.999")
-parser.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (FT); paper: 0.8; 0 turns it off")
-parser.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (FT); paper: 1.0; 0 turns it off")
+parser.add_argument("--mixup", type=float, default=None, help="mixup alpha (FT); paper: 0.8; 0 turns it off")
+parser.add_argument("--cutmix", type=float, default=None, help="cutmix alpha (FT); paper: 1.0; 0 turns it off")
 parser.add_argument("--mixup-switch-prob", type=float, default=0.5, help="chance of cutmix instead of mixup when both are on; paper: 0.5")
 parser.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (FT); paper: 0.1")
-parser.add_argument("--randaug-n", type=int, default=4, help="RandAugment ops per clip, one draw for all its frames (FT only); VideoMAE: 4 (--aa rand-m7-n4-mstd0.5-inc1); 0 turns it off. torchvision applies all n, timm each with chance 0.5: 2 matches timm's mean")
+parser.add_argument("--randaug-n", type=int, default=None, help="RandAugment ops per clip, one draw for all its frames (FT only); VideoMAE: 4 (--aa rand-m7-n4-mstd0.5-inc1); 0 turns it off. torchvision applies all n, timm each with chance 0.5: 2 matches timm's mean")
 parser.add_argument("--randaug-m", type=int, default=7, help="RandAugment magnitude, 0..10 (FT only); VideoMAE: 7")
-parser.add_argument("--reprob", type=float, default=0.25, help="random erasing probability per clip, the same box in every frame (FT only); VideoMAE: 0.25 (--remode pixel); 0 turns it off")
+parser.add_argument("--reprob", type=float, default=None, help="random erasing probability per clip, the same box in every frame (FT only); VideoMAE: 0.25 (--remode pixel); 0 turns it off")
 parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="autocast dtype; bf16 falls back to fp32 on GPUs without it (as pretrain.py)")
 # output
 parser.add_argument("--output-dir", default="runs/finetune", help="ckpt.pt (every epoch, atomic) and log.jsonl go here")
@@ -88,7 +88,8 @@ parser.add_argument("--seed", type=int, default=0)
 
 # The paper's values of the flags whose default is None, per mode (with no --data, demo.py fills them first).
 PAPER = {
-    "finetune": dict(epochs=100, batch_size=8, lr=1e-3, warmup_epochs=5, weight_decay=0.05),
+    "finetune": dict(epochs=100, batch_size=8, lr=1e-3, warmup_epochs=5, weight_decay=0.05, layer_decay=0.75, mixup=0.8,
+                     cutmix=1.0, randaug_n=4, reprob=0.25),
     "linear": dict(epochs=90, batch_size=128, lr=0.1, warmup_epochs=10, weight_decay=0.0),
 }
 PAPER_SHAPE = dict(model="vit_base", num_frames=16, input_size=224, sampling_rate=4)

@@ -127,14 +127,22 @@ def test_demo_keeps_the_main_objects_mask(demo):
     names = [a[0] for a in D.DEMO_ACTIONS]
     frames, mask, words = D._render_demo(np.random.default_rng([0, 0]), label=names.index("pulsing square"))
     assert mask.shape == frames.shape[:3] and mask.any(axis=(1, 2)).all()
-    ratio = frames[mask].astype(float) / np.array(D.DEMO_COLOURS[words["colour"]])  # (pixels, 3): the shading
-    assert np.abs(ratio - ratio.mean(1, keepdims=True)).max() < 0.06 and 0.25 < ratio.min() and ratio.max() < 1.01
+    colour = np.array(D.DEMO_COLOURS[words["colour"]])
+    ratio = frames[mask].astype(float) / colour                # (pixels, 3): the shading, times the pulse's light
+    lit = (frames[mask] < 255).all(1)                          # where no channel clipped at white
+    assert np.abs(ratio - ratio.mean(1, keepdims=True))[lit].max() < 0.06 and 0.2 < ratio.min()
+    assert ratio.max() < 1 + D.DEMO_KNOBS["pulse_light"] + 0.01
     assert len(np.unique(frames[mask], axis=0)) > 20           # shaded and patterned, not one flat colour
     area = mask.sum(axis=(1, 2))
     assert area.max() > 1.8 * area.min()                       # pulsing: (1.25 / 0.75) ** 2 = 2.8 at the extremes
-    spun = D._render_demo(np.random.default_rng([0, 0]), label=names.index("spinning square"))[1]
+    light = np.array([(frames[f][mask[f]] / colour).mean() for f in range(len(mask))])
+    assert light.max() > 1.4 * light.min()                     # and its light throbs with it
+    frames, spun, words = D._render_demo(np.random.default_rng([0, 0]), label=names.index("spinning square"))
     area = spun.sum(axis=(1, 2))
     assert area.max() < 1.15 * area.min() and not np.array_equal(spun[0], spun[5])  # spinning: it turns in place
+    colour = np.array(D.DEMO_COLOURS[words["colour"]])
+    light = np.array([(frames[f][spun[f]] / colour).mean() for f in range(len(spun))])
+    assert light.max() < 1.1 * light.min()                     # in a steady light
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -678,27 +678,18 @@ HF_BLOCK_NAMES = (
 EXPORT_INFO = "tgm.json"                                       # what transformers has no slot for (export_videomae)
 
 
-def _hf_to_official(key):
-    """Rename one Hugging Face VideoMAE key to ours: _official_to_hf backwards."""
-    for ours, hf in HF_PREFIXES:
-        if key.startswith(hf):
-            key = ours + key[len(hf):]
+def _rename_key(key, to_hf):
+    """Rename one key from ours to transformers' (to_hf) or back (the qkv matrix aside: hf_state_dict cuts it in
+    three); one table read both ways."""
+    flip = (lambda pairs: pairs) if to_hf else (lambda pairs: [(b, a) for a, b in pairs])
+    for src, dst in flip(HF_PREFIXES):
+        if key.startswith(src):
+            key = dst + key[len(src):]
             break
-    if key.startswith(("encoder.blocks.", "decoder.blocks.")):
-        for ours, hf in HF_BLOCK_NAMES:
-            key = key.replace(hf, ours)
-    return key
-
-
-def _official_to_hf(key):
-    """Rename one of our keys to transformers' name (the qkv matrix aside: hf_state_dict cuts it in three)."""
-    for ours, hf in HF_PREFIXES:
-        if key.startswith(ours):
-            key = hf + key[len(ours):]
-            break
-    if key.startswith(("videomae.encoder.layer.", "decoder.decoder_layers.")):
-        for ours, hf in HF_BLOCK_NAMES:
-            key = key.replace(ours, hf)
+    blocks = ("videomae.encoder.layer.", "decoder.decoder_layers.") if to_hf else ("encoder.blocks.", "decoder.blocks.")
+    if key.startswith(blocks):
+        for src, dst in flip(HF_BLOCK_NAMES):
+            key = key.replace(src, dst)
     return key
 
 
@@ -726,7 +717,7 @@ def videomae_state_dict(path):
     sd = _read_state_dict(path)
     out = {}
     for k, v in sd.items():
-        k = _hf_to_official(k)
+        k = _rename_key(k, to_hf=False)
         if k.startswith(("patch_embed.", "blocks.", "norm.")):  # official finetuned checkpoints: no 'encoder.' prefix
             k = "encoder." + k
         out[k] = v
@@ -760,7 +751,7 @@ def hf_state_dict(sd):
     for k, v in sd.items():
         if k.startswith("projector."):
             continue
-        k = _official_to_hf(k)
+        k = _rename_key(k, to_hf=True)
         if k.endswith("attn.qkv.weight"):
             stem = k[: -len("attn.qkv.weight")]
             for name, w in zip(("query", "key", "value"), v.chunk(3)):  # (3D, D) -> 3 x (D, D)

@@ -438,7 +438,9 @@ FLAGS = {
     # finetuning: VideoMAE's optimiser and schedule without its augmentation and layer decay (docs/demo.md)
     "finetune": dict(SHAPE, epochs=15, batch_size=16, lr=2e-2, warmup_epochs=1, weight_decay=0.05, layer_decay=1.0,
                      mixup=0.0, cutmix=0.0, randaug_n=0, reprob=0.0),
-    "linear": dict(SHAPE, epochs=20, batch_size=16, lr=0.1, warmup_epochs=2, weight_decay=0.0),
+    # linear probe: MAE's SGD and schedule at base lr 1.6 (lr 0.1 at batch 16). MAE's base 0.1 scales to 0.006 here,
+    # where 240 steps leave the probe underfit (train loss 1.1-1.3); lr chosen by the probe's train loss (docs/demo.md)
+    "linear": dict(SHAPE, epochs=20, batch_size=16, lr=1.6, warmup_epochs=2, weight_decay=0.0),
     "evaluate": {},
     "caption": {},
     "masking": dict(num_frames=8, input_size=64),

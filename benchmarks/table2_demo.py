@@ -40,8 +40,9 @@ for mask, ratio in (("tube", 0.75), ("mgm", 0.75), ("tgm", 0.6)):
              (mask, mask, ratio, [], "MAE"),
              (mask, mask, ratio, ["--contrastive"], "MAE + V->T")]
 ROWS += [("tube0.9", "tube", 0.9, [], "MAE"), ("none", "none", None, None, "no pretraining")]
-# the paper's method alone (the README's first command), for the transfer comparison: Table 2's TGM MAE + V->T row
-ROWS += [("tgm-vt", "tgm", 0.6, ["--contrastive"], "MAE + V->T")]
+# the transfer comparison's rows, each one of Table 2's TGM rows alone: the paper's method (the README's first command),
+# and its pure MAE (what L_NCE adds at the comparison's budget)
+ROWS += [("tgm-vt", "tgm", 0.6, ["--contrastive"], "MAE + V->T"), ("tgm-mae", "tgm", 0.6, [], "MAE")]
 # Fig. 4's control, per mask: the same head, data and schedule as pure MAE, on an encoder that never trains
 # (--mse-weight 0 without --contrastive); pretraining only, as its transfer is the "none" row's
 CONTROL = "probe, never-trained encoder"
@@ -159,10 +160,10 @@ def stats(values):
     return f"{statistics.mean(values):.1f} ({min(values):.1f}-{max(values):.1f})" if values else "-"
 
 
-# one run per (mask, ratio, components, seed): tgm-vt and tgm's MAE + V->T are the same run when both were asked for
+# one run per (mask, ratio, components, seed): tgm-vt, tgm-mae and tgm's rows are the same runs when both were asked for
 runs_done = list({(r["mask"], r["ratio"], r["components"], r["seed"]): r for r in results.values()}.values())
 lines = ["| mask | ratio | components | seeds | finetune top-1 | linear top-1 |", "| --- | --- | --- | --- | --- | --- |"]
-for mask, ratio, label in dict.fromkeys((r[1], r[2], r[4]) for r in ROWS):  # tgm-vt is a row of Table 2's: once
+for mask, ratio, label in dict.fromkeys((r[1], r[2], r[4]) for r in ROWS):  # tgm-vt, tgm-mae: Table 2 rows, once
     rows = [r for r in runs_done if r["mask"] == mask and r["ratio"] == ratio and r["components"] == label]
     rows = [r for r in rows if "linear" in r]
     if rows:
@@ -228,14 +229,15 @@ def plot_transfer(path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = {"tube0.9": "tube 0.9 pretraining", "tgm-vt": "TGM 0.6 + V->T pretraining", "none": "no pretraining"}
+    names = {"tube0.9": "tube 0.9 pretraining", "tgm-mae": "TGM 0.6 pretraining (MAE)",
+             "tgm-vt": "TGM 0.6 + V->T pretraining", "none": "no pretraining"}
     runs = {label: [r for k, r in results.items() if k.startswith(name + "|") and "linear" in r] for name, label in names.items()}
     runs = {label: rows for label, rows in runs.items() if rows}
     if "no pretraining" not in runs or len(runs) < 2:
         return
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex="col")
     for col, mode in enumerate(("linear", "finetune")):
-        for (name, rows), colour in zip(runs.items(), ("tab:blue", "tab:red", "tab:grey")):
+        for (name, rows), colour in zip(runs.items(), ("tab:blue", "tab:orange", "tab:red", "tab:grey")):
             logs = [[json.loads(line) for line in open(os.path.join(run_dir(r["seed"], r["mask"], r["ratio"], r["components"]),
                                                                     mode, "log.jsonl"))] for r in rows]
             epochs = [[e for e in log if "val_top1" in e] for log in logs]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import demo as D  # noqa: E402
+import finetune as FT  # noqa: E402
 import model as M  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
@@ -43,17 +44,16 @@ def pixel_tokens(video):
 
 
 def vit_tokens(ckpt):
-    """A frozen encoder (its final LayerNorm kept, as the linear probe's): random, or a checkpoint's."""
-    cfg = M.make_config("vit_tiny", num_frames=args.num_frames, img_size=args.input_size)
-    state = None
+    """A frozen encoder (its final LayerNorm kept, as the linear probe's, loaded as finetune.py loads it): random, or a
+    checkpoint's."""
+    cfg, enc_sd = M.make_config("vit_tiny", num_frames=args.num_frames, img_size=args.input_size), None
     if ckpt is not None:
-        state = M.load_checkpoint(ckpt)
-        cfg = M.config_from_checkpoint(state)
+        _, enc_sd, cfg = FT.read_pretrained(ckpt)
     torch.manual_seed(0)
     enc = M.Encoder(cfg, final_norm=True)
     enc.apply(M.init_weights)
-    if state is not None:
-        enc.load_state_dict({k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")})
+    if enc_sd is not None:
+        FT.load_encoder(enc, enc_sd, ckpt)
     return enc.eval()
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import demo as D  # noqa: E402
+import finetune as FT  # noqa: E402
 import model as M  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
@@ -38,17 +39,16 @@ SHAPE = dict(num_frames=8, sampling_rate=4, input_size=64)   # the demo's clips
 
 
 def encoder(ckpt, seed=0):
-    """A frozen encoder with its final LayerNorm (the probe's): VideoMAE's random init (under `seed`), or a
-    checkpoint's."""
-    cfg, state = M.make_config("vit_tiny", num_frames=SHAPE["num_frames"], img_size=SHAPE["input_size"]), None
+    """A frozen encoder with its final LayerNorm, as finetune.py --mode linear builds and loads it: VideoMAE's random
+    init (under `seed`), or a checkpoint's weights."""
+    cfg, enc_sd = M.make_config("vit_tiny", num_frames=SHAPE["num_frames"], img_size=SHAPE["input_size"]), None
     if ckpt is not None:
-        state = M.load_checkpoint(ckpt)
-        cfg = M.config_from_checkpoint(state)
+        _, enc_sd, cfg = FT.read_pretrained(ckpt)
     torch.manual_seed(seed)
     enc = M.Encoder(cfg, final_norm=True)
     enc.apply(M.init_weights)
-    if state is not None:
-        enc.load_state_dict({k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")})
+    if enc_sd is not None:
+        FT.load_encoder(enc, enc_sd, ckpt)
     return enc.eval()
 
 

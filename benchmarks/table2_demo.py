@@ -11,7 +11,7 @@ from that checkpoint (from `--checkpoint none` for the no-pretraining row), then
     OUT/table2_demo.md    mean and spread over seeds of finetune and linear-probe top-1, per row
     OUT/table2_demo.json  every number of every run
     OUT/fig4_demo.png     loss_nce over pretraining, optimised (solid) and only measured (dashed), per mask
-    OUT/transfer_demo.png probe and finetuning curves, TGM + V->T and tube 0.9 pretraining against none
+    OUT/transfer_demo.png probe and finetuning curves, the transfer comparison's pretrainings against none
 
     python benchmarks/table2_demo.py --jobs 2              # every row x 3 seeds, two pipelines at a time
     python benchmarks/table2_demo.py --seeds 0 --rows tube # a quick look
@@ -224,8 +224,8 @@ def plot_fig4(path):
 
 def plot_transfer(path):
     """Does pretraining help? Per epoch of the linear probe and of finetuning: the training loss and the one-view val
-    top-1 (finetune.py's log), mean over seeds, each pretraining of the transfer comparison (tube 0.9, TGM + V->T)
-    against none."""
+    top-1 (finetune.py's log), mean over seeds, each pretraining of the transfer comparison (tube 0.9, TGM, TGM +
+    V->T) against none."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

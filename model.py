@@ -571,16 +571,14 @@ def param_groups(model, weight_decay, layer_decay=None, base_lr=None):
         no_decay = param.ndim <= 1 or name.endswith("mask_token")
         if name.startswith("encoder.blocks."):
             layer = int(name.split(".")[2]) + 1
-        elif name.startswith("encoder.patch_embed") or name.startswith("encoder.pos_embed"):
+        elif name.startswith("encoder.patch_embed"):            # (pos_embed is a fixed buffer, not a parameter)
             layer = 0
         else:
             layer = depth + 1
         scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
-        head = name.startswith("projector.")                  # the video-text head: groups of its own
-        key = (no_decay, scale, head)
-        if key not in groups:
-            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
-        groups[key]["params"].append(param)
+        key = (no_decay, scale, name.startswith("projector."))  # the video-text head: groups of its own
+        group = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
+        groups.setdefault(key, group)["params"].append(param)
     return list(groups.values())
 
 
@@ -887,20 +885,16 @@ def setup_distributed(device=None):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if "RANK" not in os.environ:
         return 0, 1, device
-    join_process_group("nccl" if device.type == "cuda" else "gloo")
+    # NOTE: torchrun's static rendezvous keeps one store for the whole job: after a restart (--max-restarts) a rank
+    # would read the addresses its dead predecessors wrote there, so each attempt sees it under a prefix of its own
+    # (docs/pretraining.md "Faults").
+    store, rank, world = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"attempt{elastic_restarts()}/", store)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
-
-
-def join_process_group(backend):
-    """init_process_group over torchrun's store, seen under a prefix of this elastic attempt's own.
-    NOTE: torchrun's static rendezvous keeps one store for the whole job: after a restart (--max-restarts) a rank
-    would read the addresses its dead predecessors wrote there (docs/pretraining.md "Faults")."""
-    store, rank, world = next(dist.rendezvous("env://"))
-    store = dist.PrefixStore(f"attempt{elastic_restarts()}/", store)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
 
 
 def elastic_restarts():

@@ -69,8 +69,7 @@ class ModelConfig:
     @property
     def num_patches(self):
         """N = T' * h * w."""
-        tp, h, w = self.grid
-        return tp * h * w
+        return math.prod(self.grid)
 
 
 # VideoMAE's sizes (modeling_pretrain.py); vit_tiny is timm's ViT-Ti, used by the tests and the demo.
@@ -514,8 +513,7 @@ class VideoClassifier(nn.Module):
         # VideoMAE: a tiny head at start (trunc-normal .02 times 0.001) so early logits are near uniform
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         with torch.no_grad():
-            self.head.weight.mul_(head_init_scale)
-            self.head.bias.mul_(head_init_scale)
+            self.head.weight.mul_(head_init_scale)             # (the bias is zero already: init_weights)
 
     def features(self, video):
         """Mean-pooled tokens (B, D), before fc_norm."""
@@ -601,7 +599,6 @@ class CheckpointError(RuntimeError):
 def write_whole(path, write):
     """write(f) (a binary file) into a temporary file in the same folder, then rename: a crash never leaves half a
     file, and processes writing the same file at once leave one whole copy."""
-    path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"                           # one per process
     try:
@@ -622,7 +619,6 @@ def save_checkpoint(path, obj):
 
 def load_checkpoint(path):
     """Load a checkpoint dict onto the CPU, with a sentence (not a traceback) when the file is unusable."""
-    path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -677,8 +673,7 @@ EXPORT_INFO = "tgm.json"                                       # what transforme
 
 
 def _rename_key(key, to_hf):
-    """Rename one key from ours to transformers' (to_hf) or back (the qkv matrix aside: hf_state_dict cuts it in
-    three); one table read both ways."""
+    """One key from our names to transformers' (to_hf) or back, by the tables above (the qkv matrix aside)."""
     flip = (lambda pairs: pairs) if to_hf else (lambda pairs: [(b, a) for a, b in pairs])
     for src, dst in flip(HF_PREFIXES):
         if key.startswith(src):
@@ -838,7 +833,7 @@ def export_videomae(ckpt, out_dir, class_names=None, source=None):
     source: the checkpoint's path, for the card. Returns out_dir, written whole (a temporary folder, then renamed).
     One sentence for an existing out_dir (FileExistsError) and a checkpoint not ours or a probe's (CheckpointError)."""
     from safetensors.torch import save                         # transformers' own format; needed only here
-    out_dir = os.path.abspath(os.fspath(out_dir))
+    out_dir = os.path.abspath(out_dir)
     name = source or "the checkpoint"
     if os.path.exists(out_dir):
         raise FileExistsError(f"{out_dir} already exists: the export writes a new folder and never overwrites one; "

@@ -694,8 +694,7 @@ def make_maps_main(args):
 
 
 def main(args):
-    caption = args.caption
-    if args.mask == "tgm" and not caption:
+    if args.mask == "tgm" and not args.caption:
         sys.exit("error: --mask tgm needs --caption \"...\" (the text the mask follows)")
     ratio = PAPER_RATIO[args.mask] if args.ratio is None else args.ratio
     T, S = args.num_frames or 16, args.input_size or 224
@@ -720,7 +719,7 @@ def main(args):
         clip, tokenizer = load_clip_or_exit("masking.py", args.clip_model, args.clip_pretrained or "openai",
                                             args.device)
         features = args.tgm_features or "patch"
-        text = TextEmbedder(clip, tokenizer)([caption])
+        text = TextEmbedder(clip, tokenizer)([args.caption])
         masker = TextGuidedMasker(clip, features, ratio, args.tgm_order, p, t, args.chunk_size)
         mask = masker(video[None], text, g)[0]
     else:  # the loader's own maskers, given the sample the loader would give them
@@ -734,7 +733,7 @@ def main(args):
     name = f"tgm {features} {args.tgm_order}" if args.mask == "tgm" else args.mask
     title = f"{name}, ratio {ratio}: {int(mask.sum())} of {mask.numel()} tokens masked"
     title += f" ({k} per time slice)" if args.mask != "random" else ""
-    title += f' | "{caption}"' if args.mask == "tgm" else ""
+    title += f' | "{args.caption}"' if args.mask == "tgm" else ""
     save_mask_picture(video[None], mask[None], cfg, args.out, [title])
     print(f"{title}\nwrote {args.out}")
 

@@ -194,7 +194,7 @@ def read_clip(path, sample_indices, motion=False, short_side=None, seek=True):
     container, stream, info = _open(path)
     try:
         indices = np.asarray(sample_indices(info), dtype=np.int64)  # outside the except: a bug is no bad video
-        wanted = np.unique(np.clip(indices, 0, info.num_frames - 1))
+        wanted, slot = np.unique(np.clip(indices, 0, info.num_frames - 1), return_inverse=True)
         if motion:
             # the decoder exports motion vectors as frame side data only when asked before opening
             stream.codec_context.options = {"flags2": "+export_mvs"}
@@ -213,8 +213,7 @@ def read_clip(path, sample_indices, motion=False, short_side=None, seek=True):
     have = np.array(sorted(got))
     # a frame that is missing (corrupt or truncated stream) is replaced by the nearest decoded one
     nearest = have[np.abs(have[None, :] - wanted[:, None]).argmin(1)]
-    lookup = dict(zip(wanted.tolist(), nearest.tolist()))
-    picked = [got[lookup[i]] for i in np.clip(indices, 0, info.num_frames - 1).tolist()]
+    picked = [got[i] for i in nearest[slot].tolist()]
     frames = np.stack([p[0] for p in picked])
     return frames, ([p[1] for p in picked] if motion else None), indices, info
 
@@ -308,10 +307,8 @@ def _crop_from_pixels(H, W, y, x, h, w, flip):
 
 
 def apply_crop(x, crop, size, dtype=None):
-    """Crop, resize (bilinear, antialiased like PIL) and flip a (..., H, W) tensor -> (..., size, size).
-
-    dtype: of the result (default x's; an integer dtype rounds). uint8 frames with dtype=torch.float32 are
-    converted after cropping, so only the crop's pixels are, not the whole frame's."""
+    """Crop, resize (bilinear, antialiased like PIL) and flip a (..., H, W) tensor -> (..., size, size) of `dtype`
+    (default x's; an integer dtype rounds). Only the crop's pixels are converted, not the whole frame's."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     H, W = x.shape[-2:]
     y0, x0 = min(int(round(crop.top * H)), H - 1), min(int(round(crop.left * W)), W - 1)
@@ -339,12 +336,9 @@ def multiscale_short_side(input_size, scales=MULTISCALE_SCALES):
 def multiscale_crop(H, W, size, scales=MULTISCALE_SCALES, flip=True, rng=None):
     """VideoMAE pretraining augmentation: transforms.py `GroupMultiScaleCrop` (max_distort=1, fix_crop,
     more_fix_crop): a crop side from `scales` x the short side, at one of 13 fixed offsets."""
-    input_size = (size, size) if isinstance(size, int) else size  # (w, h) as VideoMAE
-    base_size = min(W, H)
-    crop_sizes = [int(base_size * x) for x in scales]
-    crop_h = [input_size[1] if abs(x - input_size[1]) < 3 else x for x in crop_sizes]
-    crop_w = [input_size[0] if abs(x - input_size[0]) < 3 else x for x in crop_sizes]
-    pairs = [(w, h) for i, h in enumerate(crop_h) for j, w in enumerate(crop_w) if abs(i - j) <= 1]
+    crop_sizes = [int(min(W, H) * x) for x in scales]
+    crop_sizes = [size if abs(x - size) < 3 else x for x in crop_sizes]  # square output: VideoMAE's crop_h = crop_w
+    pairs = [(w, h) for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes) if abs(i - j) <= 1]
     cw, ch = pairs[rng.integers(len(pairs))]
     w_step, h_step = (W - cw) // 4, (H - ch) // 4
     offsets = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2),  # corners and centre
@@ -418,14 +412,13 @@ def finetune_transforms(randaug_n=4, randaug_m=7, reprob=0.25):
 def augment_clip(clip, randaug, erase, seed):
     """A (T, C, S, S) crop -> ImageNet-normalised (C, T, S, S) with VideoMAE's finetuning augmentation.
     RandAugment acts on the [0, 255] pixels (uint8, as timm's on PIL images), random erasing on the normalised ones
-    (as VideoMAE). Given (T, C, H, W), a torchvision transform makes one draw for every frame: one per clip, as
-    VideoMAE's. The draws come from torch's generator, seeded here from the dataset's per-(seed, epoch, index) rng,
-    so they do not depend on the worker (exact resume). NOTE: differs from VideoMAE, which augments the whole frames
+    (as VideoMAE). torch's generator is seeded with `seed`, drawn from the dataset's per-(seed, epoch, index) rng, so
+    the draws do not depend on the worker (exact resume). NOTE: differs from VideoMAE, which augments the whole frames
     before the crop: we augment the crop, cheaper (docs/design.md "Finetuning augmentation")."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if randaug is not None:
-            clip = randaug(clip)                               # (T, C, S, S) uint8, one draw for all T frames
+            clip = randaug(clip)                               # (T, C, S, S) uint8, one draw for all T (as VideoMAE)
         x = normalize(clip.permute(0, 2, 3, 1))                # (C, T, S, S)
         if erase is not None:
             x = erase(x.transpose(0, 1)).transpose(0, 1).contiguous()  # torchvision wants (T, C, S, S): one box for all T

@@ -176,17 +176,20 @@ def pretraining_loss(mae, video, mask, t=None, text_ids=None, tau=0.07, mse_weig
 def main(args):
     rank, world, device = M.setup_distributed(args.device)
     set_up_run(args, device)
-    with M.stop_together(world):      # a list or captions file that cannot be read: one sentence, every rank stops
-        dataset, sampler, steps_per_epoch = make_data(args, rank, world)
     cfg = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames,
                         norm_pix_loss=not args.no_norm_pix_loss)
+    with M.stop_together(world):      # a list or captions file that cannot be read: one sentence, every rank stops
+        dataset, sampler, steps_per_epoch = make_data(args, cfg.grid, rank, world)
     embed_text = caption_ids = tgm = None                     # a run without text: no CLIP at all
     if args.mask == "tgm" or args.contrastive or args.captions:  # the tgm mask, L_NCE, or the Fig. 4 probe
         with M.stop_together(world):  # a rank that cannot load CLIP or use the maps stops every rank, with its sentence
             clip, tokenizer = masking.load_clip_or_exit(
                 "pretrain.py", args.clip_model, args.clip_pretrained or "openai", device)
-            if args.tgm_maps:
-                check_maps(args, dataset)
+            if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions, all made
+                problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
+                    args.clip_model, args.clip_pretrained or "openai", dataset.captions, dataset.rel), dataset.rel)
+                if problem:
+                    raise SystemExit(f"pretrain.py: {problem}")
         embed_text, caption_ids = embed_captions(clip, tokenizer, dataset, device, args.precision)
         cfg.head_out_dim = embed_text(["a video"]).shape[1]   # CLIP's joint width: video and text meet in one space
         if args.mask == "tgm" and not args.tgm_maps:          # Sec. 3.3 in the step; with maps, in the loader
@@ -231,8 +234,7 @@ def main(args):
             log.bad(batch["bad"])
             video = batch["video"].to(device, non_blocking=True)                      # (B, C, T, H, W)
             text = text_ids = captions = None
-            if embed_text is not None:  # Sec. 3.2: one of the video's captions; serves the mask and L_NCE alike
-                # (with --tgm-maps the loader drew it, with the map its mask came from)
+            if embed_text is not None:  # Sec. 3.2; --tgm-maps: the loader drew the caption, with the map of its mask
                 captions = batch.get("caption") or pick_captions(batch["captions"], batch["index"], args.seed, step)
                 text, text_ids = text_targets(embed_text, captions, caption_ids, cfg.head_out_dim, device)  # (B, E)
             if tgm is not None:                                                        # Sec. 3.3: top-k per frame
@@ -303,10 +305,9 @@ def set_up_run(args, device):
         raise SystemExit("pretrain.py: --precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
 
 
-def make_data(args, rank, world):
+def make_data(args, grid, rank, world):
     """The clips (and, for random/tube/mgm, their masks, made in the loader workers) -> (dataset, the rank's
     DistributedSampler, steps per epoch)."""
-    grid = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames).grid
     mask_fn = {"random": masking.RandomMasker, "tube": masking.TubeMasker, "mgm": masking.MotionMasker}.get(args.mask)
     mask_fn = mask_fn(grid, args.ratio) if mask_fn else None
     if args.tgm_maps:  # TGM from maps made offline: in the loader, as MGM
@@ -328,14 +329,6 @@ def make_data(args, rank, world):
         raise SystemExit(f"pretrain.py: {len(dataset)} videos over {world} ranks give no full batch of "
                          f"{args.batch_size // args.repeat_aug} videos: lower --batch-size")
     return dataset, sampler, steps_per_epoch
-
-
-def check_maps(args, dataset):
-    """--tgm-maps: masks from the loader, so the maps must come from this run's CLIP and captions, all made."""
-    problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
-        args.clip_model, args.clip_pretrained or "openai", dataset.captions, dataset.rel), dataset.rel)
-    if problem:
-        raise SystemExit(f"pretrain.py: {problem}")
 
 
 def embed_captions(clip, tokenizer, dataset, device, precision):

@@ -138,13 +138,16 @@ def load_clip(args, pre_args, device):
 # -----------------------------------------------------------------------------
 # Distributed helpers: every rank evaluates a share; rows come together by video index
 
-def gather_rows(rows, world):
-    """A dict of numpy arrays (one row per clip) from every rank -> the same dict concatenated, on every rank."""
-    if world == 1:
-        return rows
-    parts = [None] * world
-    dist.all_gather_object(parts, rows)
-    return {k: np.concatenate([p[k] for p in parts]) for k in rows}
+def gather_rows(rows, bad, world):
+    """Every rank's rows (a dict of lists of numpy arrays, one row per clip) and bad videos ('path: reason') -> (the
+    rows concatenated, the bad videos sorted, each once), the same on every rank."""
+    rows = {k: np.concatenate(v) for k, v in rows.items()}
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (rows, bad))
+        rows = {k: np.concatenate([p[0][k] for p in parts]) for k in rows}
+        bad = [b for p in parts for b in p[1]]
+    return rows, sorted(set(bad))
 
 
 def merge_views(index, view, probs):
@@ -298,10 +301,12 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
 # -----------------------------------------------------------------------------
 # The three protocols, one function each, and the set-up they share
 
-def open_list(list_file, **ds_kw):
-    """data.VideoDataset(list_file, **ds_kw), or one sentence: a missing list or a malformed line (file:line: reason)."""
+def open_list(list_file, args, cfg, run_args, mode="val", **ds_kw):
+    """A data.VideoDataset of the model's clips (cfg), at --sampling-rate, else the checkpoint's run's (run_args: its
+    stored args; paper: 4), or one sentence: a missing list or a malformed line (file:line: reason)."""
     try:
-        return data.VideoDataset(list_file, **ds_kw)
+        return data.VideoDataset(list_file, args.root, mode=mode, num_frames=cfg.num_frames, input_size=cfg.img_size,
+                                 sampling_rate=args.sampling_rate or run_args.get("sampling_rate", 4), **ds_kw)
     except (ValueError, OSError) as e:
         raise SystemExit(f"evaluate.py: {e}")
 
@@ -328,25 +333,23 @@ def embed_clips(embed, ds, args, device, amp, rank, world, desc):
             rows["index"].append(batch["index"].numpy())
             rows["feat"].append(feat.float().cpu().numpy())
             bad += [f"{p}: {r}" for p, r in batch["bad"]]
-    rows = gather_rows({k: np.concatenate(v) for k, v in rows.items()}, world)
-    bad = gather_rows({"bad": np.array(bad, dtype=object)}, world)["bad"]
+    rows, bad = gather_rows(rows, bad, world)
     index, first = np.unique(rows["index"], return_index=True)  # DistributedSampler's padding repeats count once
-    return index, rows["feat"][first], sorted(set(bad.tolist()))
+    return index, rows["feat"][first], bad
 
 
 def labels_of(ds, index):
     return np.array([ds.items[i][1] for i in index])
 
 
-def run_retrieval(args, model, pre_args, device, amp, rank, world, write_json):
+def run_retrieval(args, model, pre_args, device, amp, rank, world, report):
     """Table 3: zero-shot video -> video retrieval with the frozen encoder. One view per video (the centre clip of
     the centre crop, as the val split is read), for the queries (--val-data) and the gallery (--data) alike."""
     if not (args.data and args.val_data):
         raise SystemExit("evaluate.py: --retrieval needs --data (the gallery: the training list) and --val-data (the "
                          "queries: the test list)")
-    ds_kw = dict(root=args.root, mode="val", num_frames=model.cfg.num_frames, input_size=model.cfg.img_size,
-                 sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
-    gallery, queries = open_list(args.data, **ds_kw), open_list(args.val_data, **ds_kw)
+    gallery = open_list(args.data, args, model.cfg, pre_args)
+    queries = open_list(args.val_data, args, model.cfg, pre_args)
     # Table 3's features (our reading): the frozen encoder over all tokens, its final LayerNorm, mean-pooled, L2
     embed = lambda video: F.normalize(model.encoder(video).float().mean(dim=1), dim=-1)  # (B, D)
     g_index, g_feat, g_bad = embed_clips(embed, gallery, args, device, amp, rank, world, "embed gallery (--data)")
@@ -358,20 +361,16 @@ def run_retrieval(args, model, pre_args, device, amp, rank, world, write_json):
                num_queries=len(q_index), views="1 per video: centre clip, centre crop", features=
                "encoder, all tokens, final LayerNorm, mean-pooled, L2-normalised; cosine",
                **{f"R{k}": v for k, v in r.items()}, bad_videos=g_bad + q_bad)
-    out = [f"R@{k}" for k in (1, 5, 10, 20) if k not in r]   # at k >= the gallery's size: video_recall leaves them out
-    left_out = (f"{', '.join(out)} left out: the gallery holds {len(g_index)} clips, and at k >= the gallery's size "
-                "every query whose class it holds is a hit, whatever the features") if out else ""
-    if left_out:
-        res["left_out"] = left_out
-    path = write_json("retrieval_video.json", res)
-    print("\n| zero-shot video->video | queries | gallery |" + "".join(f" R@{k} |" for k in r) + "\n"
-          + "|---" * (3 + len(r)) + "|\n"
-          f"| {os.path.basename(args.val_data)} -> {os.path.basename(args.data)} | {len(q_index)} | {len(g_index)} |"
-          + "".join(f" {v:.1f} |" for v in r.values()) + "\n"
-          f"(written to {path}; bad videos skipped: {len(res['bad_videos'])})" + (f"\n{left_out}" if left_out else ""))
+    out = [f"R@{k}" for k in (1, 5, 10, 20) if k not in r]   # video_recall leaves out the k >= the gallery's size
+    if out:
+        res["left_out"] = (f"{', '.join(out)} left out: the gallery holds {len(g_index)} clips, and at k >= the "
+                           "gallery's size every query whose class it holds is a hit, whatever the features")
+    report("retrieval_video.json", res, ["zero-shot video->video", "queries", "gallery", *(f"R@{k}" for k in r)],
+           [f"{os.path.basename(args.val_data)} -> {os.path.basename(args.data)}", len(q_index), len(g_index),
+            *(f"{v:.1f}" for v in r.values())], res.get("left_out", ""))
 
 
-def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json):
+def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, report):
     """Video -> text retrieval through the contrastive head (Sec. 3.4), an extra beside Table 3: the --val-data
     videos (one centre view each) rank CLIP's embeddings of the class names or of the captions; a video's positives
     are its class's name or its own captions."""
@@ -383,8 +382,7 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, wr
     if args.text == "captions" and not args.captions:
         raise SystemExit("evaluate.py: --text captions needs --captions FILE")
     videos = args.val_data or args.data
-    ds = open_list(videos, root=args.root, captions=args.captions, mode="val", num_frames=model.cfg.num_frames,
-                   input_size=model.cfg.img_size, sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
+    ds = open_list(videos, args, model.cfg, pre_args, captions=args.captions)
     class_names = class_names_of(args.class_names) if args.text == "classes" else None
     if class_names is not None and max(lbl for _, lbl in ds.items) >= len(class_names):
         raise SystemExit(f"{videos} has labels beyond the {len(class_names)} names of {args.class_names}: wrong file?")
@@ -392,11 +390,7 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, wr
     index, emb, bad = embed_clips(embed, ds, args, device, amp, rank, world, "embed videos")
     if rank != 0:
         return
-    labels = labels_of(ds, index)
-    if class_names is not None:
-        texts, positives = text_gallery(labels, class_names=class_names)
-    else:
-        texts, positives = text_gallery(labels, video_captions=[ds.captions.get(ds.rel[i], []) for i in index])
+    texts, positives = text_gallery(labels_of(ds, index), [ds.captions.get(ds.rel[i], []) for i in index], class_names)
     clip, tok, clip_model, clip_pretrained = load_clip(args, pre_args, device)
     if clip_pretrained == "none":
         print("warning: a random CLIP gives random text embeddings: recall means something only against the "
@@ -411,10 +405,9 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, wr
     res = dict(checkpoint=args.checkpoint, data=videos, text=args.text, head=head, num_texts=len(texts),
                num_videos=int(positives.any(1).sum()), num_listed=len(ds), clip_model=clip_model,
                clip_pretrained=clip_pretrained, R1=r[1], R5=r[5], bad_videos=bad)
-    path = write_json(f"retrieval_{args.text}.json", res)
-    print(f"\n| zero-shot video->text ({args.text}) | videos | texts | R@1 | R@5 |\n|---|---|---|---|---|\n"
-          f"| {os.path.basename(videos)} | {res['num_videos']} | {len(texts)} | {r[1]:.1f} | {r[5]:.1f} |\n"
-          f"(written to {path}; bad videos skipped: {len(bad)})")
+    report(f"retrieval_{args.text}.json", res,
+           [f"zero-shot video->text ({args.text})", "videos", "texts", "R@1", "R@5"],
+           [os.path.basename(videos), res["num_videos"], len(texts), f"{r[1]:.1f}", f"{r[5]:.1f}"])
 
 
 def run_pictures(args, model, pre_args, device, out_dir):
@@ -422,9 +415,7 @@ def run_pictures(args, model, pre_args, device, out_dir):
     cfg = model.cfg
     mask_name = args.mask or pre_args.get("mask", "tube")
     ratio = args.ratio or (pre_args.get("ratio") if mask_name == pre_args.get("mask") else None) or masking.PAPER_RATIO[mask_name]
-    ds = open_list(args.data, root=args.root, captions=args.captions, mode="val", motion=mask_name == "mgm",
-                   num_frames=cfg.num_frames, input_size=cfg.img_size,
-                   sampling_rate=args.sampling_rate or pre_args.get("sampling_rate", 4))
+    ds = open_list(args.data, args, cfg, pre_args, captions=args.captions, motion=mask_name == "mgm")
     class_names = class_names_of(args.class_names) if args.class_names else None
     if mask_name == "tgm":
         clip, tok, _, _ = load_clip(args, pre_args, device)
@@ -453,7 +444,7 @@ def run_pictures(args, model, pre_args, device, out_dir):
         print(f"wrote {path}")
 
 
-def run_test(args, device, amp, rank, world, write_json):
+def run_test(args, device, amp, rank, world, report):
     """Sec. 4.2 multi-view test of a finetune.py checkpoint: every view of every video, softmax per view, the mean."""
     ckpt = M.load_checkpoint(args.checkpoint)
     model, mode = load_classifier(ckpt)
@@ -461,9 +452,8 @@ def run_test(args, device, amp, rank, world, write_json):
     cfg, ft_args = M.config_from_checkpoint(ckpt), ckpt.get("args", {})
     M.check_shape_flags(cfg, args.num_frames, args.input_size)
     tsn = ft_args.get("tsn", False) if args.tsn is None else args.tsn
-    ds = open_list(args.data, root=args.root, mode="test", num_frames=cfg.num_frames, input_size=cfg.img_size,
-                   sampling_rate=args.sampling_rate or ft_args.get("sampling_rate", 4), tsn=tsn,
-                   test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop)
+    ds = open_list(args.data, args, cfg, ft_args, mode="test", tsn=tsn, test_num_segment=args.test_num_segment,
+                   test_num_crop=args.test_num_crop)
     n_seg, n_crop = ds.test_num_segment, ds.test_num_crop
     if max(lbl for _, lbl in ds.items) >= ckpt["num_classes"]:
         raise SystemExit(f"{args.data} has labels beyond the checkpoint's {ckpt['num_classes']} classes: wrong list?")
@@ -481,27 +471,24 @@ def run_test(args, device, amp, rank, world, write_json):
             rows["probs"].append(F.softmax(logits.float(), dim=-1).cpu().numpy())  # softmax per view
             rows["index"].append(batch["index"].numpy())
             rows["view"].append(np.array([tw * n_crop + c for tw, c in batch["view"]]))  # window-major view id
-            bad += batch["bad"]
-    rows = gather_rows({k: np.concatenate(v) for k, v in rows.items()}, world)
-    bad_all = gather_rows({"bad": np.array([f"{p}: {r}" for p, r in bad], dtype=object)}, world)["bad"]
+            bad += [f"{p}: {r}" for p, r in batch["bad"]]
+    rows, bad = gather_rows(rows, bad, world)
     if rank != 0:
         return
     videos, probs, counts = merge_views(rows["index"], rows["view"], rows["probs"])
     labels = labels_of(ds, videos)
     acc = topk_accuracy(probs, labels)
     one = topk_accuracy(rows["probs"], labels_of(ds, rows["index"]))  # each view alone
-    bad_paths = sorted(set(bad_all.tolist()))
     top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
     per_video = [dict(video=ds.rel[v], label=int(labels[j]), top5=top[j].tolist(),
                       top5_prob=probs[j, top[j]].round(6).tolist()) for j, v in enumerate(videos)]
     res = dict(checkpoint=args.checkpoint, mode=mode, data=args.data, num_videos=len(videos), num_listed=len(ds),
                views=f"{n_seg}x{n_crop}", tsn=tsn, top1=acc[1], top5=acc[5], single_view_top1=one[1],
-               incomplete_videos=int((counts != n_seg * n_crop).sum()), bad_videos=bad_paths, test_s=time.time() - t0,
+               incomplete_videos=int((counts != n_seg * n_crop).sum()), bad_videos=bad, test_s=time.time() - t0,
                per_video=per_video)
-    path = write_json("results.json", res)
-    print(f"\n| checkpoint | mode | videos | views | top-1 | top-5 | one view top-1 |\n|---|---|---|---|---|---|---|\n"
-          f"| {args.checkpoint} | {mode} | {len(videos)}/{len(ds)} | {n_seg}x{n_crop} | {acc[1]:.2f} | {acc[5]:.2f} | {one[1]:.2f} |\n"
-          f"(written to {path}; bad videos skipped: {len(bad_paths)})")
+    report("results.json", res, ["checkpoint", "mode", "videos", "views", "top-1", "top-5", "one view top-1"],
+           [args.checkpoint, mode, f"{len(videos)}/{len(ds)}", f"{n_seg}x{n_crop}", f"{acc[1]:.2f}", f"{acc[5]:.2f}",
+            f"{one[1]:.2f}"])
 
 
 def main(args):
@@ -530,9 +517,12 @@ def main(args):
     amp = M.autocast(device, args.precision)
     torch.manual_seed(args.seed)
 
-    def write_json(name, obj):                                 # written whole (temp file, then rename)
-        M.write_whole(os.path.join(out_dir, name), lambda f: f.write(json.dumps(obj, indent=1).encode()))
-        return os.path.join(out_dir, name)
+    def report(name, res, header, row, note=""):
+        """res written whole to out_dir/name (temp file, then rename), and printed as a one-row markdown table."""
+        path = os.path.join(out_dir, name)
+        M.write_whole(path, lambda f: f.write(json.dumps(res, indent=1).encode()))
+        print(f"\n| {' | '.join(header)} |\n" + "|---" * len(header) + f"|\n| {' | '.join(map(str, row))} |\n"
+              f"(written to {path}; bad videos skipped: {len(res['bad_videos'])})" + (f"\n{note}" if note else ""))
 
     if args.visualize or args.retrieval:
         model, pre_args, head = load_pretrained(args.checkpoint, args)
@@ -541,11 +531,11 @@ def main(args):
         if rank == 0:
             run_pictures(args, model, pre_args, device, out_dir)
     elif args.retrieval and args.text:
-        run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, write_json)
+        run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, report)
     elif args.retrieval:
-        run_retrieval(args, model, pre_args, device, amp, rank, world, write_json)
+        run_retrieval(args, model, pre_args, device, amp, rank, world, report)
     else:
-        run_test(args, device, amp, rank, world, write_json)
+        run_test(args, device, amp, rank, world, report)
     if world > 1:
         dist.destroy_process_group()
 

@@ -132,13 +132,13 @@ def build_model(args, cfg, num_classes):
     return M.ProbeClassifier(cfg, num_classes)
 
 
-def resolve_args(args, pretrained_cfg=None, say=print):
+def resolve_args(args, pretrained_cfg=None):
     """Fill the None defaults (checkpoint / demo / paper) and reject flag combinations that cannot work."""
     if pretrained_cfg is not None:
         M.check_shape_flags(pretrained_cfg, args.num_frames, args.input_size)
         args.num_frames, args.input_size = pretrained_cfg.num_frames, pretrained_cfg.img_size
         if args.model is not None:
-            say(f"--model {args.model} is ignored: the checkpoint stores its own model config")
+            M.print0(f"--model {args.model} is ignored: the checkpoint stores its own model config")
     if args.data is None:
         import demo  # the built-in demo's lists and sizes, for what was not typed
         demo.fill(args, args.mode)
@@ -146,14 +146,13 @@ def resolve_args(args, pretrained_cfg=None, say=print):
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.data is not None and args.val_data is None:
-        say("no --val-data: training without per-epoch validation")
+        M.print0("no --val-data: training without per-epoch validation")
     if not 0 <= args.randaug_m <= 10:
         raise SystemExit(f"--randaug-m {args.randaug_m}: RandAugment's magnitude runs from 0 to 10 (VideoMAE: 7)")
     if args.mode == "linear" and args.batch_size * args.repeat_aug < 2:
         raise SystemExit("--mode linear needs at least 2 clips per step (its BatchNorm normalises over the batch); raise --batch-size")
     if args.epochs <= args.warmup_epochs and args.epochs > 0:
-        say(f"note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr never reaches its peak")
-    return args
+        M.print0(f"note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr never reaches its peak")
 
 
 # -----------------------------------------------------------------------------
@@ -173,8 +172,7 @@ def mixup_cutmix(x, y, num_classes, mixup=0.8, cutmix=1.0, switch_prob=0.5, smoo
     rng = rng if rng is not None else np.random.default_rng()
     lam = 1.0
     if mixup > 0 or cutmix > 0:
-        use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < switch_prob)
-        if use_cutmix:
+        if cutmix > 0 and (mixup <= 0 or rng.random() < switch_prob):
             lam = rng.beta(cutmix, cutmix)
             H, W = x.shape[-2:]
             cut_h, cut_w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))  # box area (1 - lam) H W
@@ -333,18 +331,17 @@ def starting_point(args):
     state = M.load_checkpoint(resume) if resume else None
     if state is not None and "num_classes" not in state:
         raise SystemExit(f"--resume {resume} is not a finetune.py checkpoint (no 'num_classes'); pass it as --checkpoint")
+    enc_sd = pretrained_cfg = None
     if state is not None:
         args.mode = state["mode"]
         M.print0(f"resuming from {resume}")
-    if args.checkpoint is None and state is None:
+        pretrained_cfg = M.config_from_checkpoint(state)
+    elif args.checkpoint is None:
         raise SystemExit("finetune.py needs --checkpoint: a pretrain.py checkpoint (e.g. runs/pretrain/ckpt.pt), published "
                          "VideoMAE weights (.pth or a Hugging Face folder), or 'none' for a randomly initialised encoder")
-    enc_sd = pretrained_cfg = None
-    if state is not None:
-        pretrained_cfg = M.config_from_checkpoint(state)
     elif args.checkpoint != "none":
         _, enc_sd, pretrained_cfg = read_pretrained(args.checkpoint)
-    resolve_args(args, pretrained_cfg, M.print0)
+    resolve_args(args, pretrained_cfg)
     if args.checkpoint == "none" and state is None:
         M.print0(f"--checkpoint none: the encoder starts from random weights ({args.model}), the from-scratch baseline")
     return state, enc_sd, pretrained_cfg or M.make_config(args.model, num_frames=args.num_frames, img_size=args.input_size)

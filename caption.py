@@ -1,27 +1,12 @@
 """
-Sec. 3.2 (and Table 5c, Table 6): captions for every pretraining video, written once, offline.
+Sec. 3.2 (Tables 5c, 6): captions for every pretraining video, written once, offline. "For each pretraining video, we
+uniformly sample 3 keyframes and inference a caption per frame" with BLIP-2 (--frames 1: the centre frame, Table 5c).
+Table 6b's other sources: the class name ("Oracle"), "vision-free" captions per class from a local causal LM, one per
+Table 6a prompt ("GPT3.5"), or both lists joined ("BLIP + GPT3.5"). Output: JSONL, one line per video
+(docs/captions.md), appended per batch, so rerunning the command resumes.
 
-"For each pretraining video, we uniformly sample 3 keyframes and inference a caption per frame, for a
-total of 3 captions per video" with BLIP-2 (Sec. 3.2). Table 6b's other text sources are here too:
-  blip2      (default) one BLIP-2 caption per keyframe, 3 keyframes (--frames 1: the centre frame, Table 5c)
-  oracle     the class name itself (Table 6b "Oracle")
-  llm        "vision-free" captions per class from a language model, one per Table 6a prompt; every video
-             of a class gets its class's captions (Table 6b "GPT3.5"; here any local causal LM)
-  blip2+llm  both lists joined, 3 + 3 captions per video (Table 6b "BLIP + GPT3.5")
-
-Output: JSONL, one line per video (docs/design.md, "Data formats"), appended and fsynced per batch; rerunning the same
-command resumes. A video that cannot be read goes to <out stem>.failed.jsonl with the reason, counted, and never stops
-the run; the next run tries it again. oracle and llm captions come from the label alone: they open no video.
-
-One GPU (or a CPU), Kinetics-400:
-    python caption.py --data k400/train.txt --root k400/ --out k400_captions.jsonl
-Eight GPUs, one process per GPU, each on every 8th video, then concatenate:
-    for i in 0 1 2 3 4 5 6 7; do CUDA_VISIBLE_DEVICES=$i python caption.py --data k400/train.txt --root k400/ \
-        --shard $i/8 --out captions/k400.$i.jsonl & done; wait
-    cat captions/k400.{0..7}.jsonl > k400_captions.jsonl
-The demo dataset (no --data), class names as captions:
-    python caption.py --source oracle
-Tests: python -m pytest -q tests/test_caption.py
+    python caption.py --source oracle                     # the built-in demo's class names as captions, one CPU process
+    python caption.py --data k400/train.txt --root k400/ --out k400_captions.jsonl    # BLIP-2 on one GPU
 """
 import argparse
 import fcntl
@@ -47,33 +32,40 @@ SOURCES = ("blip2", "oracle", "llm", "blip2+llm")
 def get_parser():
     parser = argparse.ArgumentParser(description="Captions per video for TGM (Sec. 3.2, Table 6)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
     # data
-    parser.add_argument("--data", default=None, help="list file 'path label' per line (VideoMAE's format); none: the built-in demo dataset's train list")
-    parser.add_argument("--root", default="", help="folder prefixed to every path of the list (the output keeps the paths as written in the list)")
-    parser.add_argument("--class-names", default=None, help="one class name per line, line i = label i; needed by --source oracle/llm (the demo has its own)")
-    parser.add_argument("--out", default=None, help="captions JSONL, appended and resumed; default: captions.jsonl (demo: runs/demo_captions.jsonl). "
-                        "This run's failures go to <out stem>.failed.jsonl. Give each --shard its own --out")
-    parser.add_argument("--shard", default="0/1", help="i/n: caption every n-th video of the list starting at the i-th (0-based), to split a list over GPUs or machines")
-    parser.add_argument("--limit", type=int, default=None, help="caption at most this many new videos in this run (a trial run; rerun to go on)")
-    parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="processes decoding keyframes; 0 = in the main process")
+    add("--data", help="list file 'path label' per line (VideoMAE's format); none: the built-in demo's train list")
+    add("--root", default="", help="folder prefixed to every path of the list (the output keeps the list's paths)")
+    add("--class-names", help="one class name per line, line i = label i; needed by --source oracle/llm")
+    add("--out", default="captions.jsonl", help="captions JSONL, appended and resumed (failures: "
+                                                "<stem>.failed.jsonl); one --out per --shard")
+    add("--shard", default="0/1", help="i/n: every n-th video of the list from the i-th (0-based): one GPU or machine")
+    add("--limit", type=int, help="caption at most this many new videos in this run (a trial; rerun to go on)")
+    add("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="processes decoding keyframes; 0: none")
     # captions
-    parser.add_argument("--source", choices=SOURCES, default="blip2", help="text source (Table 6b); paper: blip2. blip2+llm = the union of both lists")
-    parser.add_argument("--frames", type=int, default=3, help="uniformly spaced keyframes captioned per video; paper: 3 (Table 5c; 1 = the centre frame)")
-    parser.add_argument("--captioner", default="Salesforce/blip2-opt-2.7b", help="BLIP-2 hub id or local folder (Blip2ForConditionalGeneration); paper: BLIP-2 [25]")
-    parser.add_argument("--max-new-tokens", type=int, default=30, help="caption length limit in tokens; paper: not stated (LAVIS's BLIP-2 captioning uses 30)")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search width; paper: not stated; 1 = greedy (LAVIS uses 5: slower, a little more fluent)")
-    parser.add_argument("--llm", default=None, help="causal language model (hub id or local folder) for --source llm/blip2+llm; paper: GPT-3.5, which is not local")
-    parser.add_argument("--llm-max-new-tokens", type=int, default=60, help="length limit of each vision-free caption in tokens; paper: not stated")
+    add("--source", choices=SOURCES, default="blip2",
+        help="Table 6b: oracle = class names, llm = vision-free, blip2+llm = both lists joined; paper: blip2")
+    add("--frames", type=int, default=3, help="uniformly spaced keyframes per video; paper: 3 (Table 5c; 1: centre)")
+    add("--captioner", default="Salesforce/blip2-opt-2.7b", help="BLIP-2 hub id or local folder; paper: BLIP-2 [25]")
+    add("--max-new-tokens", type=int, default=30, help="caption length limit in tokens; paper: not stated (LAVIS: 30)")
+    add("--num-beams", type=int, default=1, help="beam width; paper: not stated; 1: greedy (LAVIS: 5, slower)")
+    add("--llm", help="causal LM (hub id or local folder) for --source llm/blip2+llm; paper: GPT-3.5, not local")
+    add("--llm-max-new-tokens", type=int, default=60, help="length limit of each vision-free caption in tokens")
     # system
-    parser.add_argument("--batch-size", type=int, default=32, help="videos per BLIP-2 call (x --frames images); also prompts per LLM call")
-    parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    parser.add_argument("--precision", choices=["auto", "fp16", "bf16", "fp32"], default="auto", help="weights dtype; auto = fp16 on a GPU (as BLIP-2 is run), fp32 on a CPU")
+    add("--batch-size", type=int, default=32, help="videos per BLIP-2 call (x --frames images); prompts per LM call")
+    add("--device", help="cuda | cpu (default: cuda when available)")
+    add("--precision", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
+        help="weights dtype; auto: fp16 on a GPU (as BLIP-2 is run), fp32 on a CPU")
     return parser
 
 
 def parse_args(argv=None):
     """The flags; combinations that cannot work stop here, with one sentence saying how to fix them."""
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.data is None:
+        import demo  # the built-in demo's train list and class names; typed flags win
+        args = demo.fill(parser, argv, "caption")
 
     def fail(msg):
         raise SystemExit(f"caption.py: {msg}")
@@ -89,38 +81,14 @@ def parse_args(argv=None):
     if args.batch_size < 1:
         fail(f"--batch-size {args.batch_size}: must be at least 1")
     if "llm" in args.source and not args.llm:
-        fail(f"--source {args.source} needs a local causal language model: pass --llm ID_OR_FOLDER (e.g. a folder saved by transformers)")
-    if args.source != "blip2" and args.data is not None and not args.class_names:
+        fail(f"--source {args.source} needs a local causal language model: pass --llm ID_OR_FOLDER")
+    if args.source != "blip2" and not args.class_names:
         fail(f"--source {args.source} turns labels into text: pass --class-names FILE (line i = name of label i)")
     for flag in ("data", "class_names"):
         path = getattr(args, flag)
         if path is not None and not os.path.isfile(path):
             fail(f"--{flag.replace('_', '-')} {path}: no such file")
     return args
-
-
-# -----------------------------------------------------------------------------
-# Loading models: a hub id that is neither cached nor reachable fails in seconds, not minutes of retries.
-
-def from_pretrained(cls, name, flag, **kwargs):
-    """cls.from_pretrained(name) for a local folder or a hub id; offline and uncached -> one sentence saying what to do."""
-    if os.path.isdir(name):
-        return cls.from_pretrained(name, **kwargs)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise SystemExit(f"caption.py: {flag} {name}: no such folder")
-    try:
-        return cls.from_pretrained(name, local_files_only=True, **kwargs)  # already in the Hugging Face cache
-    except (OSError, ValueError):
-        pass
-    import huggingface_hub
-    try:
-        # one quick request, instead of transformers' retries per file (minutes without network)
-        huggingface_hub.model_info(name, timeout=10)
-    except Exception as e:
-        raise SystemExit(f"caption.py: cannot load {name!r}: it is not in the local Hugging Face cache and the hub cannot be "
-                         f"reached ({type(e).__name__}). Download it where there is network (`hf download {name}`) and pass "
-                         f"{flag} PATH, the local folder.") from None
-    return cls.from_pretrained(name, **kwargs)
 
 
 # -----------------------------------------------------------------------------
@@ -154,7 +122,7 @@ def blip2_captions(processor, model, pixels, dtype, max_new_tokens, num_beams):
 
 
 class Keyframes(Dataset):
-    """List item -> {'video', 'label', 'pixels' (K, 3, S, S) or None, 'error'}; reads nothing when frames == 0.
+    """List item -> {'video', 'label', 'pixels' (K, 3, S, S) or None, 'error'}; no image_processor: reads nothing.
     In the loader workers, so decoding and BLIP-2's preprocessing use the CPU cores while the main process drives the
     GPU. A video that cannot be used gives 'error' (the reason), never an exception."""
 
@@ -167,13 +135,14 @@ class Keyframes(Dataset):
     def __getitem__(self, i):
         video, label = self.items[i]
         sample = dict(video=video, label=label, pixels=None, error=None)
-        if self.frames == 0:
+        if self.image_processor is None:
             return sample
         try:
             path = os.path.join(self.root, video)
             # one seek per keyframe rather than one pass from the first keyframe to the last: the same frames,
             # never slower, 2x faster with 2 s GOPs (54 vs 110 ms for a 10 s 320x568 video; equal at GOP 250)
-            frames = [data.read_frames(path, [i])[0] for i in keyframe_indices(data.probe_video(path).num_frames, self.frames)]
+            ids = keyframe_indices(data.probe_video(path).num_frames, self.frames)
+            frames = [data.read_frames(path, [i])[0] for i in ids]
             sample["pixels"] = self.image_processor(frames, return_tensors="pt")["pixel_values"]  # (K, 3, S, S)
         except data.VideoError as e:
             sample["error"] = str(e)
@@ -200,7 +169,8 @@ def llm_class_captions(name, class_names, labels, device, dtype, batch_size, max
         prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
                    for p in prompts]
     answers = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="llm captions", unit="batch", disable=len(prompts) <= batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for i in tqdm(starts, desc="llm captions", unit="batch", disable=len(starts) < 2):
         enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True,
                   add_special_tokens=not tok.chat_template).to(lm.device)
         out = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -209,37 +179,6 @@ def llm_class_captions(name, class_names, labels, device, dtype, batch_size, max
                     for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
     k = len(LLM_PROMPTS)
     return {y: answers[j * k:(j + 1) * k] for j, y in enumerate(labels)}
-
-
-# -----------------------------------------------------------------------------
-# The output file: append-only JSONL, resumable
-
-def open_output(path):
-    """Open `path` for appending, locked against a second writer; -> (file, videos already in it). A last line
-    without its newline (a kill mid-write) is cut off, and that video captioned again; another bad line stops."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    f = open(path, "a+b")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SystemExit(f"caption.py: another process is writing {path}: give each --shard its own --out") from None
-    f.seek(0)
-    done, end = set(), 0  # end: the byte offset after the last complete line
-    for n, line in enumerate(f, 1):
-        if not line.endswith(b"\n"):
-            print(f"caption.py: {path}:{n}: cutting off a half-written last line (a killed run); that video is captioned again")
-            f.truncate(end)
-            break
-        end += len(line)
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            done.add(obj["video"])
-        except (ValueError, KeyError, TypeError):
-            raise SystemExit(f"caption.py: {path}:{n}: not a caption line {{\"video\": ..., \"captions\": [...]}}; "
-                             f"fix or remove that line, or pick another --out") from None
-    return f, done
 
 
 def caption_batch(batch, args, processor, model, dtype, class_names, class_caps):
@@ -264,32 +203,25 @@ def caption_batch(batch, args, processor, model, dtype, class_names, class_caps)
 
 def main(args):
     # --- the list, this shard of it, and what is already done
-    if args.data is None:
-        import demo  # the built-in demo's train list and class names
-        demo.fill(args, "caption")
-    args.out = args.out or "captions.jsonl"
     failed_path = os.path.splitext(args.out)[0] + ".failed.jsonl"
     try:
         items = data.read_list(args.data)  # root='' keeps each path as written in the list: the output's key
         class_names = data.read_class_names(args.class_names) if args.class_names else None
     except ValueError as e:
         raise SystemExit(f"caption.py: {e}") from None
-    if class_names is not None:
-        bad = [(v, y) for v, y in items if y >= len(class_names)]
-        if bad:
-            raise SystemExit(f"caption.py: {args.data}: label {bad[0][1]} of {bad[0][0]} has no name in {args.class_names} "
-                             f"({len(class_names)} names): the list and the class names do not match")
+    bad = [(v, y) for v, y in items if class_names is not None and y >= len(class_names)]
+    if bad:
+        raise SystemExit(f"caption.py: {args.data}: label {bad[0][1]} of {bad[0][0]} has no name in "
+                         f"{args.class_names} ({len(class_names)} names): the list and the class names do not match")
     items = items[args.shard_index::args.num_shards]  # deterministic: every n-th video
     out, done = open_output(args.out)
-    todo, seen = [], set(done)
+    first = {}
     for video, label in items:
-        if video not in seen:  # skip finished videos, and a video listed twice is captioned once
-            seen.add(video)
-            todo.append((video, label))
-    todo = todo[:args.limit]  # [:None]: all
+        first.setdefault(video, label)  # a video listed twice is captioned once
+    todo = [(v, y) for v, y in first.items() if v not in done][:args.limit]  # finished videos skipped; [:None]: all
     n_done = sum(video in done for video, _ in items)
-    print(f"caption.py: source {args.source} | shard {args.shard}: {len(items)} videos, {n_done} already in {args.out}, "
-          f"{len(todo)} to caption" + (f" (--limit {args.limit})" if args.limit is not None else ""))
+    print(f"caption.py: source {args.source} | shard {args.shard}: {len(items)} videos, {n_done} already in "
+          f"{args.out}, {len(todo)} to caption" + (f" (--limit {args.limit})" if args.limit is not None else ""))
 
     # --- models, loaded before any video is read so that a missing model fails at once
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -307,11 +239,10 @@ def main(args):
         print(f"caption.py: {args.llm}: {len(LLM_PROMPTS)} vision-free captions for each of {len(class_caps)} classes")
 
     # --- the loop: decode keyframes in workers, caption a batch, append its lines
-    dataset = Keyframes(todo, args.root, args.frames if use_blip2 else 0, processor.image_processor if use_blip2 else None)
+    dataset = Keyframes(todo, args.root, args.frames, processor.image_processor if use_blip2 else None)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers if use_blip2 else 0,
                         collate_fn=list)
-    n_ok = n_failed = 0
-    t0 = time.time()
+    n_ok, n_failed, t0 = 0, 0, time.time()
     bar = tqdm(total=len(todo), unit="video", desc="captioning", dynamic_ncols=True)
     with out, open(failed_path, "w") as failed:
         try:
@@ -321,14 +252,14 @@ def main(args):
                     s["captions"] = [c for c in caps if c]  # a blank caption carries no text to mask or contrast with
                     if not s["captions"]:
                         s["error"] = f"{args.source} gave only empty captions"
-                lines = [dict(video=s["video"], captions=s["captions"], source=args.source) for s in batch if s["error"] is None]
+                lines = [dict(video=s["video"], captions=s["captions"], source=args.source)
+                         for s in batch if s["error"] is None]
                 if lines:  # one write + fsync per batch: a kill loses at most this batch and one partial line
                     out.write("".join(json.dumps(o) + "\n" for o in lines).encode())
                     out.flush()
                     os.fsync(out.fileno())
-                for s in batch:
-                    if s["error"] is not None:
-                        failed.write(json.dumps(dict(video=s["video"], reason=s["error"])) + "\n")
+                failed.writelines(json.dumps(dict(video=s["video"], reason=s["error"])) + "\n"
+                                  for s in batch if s["error"] is not None)
                 failed.flush()
                 n_ok += len(lines)
                 n_failed += len(batch) - len(lines)
@@ -336,22 +267,73 @@ def main(args):
                 bar.set_postfix(failed=n_failed, refresh=False)
         except torch.cuda.OutOfMemoryError:
             raise SystemExit(f"caption.py: out of GPU memory at --batch-size {args.batch_size} videos "
-                             f"({args.batch_size * args.frames} images): lower it and rerun; finished videos are kept") from None
+                             f"({args.batch_size * args.frames} images): lower it; videos done are kept") from None
         except KeyboardInterrupt:
             bar.close()
-            print(f"caption.py: interrupted; {n_ok} videos captioned in this run are in {args.out} ({n_failed} failed): "
-                  f"rerun the same command to go on")
+            print(f"caption.py: interrupted; {n_ok} videos captioned in this run are in {args.out} ({n_failed} "
+                  "failed): rerun the same command to go on")
             raise SystemExit(130) from None
     bar.close()
-    dt = time.time() - t0
-    print(f"caption.py: done | {n_ok} captioned, {n_failed} failed" + (f" (reasons in {failed_path})" if n_failed else "")
-          + f", {n_done} were done before | {n_ok / max(dt, 1e-9):.2f} videos/s | {args.out}")
+    print(f"caption.py: done | {n_ok} captioned, {n_failed} failed"
+          + (f" (reasons in {failed_path})" if n_failed else "")
+          + f", {n_done} were done before | {n_ok / max(time.time() - t0, 1e-9):.2f} videos/s | {args.out}")
     if n_failed:
         print(f"caption.py: {n_failed} videos have no caption line; pretrain.py skips each as a bad sample: "
               f"fix them and rerun, or drop the videos of {failed_path} from the list you pretrain on")
     else:
         os.remove(failed_path)  # no failures: no side file to wonder about
     return dict(captioned=n_ok, failed=n_failed, out=args.out, failed_path=failed_path)
+
+
+# -----------------------------------------------------------------------------
+# Plumbing: models from a folder or the hub (failing in seconds offline), and the resumable output file
+
+def from_pretrained(cls, name, flag, **kwargs):
+    """A local folder or hub id -> cls.from_pretrained(name); offline and not cached: one sentence saying what to do."""
+    if os.path.isdir(name):
+        return cls.from_pretrained(name, **kwargs)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise SystemExit(f"caption.py: {flag} {name}: no such folder")
+    try:
+        return cls.from_pretrained(name, local_files_only=True, **kwargs)  # already in the Hugging Face cache
+    except (OSError, ValueError):
+        pass
+    import huggingface_hub
+    try:
+        huggingface_hub.model_info(name, timeout=10)  # one quick request, instead of transformers' retries per file
+    except Exception as e:
+        raise SystemExit(f"caption.py: cannot load {name!r}: it is not in the local Hugging Face cache and the hub "
+                         f"cannot be reached ({type(e).__name__}). Download it where there is network (`hf download "
+                         f"{name}`) and pass {flag} PATH, the local folder.") from None
+    return cls.from_pretrained(name, **kwargs)
+
+
+def open_output(path):
+    """Open `path` for appending, locked against a second writer; -> (file, videos already in it). A last line
+    without its newline (a kill mid-write) is cut off, and that video captioned again; another bad line stops."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = open(path, "a+b")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"caption.py: another process is writing {path}: give each --shard its own --out") from None
+    f.seek(0)
+    done, end = set(), 0  # end: the byte offset after the last complete line
+    for n, line in enumerate(f, 1):
+        if not line.endswith(b"\n"):
+            print(f"caption.py: {path}:{n}: cutting off a half-written last line (a killed run); that video is "
+                  "captioned again")
+            f.truncate(end)
+            break
+        end += len(line)
+        if not line.strip():
+            continue
+        try:
+            done.add(json.loads(line)["video"])
+        except (ValueError, KeyError, TypeError):
+            raise SystemExit(f"caption.py: {path}:{n}: not a caption line {{\"video\": ..., \"captions\": [...]}}; "
+                             f"fix or remove that line, or pick another --out") from None
+    return f, done
 
 
 if __name__ == "__main__":

@@ -1,18 +1,12 @@
-"""Video clips for TGM: reading, frame sampling, augmentation and datasets.
+"""Sec. 4.2 (pre-processing) "following [38]", VideoMAE: frame samplers (16-frame clips at a temporal stride, TSN for
+SSv2), crops (multi-scale crop and flip; 5 temporal x 3 spatial test views, 2 x 3 for SSv2), finetuning augmentation,
+and the dataset that serves clips to every stage. Every sampler and crop copies a function of the official VideoMAE
+code (github.com/MCG-NJU/VideoMAE), cited where it is copied. Sec. 3.2 / 3.3: a video's captions ride along with its
+clip, and every crop/flip is a resolution-free `Crop`, so motion- and text-guided masks move with the clip
+(`apply_crop`). Below the dataset, the plumbing: list and caption files, PyAV's reader. NOTE: a second shared module
+beside model.py (docs/design.md, "Layout: why data.py"), which stays torch-only.
 
-Sec. 4.2 (pre-processing): "clips of 16 frames sampled at a temporal stride of 4 for K400 and 2 for SSv2 ...
-multi-scale-crop and horizontal flip ... TSN-style sampling on SSv2 with 2 temporal x 3 spatial views during
-test-time ... 5 temporal x 3 spatial views" for the other datasets, all "following [38]" (VideoMAE). Every frame
-sampler reproduces a function of the official VideoMAE code (github.com/MCG-NJU/VideoMAE), cited where it is copied.
-Sec. 3.2 / 3.3: the video's captions ride along with the clip, and every crop/flip is a resolution-free `Crop`, so
-that motion- and text-guided masks move with the clip (`apply_crop`).
-NOTE: a second shared module beside model.py (docs/design.md, "Layout: why data.py"), which stays torch-only.
-
-Used by pretrain.py / finetune.py / evaluate.py / caption.py / masking.py:
-    ds = VideoDataset("train.txt", root="videos/", captions="captions.jsonl", mode="pretrain")
-    loader = DataLoader(ds, batch_size=8, num_workers=8, collate_fn=collate)
-Tests: python -m pytest -q tests/test_data.py
-Reader speed (seek vs decode from the start): python benchmarks/bench_decode.py
+    loader = DataLoader(VideoDataset("train.txt", root="videos/", captions="captions.jsonl"), collate_fn=collate)
 """
 import json
 import logging
@@ -31,6 +25,356 @@ from torchvision.transforms import v2 as T
 from model import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("tgm.data")
+
+# ----------------------------------------------------------------------------- frame samplers (VideoMAE)
+# Each returns an int array of frame indices. rng is a numpy Generator; rng.integers(n) is numpy's
+# np.random.randint(n) that VideoMAE calls.
+
+def pretrain_indices(num_video_frames, num_frames, sampling_rate, rng):
+    """VideoMAE pretraining clip: kinetics.py `VideoMAE._sample_train_indices` (num_segments=1) and
+    `_video_TSN_decord_batch_loader`. A random start, then `num_frames` frames `sampling_rate` apart; in a
+    video shorter than the clip the last reachable frame repeats."""
+    skip_length = num_frames * sampling_rate
+    average_duration = num_video_frames - skip_length + 1
+    offset = rng.integers(average_duration) + 1 if average_duration > 0 else 1  # 1-based, as VideoMAE
+    ids = []
+    for _ in range(num_frames):
+        ids.append(offset - 1)
+        # VideoMAE steps only while `offset + new_step < duration`, so the very last frame of the video
+        # is never sampled and a short clip repeats the frame before it: we keep this off-by-one exactly
+        if offset + sampling_rate < num_video_frames:
+            offset += sampling_rate
+    return np.array(ids, dtype=np.int64)
+
+
+def finetune_indices(num_video_frames, num_frames, sampling_rate, rng):
+    """VideoMAE finetuning clip: kinetics.py `VideoClsDataset.loadvideo_decord` (train, num_segment=1)."""
+    converted_len = num_frames * sampling_rate
+    seg_len = num_video_frames
+    if seg_len <= converted_len:
+        # short video: spread what there is over the clip, then pad with the last frame
+        index = np.linspace(0, seg_len, num=seg_len // sampling_rate)
+        index = np.concatenate((index, np.ones(num_frames - seg_len // sampling_rate) * seg_len))
+        return np.clip(index, 0, seg_len - 1).astype(np.int64)
+    end_idx = rng.integers(converted_len, seg_len)
+    str_idx = end_idx - converted_len
+    index = np.linspace(str_idx, end_idx, num=num_frames)
+    return np.clip(index, str_idx, end_idx - 1).astype(np.int64)
+
+
+def tsn_indices(num_video_frames, num_segments, rng, test_offset=None):
+    """TSN sampling for SSv2 (one frame per segment): ssv2.py `SSVideoClsDataset.loadvideo_decord`.
+    test_offset None: training, a random frame in each segment. test_offset 0 / 1: the test views,
+    VideoMAE's interleaved list of segment starts and mid-points, sorted, every second one."""
+    if test_offset is None:
+        average_duration = num_video_frames // num_segments
+        if average_duration > 0:
+            return np.arange(num_segments) * average_duration + rng.integers(average_duration, size=num_segments)
+        if num_video_frames > num_segments:
+            return np.sort(rng.integers(num_video_frames, size=num_segments))
+        return np.zeros(num_segments, dtype=np.int64)  # as VideoMAE: a tiny video gives frame 0 only
+    tick = num_video_frames / float(num_segments)
+    all_index = [int(tick / 2.0 + tick * x) for x in range(num_segments)] + [int(tick * x) for x in range(num_segments)]
+    # VideoMAE then takes buffer[chunk_nb::2] of the sorted list (test_num_segment = 2)
+    return np.sort(np.array(all_index, dtype=np.int64))[test_offset::2]
+
+
+def test_indices(num_video_frames, num_frames, sampling_rate, view, num_views=5):
+    """Kinetics-style test window `view` of `num_views`: kinetics.py `VideoClsDataset` test mode. The whole
+    video at the stride (padded with its last frame), cut into `num_views` evenly spaced windows."""
+    all_index = list(range(0, num_video_frames, sampling_rate))
+    while len(all_index) < num_frames:
+        all_index.append(all_index[-1])
+    # NOTE: differs from VideoMAE for num_views == 1 (it divides by zero there): we take the centre window
+    temporal_step = max(1.0 * (len(all_index) - num_frames) / max(num_views - 1, 1), 0)
+    temporal_start = int(view * temporal_step) if num_views > 1 else int(temporal_step / 2)
+    return np.array(all_index[temporal_start:temporal_start + num_frames], dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- spatial transforms
+
+@dataclass(frozen=True)
+class Crop:
+    """A crop box in fractions (0..1) of the source frame, then an optional horizontal flip. Fractions
+    keep it valid at any decode size, for frames and for per-pixel maps (motion, CLIP similarity)."""
+    top: float
+    left: float
+    height: float
+    width: float
+    flip: bool = False
+
+
+def _crop_from_pixels(H, W, y, x, h, w, flip):
+    return Crop(float(y / H), float(x / W), float(h / H), float(w / W), bool(flip))
+
+
+def apply_crop(x, crop, size, dtype=None):
+    """Crop, resize (bilinear, antialiased like PIL) and flip a (..., H, W) tensor -> (..., size, size) of `dtype`
+    (default x's; an integer dtype rounds). Only the crop's pixels are converted, not the whole frame's."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    H, W = x.shape[-2:]
+    y0, x0 = min(int(round(crop.top * H)), H - 1), min(int(round(crop.left * W)), W - 1)
+    y1 = max(int(round((crop.top + crop.height) * H)), y0 + 1)
+    x1 = max(int(round((crop.left + crop.width) * W)), x0 + 1)
+    lead = x.shape[:-2]
+    out = x[..., y0:min(y1, H), x0:min(x1, W)]
+    out = out.reshape(-1, 1, *out.shape[-2:])  # (prod(...), 1, h, w): interpolate wants 4-D
+    dtype = dtype or out.dtype
+    out = F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    if not dtype.is_floating_point:
+        out = out.round().to(dtype)
+    out = out.reshape(*lead, *size)
+    return out.flip(-1) if crop.flip else out
+
+
+MULTISCALE_SCALES = (1, .875, .75, .66)  # VideoMAE's GroupMultiScaleCrop scales, of the short side
+
+
+def multiscale_short_side(input_size, scales=MULTISCALE_SCALES):
+    """The shortest frame side at which even the smallest multi-scale crop still spans `input_size` pixels:
+    decoding a larger video at this size loses nothing the crop would keep (Sec. 5, data loading)."""
+    return math.ceil(input_size / min(scales))
+
+
+def multiscale_crop(H, W, size, scales=MULTISCALE_SCALES, flip=True, rng=None):
+    """VideoMAE pretraining augmentation: transforms.py `GroupMultiScaleCrop` (max_distort=1, fix_crop,
+    more_fix_crop): a crop side from `scales` x the short side, at one of 13 fixed offsets."""
+    crop_sizes = [int(min(W, H) * x) for x in scales]
+    crop_sizes = [size if abs(x - size) < 3 else x for x in crop_sizes]  # square output: VideoMAE's crop_h = crop_w
+    pairs = [(w, h) for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes) if abs(i - j) <= 1]
+    cw, ch = pairs[rng.integers(len(pairs))]
+    w_step, h_step = (W - cw) // 4, (H - ch) // 4
+    offsets = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2),  # corners and centre
+               (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]  # `more_fix_crop`
+    ow, oh = offsets[rng.integers(len(offsets))]
+    # NOTE: differs from VideoMAE: its pretraining has no flip; the paper adds one (Sec. 4.2, off for SSv2)
+    return _crop_from_pixels(H, W, oh * h_step, ow * w_step, ch, cw, flip and rng.random() < 0.5)
+
+
+def random_resized_crop(H, W, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True, rng=None):
+    """VideoMAE finetuning augmentation: video_transforms.py `_get_param_spatial_crop` (10 tries at a
+    random area and log-uniform aspect ratio, else a centre crop), then a random flip."""
+    for _ in range(10):
+        target_area = rng.uniform(*scale) * H * W
+        aspect_ratio = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= W and 0 < h <= H:
+            i, j = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
+            return _crop_from_pixels(H, W, i, j, h, w, flip and rng.random() < 0.5)
+    in_ratio = W / H
+    if in_ratio < min(ratio):
+        w, h = W, int(round(W / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(H * max(ratio))), H
+    else:
+        w, h = W, H
+    return _crop_from_pixels(H, W, (H - h) // 2, (W - w) // 2, h, w, flip and rng.random() < 0.5)
+
+
+def uniform_crop(H, W, short_side, spatial_idx, num_crops=3):
+    """Test crop `spatial_idx` of `num_crops` along the long side: kinetics.py test mode (resize the
+    short side to `short_side`, then a square window at `int(idx * step)`). num_crops=1: the centre."""
+    if H < W:
+        ow, oh = int(short_side * W / H), short_side  # video_transforms.resize_clip
+    else:
+        ow, oh = short_side, int(short_side * H / W)
+    long = max(ow, oh)
+    start = (int(spatial_idx * (long - short_side) / (num_crops - 1)) if num_crops > 1
+             else int(round((long - short_side) / 2)))
+    if H >= W:
+        return Crop(start / oh, 0.0, short_side / oh, 1.0)
+    return Crop(0.0, start / ow, 1.0, short_side / ow)
+
+
+def normalize(frames):
+    """(T, H, W, 3) values in [0, 255] (uint8 or float) -> ImageNet-normalised float (C, T, H, W)."""
+    x = torch.as_tensor(frames).float().div(255.0)
+    x = (x - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    return x.permute(3, 0, 1, 2).contiguous()  # (C, T, H, W)
+
+
+# ----------------------------------------------------------------------------- finetuning augmentation
+
+def finetune_transforms(randaug_n=4, randaug_m=7, reprob=0.25):
+    """VideoMAE's finetuning augmentation (run_class_finetuning.py: --aa rand-m7-n4-mstd0.5-inc1, --reprob 0.25,
+    --remode pixel) as torchvision transforms -> (randaug, erase); None for one that is off (n = 0, reprob = 0).
+    NOTE: differs from VideoMAE, whose RandAugment and erasing are timm's: 11 bins make torchvision's bin m timm's
+    level m; no magnitude noise, all n ops always applied, a slightly different op set, bilinear; the same erasing
+    noise in every frame (docs/design.md "Finetuning augmentation" lists each difference)."""
+    randaug = erase = None
+    if randaug_n > 0:
+        randaug = T.RandAugment(num_ops=randaug_n, magnitude=randaug_m, num_magnitude_bins=11,
+                                interpolation=T.InterpolationMode.BILINEAR, fill=[128, 128, 128])
+    if reprob > 0:
+        # value="random": per-pixel N(0, 1) in the normalised space (VideoMAE's mode 'pixel'); area 2-33 %,
+        # aspect 0.3-3.3, the defaults of both
+        erase = T.RandomErasing(p=reprob, value="random")
+    return randaug, erase
+
+
+def augment_clip(clip, randaug, erase, seed):
+    """A (T, C, S, S) crop -> ImageNet-normalised (C, T, S, S) with VideoMAE's finetuning augmentation, torch's draws
+    seeded by `seed` (from the dataset's rng: exact resume). RandAugment acts on the [0, 255] pixels (as timm's on PIL
+    images), random erasing on the normalised ones (as VideoMAE). NOTE: differs from VideoMAE, which augments the
+    whole frames before the crop: we augment the crop, cheaper (docs/design.md "Finetuning augmentation")."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if randaug is not None:
+            clip = randaug(clip)                               # (T, C, S, S) uint8, one draw for all T (as VideoMAE)
+        x = normalize(clip.permute(0, 2, 3, 1))                # (C, T, S, S)
+        if erase is not None:
+            x = erase(x.transpose(0, 1)).transpose(0, 1).contiguous()  # as (T, C, S, S): one box for all T
+    return x
+
+
+# ----------------------------------------------------------------------------- dataset
+
+class VideoDataset(torch.utils.data.Dataset):
+    """A list file (+ captions) -> augmented clips with label, captions, crop and the bad videos skipped.
+    mode: 'pretrain' (VideoMAE pretraining clip, multi-scale crop), 'finetune' (finetuning clip or TSN, random-resized
+    crop), 'val' (one deterministic view: centre window, centre crop), 'test' (every test view from one decode:
+    5 windows x 3 crops, or with tsn 2 interleaved samplings x 3 crops).
+    repeat_aug R: decode once, return R differently cropped/flipped clips of the same frames (VideoMAE's `num_sample`,
+    ST-MAE / MGMAE repeated augmentation) to amortise decoding.
+    randaug_n, randaug_m, reprob: VideoMAE's finetuning RandAugment and random erasing (`finetune_transforms`),
+    'finetune' mode only; off by default (0), and off means the clips are exactly those without them.
+    text_maps: a maps.TextMaps (TGM from maps made offline): one of the video's captions is drawn per video and
+    each sample carries it ('caption') and its map at the clip's frames ('text_map', for the mask_fn).
+    __getitem__ returns a list of dicts (R of them; in 'test' mode one per view); see `collate`."""
+
+    def __init__(self, list_file, root="", captions=None, mode="pretrain", num_frames=16, sampling_rate=4,
+                 input_size=224, repeat_aug=1, flip=True, tsn=False, motion=False, mask_fn=None, seed=0,
+                 test_num_segment=5, test_num_crop=3, short_side=None, require_captions=False,
+                 randaug_n=0, randaug_m=7, reprob=0.0, text_maps=None):
+        if mode not in ("pretrain", "finetune", "val", "test"):
+            raise ValueError(f"mode must be pretrain, finetune, val or test, not {mode!r}")
+        self.list_file = list_file
+        self.items = read_list(list_file, root)
+        prefix = os.path.join(root, "") if root else ""
+        # captions are keyed by the path as written in the list, without --root
+        self.rel = [p[len(prefix):] if prefix and p.startswith(prefix) else p for p, _ in self.items]
+        self.captions = read_captions(captions) if isinstance(captions, (str, os.PathLike)) else (captions or {})
+        self.mode, self.num_frames, self.sampling_rate = mode, num_frames, sampling_rate
+        self.input_size, self.repeat_aug, self.flip, self.tsn = input_size, repeat_aug, flip, tsn
+        self.motion, self.mask_fn, self.seed, self.short_side = motion, mask_fn, seed, short_side
+        self.text_maps, self.require_captions = text_maps, require_captions or text_maps is not None
+        self.test_num_segment = 2 if tsn else test_num_segment  # SSv2: the two interleaved samplings
+        self.test_num_crop = test_num_crop
+        augment = mode == "finetune"  # VideoMAE's RandAugment and random erasing: when finetuning only
+        self.randaug, self.erase = finetune_transforms(randaug_n, randaug_m, reprob) if augment else (None, None)
+        self.bad, self.epoch = {}, 0  # bad: index -> reason, per process (each DataLoader worker keeps its own)
+
+    def __len__(self):
+        return len(self.items)
+
+    def set_epoch(self, epoch):
+        """Call before each epoch's DataLoader iterator is made (the workers get a copy of the dataset then)."""
+        self.epoch = epoch
+
+    def _indices(self, info, rng):
+        n, F_, r = info.num_frames, self.num_frames, self.sampling_rate
+        if self.mode == "pretrain":
+            return pretrain_indices(n, F_, r, rng)
+        if self.mode == "finetune":
+            return tsn_indices(n, F_, rng) if self.tsn else finetune_indices(n, F_, r, rng)
+        if self.mode == "val":
+            # NOTE: differs from VideoMAE, whose 'validation' mode draws a random clip: a fixed centre
+            # view makes the per-epoch validation number reproducible
+            return tsn_indices(n, F_, rng, test_offset=1) if self.tsn else test_indices(n, F_, r, 0, num_views=1)
+        views = [tsn_indices(n, F_, rng, t) if self.tsn else test_indices(n, F_, r, t, self.test_num_segment)
+                 for t in range(self.test_num_segment)]
+        return np.concatenate(views)  # decoded together, split per view below
+
+    def _crops(self, info, rng):
+        H, W, S = info.height, info.width, self.input_size
+        if self.mode == "pretrain":
+            return [multiscale_crop(H, W, S, flip=self.flip, rng=rng) for _ in range(self.repeat_aug)]
+        if self.mode == "finetune":
+            return [random_resized_crop(H, W, flip=self.flip, rng=rng) for _ in range(self.repeat_aug)]
+        if self.mode == "val":
+            return [uniform_crop(H, W, S, 0, num_crops=1)]
+        return [uniform_crop(H, W, S, s, self.test_num_crop) for s in range(self.test_num_crop)]
+
+    def _load(self, index, rng):
+        path, label = self.items[index]
+        if self.require_captions and not self.captions.get(self.rel[index]):
+            # a video caption.py could not caption: text-guided masks and L_NCE have nothing to use
+            raise VideoError("no caption for it in the captions file")
+        frames, mvs, indices, info = read_clip(path, lambda i: self._indices(i, rng), self.motion, self.short_side)
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W) uint8
+        T = self.num_frames
+        if self.text_maps is not None:  # TGM from maps made offline: the caption is drawn here, with its map
+            captions = self.captions[self.rel[index]]
+            maps, map_frames = self.text_maps.load(self.rel[index], captions)  # (n, F, g_h, g_w), (F,)
+            pick = int(rng.integers(len(captions)))
+            nearest = np.abs(map_frames[None, :] - indices[:, None]).argmin(1)  # each clip frame's stored frame
+        crops = self._crops(info, rng)
+        samples = []
+        # RandAugment works on uint8 pixels, so the crop is rounded to them; without it the crop stays float
+        dtype = torch.uint8 if self.randaug is not None else torch.float32
+        # 'test' decodes every window at once: view t is frames [t*T, (t+1)*T); VideoMAE's order: window, then crop
+        for t in range(self.test_num_segment) if self.mode == "test" else [0]:
+            for c, crop in enumerate(crops):
+                clip = apply_crop(x[t * T:(t + 1) * T], crop, self.input_size, dtype)  # (T, C, S, S)
+                if self.randaug is not None or self.erase is not None:
+                    video = augment_clip(clip, self.randaug, self.erase, seed=int(rng.integers(2 ** 62)))
+                else:
+                    video = normalize(clip.permute(0, 2, 3, 1))  # (C, T, S, S)
+                s = {"video": video, "label": label, "index": index,
+                     "captions": self.captions.get(self.rel[index], []), "crop": crop,
+                     "frame_size": (info.height, info.width), "bad": []}
+                if self.motion:
+                    s["motion"] = mvs[t * T:(t + 1) * T]
+                if self.text_maps is not None:
+                    s["caption"] = captions[pick]
+                    s["text_map"] = maps[pick, nearest[t * T:(t + 1) * T]]  # (T, g_h, g_w)
+                if self.mode == "test":
+                    s["view"] = (t, c)
+                if self.mask_fn is not None:
+                    with torch.random.fork_rng(devices=[]):  # the masker draws from torch: seed it from rng too
+                        torch.manual_seed(int(rng.integers(2 ** 62)))
+                        s["mask"], s["mask_fallback"] = self.mask_fn(s)  # (N,) bool, True = masked; in the worker
+                samples.append(s)
+        return samples
+
+    def __getitem__(self, index):
+        # every draw for this video comes from (seed, epoch, index), not from the worker: a clip does not depend on
+        # which worker made it, how many there are, or where a resumed run restarted (what makes --resume exact)
+        rng, skipped = np.random.default_rng([self.seed, self.epoch, index]), []
+        while True:
+            if index not in self.bad:
+                try:
+                    samples = self._load(index, rng)
+                    samples[0]["bad"] = skipped  # once per video, not per augmented copy
+                    return samples
+                except VideoError as e:
+                    self.bad[index] = str(e)
+                    log.warning("skipping bad video %s: %s", self.items[index][0], e)
+            skipped.append((self.items[index][0], self.bad[index]))
+            if len(self.bad) == len(self.items):
+                raise RuntimeError(f"every video in {self.list_file} is unreadable (e.g. {skipped[-1][0]}: "
+                                   f"{skipped[-1][1]}); check --data and --root")
+            # another random video that is not known to be bad: at most len(items) tries in all
+            good = np.setdiff1d(np.arange(len(self.items)), np.fromiter(self.bad, dtype=np.int64))
+            index = int(good[rng.integers(len(good))])
+
+
+def collate(batch):
+    """Flatten the per-video lists (repeat_aug copies or test views) and stack into one batch dict."""
+    flat = [s for samples in batch for s in samples]
+    out = {"video": torch.stack([s["video"] for s in flat]),  # (B, C, T, H, W)
+           "label": torch.tensor([s["label"] for s in flat]),
+           "index": torch.tensor([s["index"] for s in flat]),
+           "captions": [s["captions"] for s in flat], "crop": [s["crop"] for s in flat],
+           "frame_size": [s["frame_size"] for s in flat], "bad": [b for s in flat for b in s["bad"]]}
+    if "mask" in flat[0]:
+        out["mask"] = torch.stack([s["mask"] for s in flat])  # (B, N) bool, True = masked
+    for key in ("motion", "view", "mask_fallback", "caption"):
+        if key in flat[0]:
+            out[key] = [s[key] for s in flat]
+    return out
+
 
 # ----------------------------------------------------------------------------- list and caption files
 
@@ -133,10 +477,9 @@ def probe_video(path):
 
 
 def _decode(container, stream, info, wanted, motion, short_side, seek):
-    """Decode the frames whose indices are in the sorted array `wanted` -> {index: (frame, mvs)}.
-
-    With seek, jump to the keyframe before wanted[0] and number frames from their pts; without,
-    decode from the start and count frames (the reference the seek path is tested against)."""
+    """Decode the frames whose indices are in the sorted array `wanted` -> {index: (frame, mvs)}. With seek, jump to
+    the keyframe before wanted[0] and number frames from their pts; without, decode from the start and count frames
+    (the reference the seek path is tested against; speeds: benchmarks/bench_decode.py)."""
     tb = stream.time_base
     rate = Fraction(stream.average_rate) if stream.average_rate else Fraction(info.fps)  # frames per second
     start = stream.start_time or 0
@@ -223,356 +566,3 @@ def read_frames(path, indices, motion=False, short_side=None, seek=True):
     frames, mvs, _, _ = read_clip(path, lambda info: indices, motion, short_side, seek)
     return (frames, mvs) if motion else frames
 
-
-# ----------------------------------------------------------------------------- frame samplers (VideoMAE)
-# Each returns an int array of frame indices. rng is a numpy Generator; rng.integers(n) is numpy's
-# np.random.randint(n) that VideoMAE calls.
-
-def pretrain_indices(num_video_frames, num_frames, sampling_rate, rng):
-    """VideoMAE pretraining clip: kinetics.py `VideoMAE._sample_train_indices` (num_segments=1) and
-    `_video_TSN_decord_batch_loader`. A random start, then `num_frames` frames `sampling_rate` apart; in a
-    video shorter than the clip the last reachable frame repeats."""
-    skip_length = num_frames * sampling_rate
-    average_duration = num_video_frames - skip_length + 1
-    offset = rng.integers(average_duration) + 1 if average_duration > 0 else 1  # 1-based, as VideoMAE
-    ids = []
-    for _ in range(num_frames):
-        ids.append(offset - 1)
-        # VideoMAE steps only while `offset + new_step < duration`, so the very last frame of the video
-        # is never sampled and a short clip repeats the frame before it: we keep this off-by-one exactly
-        if offset + sampling_rate < num_video_frames:
-            offset += sampling_rate
-    return np.array(ids, dtype=np.int64)
-
-
-def finetune_indices(num_video_frames, num_frames, sampling_rate, rng):
-    """VideoMAE finetuning clip: kinetics.py `VideoClsDataset.loadvideo_decord` (train, num_segment=1)."""
-    converted_len = num_frames * sampling_rate
-    seg_len = num_video_frames
-    if seg_len <= converted_len:
-        # short video: spread what there is over the clip, then pad with the last frame
-        index = np.linspace(0, seg_len, num=seg_len // sampling_rate)
-        index = np.concatenate((index, np.ones(num_frames - seg_len // sampling_rate) * seg_len))
-        return np.clip(index, 0, seg_len - 1).astype(np.int64)
-    end_idx = rng.integers(converted_len, seg_len)
-    str_idx = end_idx - converted_len
-    index = np.linspace(str_idx, end_idx, num=num_frames)
-    return np.clip(index, str_idx, end_idx - 1).astype(np.int64)
-
-
-def tsn_indices(num_video_frames, num_segments, rng, test_offset=None):
-    """TSN sampling for SSv2 (one frame per segment): ssv2.py `SSVideoClsDataset.loadvideo_decord`.
-    test_offset None: training, a random frame in each segment. test_offset 0 / 1: the test views,
-    VideoMAE's interleaved list of segment starts and mid-points, sorted, every second one."""
-    if test_offset is None:
-        average_duration = num_video_frames // num_segments
-        if average_duration > 0:
-            return np.arange(num_segments) * average_duration + rng.integers(average_duration, size=num_segments)
-        if num_video_frames > num_segments:
-            return np.sort(rng.integers(num_video_frames, size=num_segments))
-        return np.zeros(num_segments, dtype=np.int64)  # as VideoMAE: a tiny video gives frame 0 only
-    tick = num_video_frames / float(num_segments)
-    all_index = [int(tick / 2.0 + tick * x) for x in range(num_segments)] + [int(tick * x) for x in range(num_segments)]
-    # VideoMAE then takes buffer[chunk_nb::2] of the sorted list (test_num_segment = 2)
-    return np.sort(np.array(all_index, dtype=np.int64))[test_offset::2]
-
-
-def test_indices(num_video_frames, num_frames, sampling_rate, view, num_views=5):
-    """Kinetics-style test window `view` of `num_views`: kinetics.py `VideoClsDataset` test mode. The whole
-    video at the stride (padded with its last frame), cut into `num_views` evenly spaced windows."""
-    all_index = list(range(0, num_video_frames, sampling_rate))
-    while len(all_index) < num_frames:
-        all_index.append(all_index[-1])
-    # NOTE: differs from VideoMAE for num_views == 1 (it divides by zero there): we take the centre window
-    temporal_step = max(1.0 * (len(all_index) - num_frames) / max(num_views - 1, 1), 0)
-    temporal_start = int(view * temporal_step) if num_views > 1 else int(temporal_step / 2)
-    return np.array(all_index[temporal_start:temporal_start + num_frames], dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------- spatial transforms
-
-@dataclass(frozen=True)
-class Crop:
-    """A crop box in fractions (0..1) of the source frame, then an optional horizontal flip. Fractions
-    keep it valid at any decode size, for frames and for per-pixel maps (motion, CLIP similarity)."""
-    top: float
-    left: float
-    height: float
-    width: float
-    flip: bool = False
-
-
-def _crop_from_pixels(H, W, y, x, h, w, flip):
-    return Crop(float(y / H), float(x / W), float(h / H), float(w / W), bool(flip))
-
-
-def apply_crop(x, crop, size, dtype=None):
-    """Crop, resize (bilinear, antialiased like PIL) and flip a (..., H, W) tensor -> (..., size, size) of `dtype`
-    (default x's; an integer dtype rounds). Only the crop's pixels are converted, not the whole frame's."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    H, W = x.shape[-2:]
-    y0, x0 = min(int(round(crop.top * H)), H - 1), min(int(round(crop.left * W)), W - 1)
-    y1, x1 = max(int(round((crop.top + crop.height) * H)), y0 + 1), max(int(round((crop.left + crop.width) * W)), x0 + 1)
-    lead = x.shape[:-2]
-    out = x[..., y0:min(y1, H), x0:min(x1, W)]
-    out = out.reshape(-1, 1, *out.shape[-2:])  # (prod(...), 1, h, w): interpolate wants 4-D
-    dtype = dtype or out.dtype
-    out = F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    if not dtype.is_floating_point:
-        out = out.round().to(dtype)
-    out = out.reshape(*lead, *size)
-    return out.flip(-1) if crop.flip else out
-
-
-MULTISCALE_SCALES = (1, .875, .75, .66)  # VideoMAE's GroupMultiScaleCrop scales, of the short side
-
-
-def multiscale_short_side(input_size, scales=MULTISCALE_SCALES):
-    """The shortest frame side at which even the smallest multi-scale crop still spans `input_size` pixels:
-    decoding a larger video at this size loses nothing the crop would keep (Sec. 5, data loading)."""
-    return math.ceil(input_size / min(scales))
-
-
-def multiscale_crop(H, W, size, scales=MULTISCALE_SCALES, flip=True, rng=None):
-    """VideoMAE pretraining augmentation: transforms.py `GroupMultiScaleCrop` (max_distort=1, fix_crop,
-    more_fix_crop): a crop side from `scales` x the short side, at one of 13 fixed offsets."""
-    crop_sizes = [int(min(W, H) * x) for x in scales]
-    crop_sizes = [size if abs(x - size) < 3 else x for x in crop_sizes]  # square output: VideoMAE's crop_h = crop_w
-    pairs = [(w, h) for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes) if abs(i - j) <= 1]
-    cw, ch = pairs[rng.integers(len(pairs))]
-    w_step, h_step = (W - cw) // 4, (H - ch) // 4
-    offsets = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2),  # corners and centre
-               (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]  # `more_fix_crop`
-    ow, oh = offsets[rng.integers(len(offsets))]
-    # NOTE: differs from VideoMAE: its pretraining has no flip; the paper adds one (Sec. 4.2, off for SSv2)
-    return _crop_from_pixels(H, W, oh * h_step, ow * w_step, ch, cw, flip and rng.random() < 0.5)
-
-
-def random_resized_crop(H, W, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True, rng=None):
-    """VideoMAE finetuning augmentation: video_transforms.py `_get_param_spatial_crop` (10 tries at a
-    random area and log-uniform aspect ratio, else a centre crop), then a random flip."""
-    for _ in range(10):
-        target_area = rng.uniform(*scale) * H * W
-        aspect_ratio = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if 0 < w <= W and 0 < h <= H:
-            i, j = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
-            return _crop_from_pixels(H, W, i, j, h, w, flip and rng.random() < 0.5)
-    in_ratio = W / H
-    if in_ratio < min(ratio):
-        w, h = W, int(round(W / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(H * max(ratio))), H
-    else:
-        w, h = W, H
-    return _crop_from_pixels(H, W, (H - h) // 2, (W - w) // 2, h, w, flip and rng.random() < 0.5)
-
-
-def uniform_crop(H, W, short_side, spatial_idx, num_crops=3):
-    """Test crop `spatial_idx` of `num_crops` along the long side: kinetics.py test mode (resize the
-    short side to `short_side`, then a square window at `int(idx * step)`). num_crops=1: the centre."""
-    if H < W:
-        ow, oh = int(short_side * W / H), short_side  # video_transforms.resize_clip
-    else:
-        ow, oh = short_side, int(short_side * H / W)
-    long = max(ow, oh)
-    start = int(spatial_idx * (long - short_side) / (num_crops - 1)) if num_crops > 1 else int(round((long - short_side) / 2))
-    if H >= W:
-        return Crop(start / oh, 0.0, short_side / oh, 1.0)
-    return Crop(0.0, start / ow, 1.0, short_side / ow)
-
-
-def normalize(frames):
-    """(T, H, W, 3) values in [0, 255] (uint8 or float) -> ImageNet-normalised float (C, T, H, W)."""
-    x = torch.as_tensor(frames).float().div(255.0)
-    x = (x - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    return x.permute(3, 0, 1, 2).contiguous()  # (C, T, H, W)
-
-
-# ----------------------------------------------------------------------------- finetuning augmentation
-
-def finetune_transforms(randaug_n=4, randaug_m=7, reprob=0.25):
-    """VideoMAE's finetuning augmentation (run_class_finetuning.py: --aa rand-m7-n4-mstd0.5-inc1, --reprob 0.25,
-    --remode pixel) as torchvision transforms -> (randaug, erase); None for one that is off (n = 0, reprob = 0).
-    NOTE: differs from VideoMAE, whose RandAugment and erasing are timm's: 11 bins make torchvision's bin m timm's
-    level m; no magnitude noise, all n ops always applied, a slightly different op set, bilinear; the same erasing
-    noise in every frame (docs/design.md "Finetuning augmentation" lists each difference)."""
-    randaug = erase = None
-    if randaug_n > 0:
-        randaug = T.RandAugment(num_ops=randaug_n, magnitude=randaug_m, num_magnitude_bins=11,
-                                interpolation=T.InterpolationMode.BILINEAR, fill=[128, 128, 128])
-    if reprob > 0:
-        # value="random": per-pixel N(0, 1) in the normalised space (VideoMAE's mode 'pixel'); area 2-33 %,
-        # aspect 0.3-3.3, the defaults of both
-        erase = T.RandomErasing(p=reprob, value="random")
-    return randaug, erase
-
-
-def augment_clip(clip, randaug, erase, seed):
-    """A (T, C, S, S) crop -> ImageNet-normalised (C, T, S, S) with VideoMAE's finetuning augmentation.
-    RandAugment acts on the [0, 255] pixels (uint8, as timm's on PIL images), random erasing on the normalised ones
-    (as VideoMAE). torch's generator is seeded with `seed`, drawn from the dataset's per-(seed, epoch, index) rng, so
-    the draws do not depend on the worker (exact resume). NOTE: differs from VideoMAE, which augments the whole frames
-    before the crop: we augment the crop, cheaper (docs/design.md "Finetuning augmentation")."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if randaug is not None:
-            clip = randaug(clip)                               # (T, C, S, S) uint8, one draw for all T (as VideoMAE)
-        x = normalize(clip.permute(0, 2, 3, 1))                # (C, T, S, S)
-        if erase is not None:
-            x = erase(x.transpose(0, 1)).transpose(0, 1).contiguous()  # torchvision wants (T, C, S, S): one box for all T
-    return x
-
-
-# ----------------------------------------------------------------------------- dataset
-
-class VideoDataset(torch.utils.data.Dataset):
-    """A list file (+ captions) -> augmented clips with label, captions, crop and the bad videos skipped.
-    mode: 'pretrain' (VideoMAE pretraining clip, multi-scale crop), 'finetune' (finetuning clip or TSN,
-    random-resized crop), 'val' (one deterministic view: centre window, centre crop), 'test' (every test
-    view from one decode: 5 windows x 3 crops, or with tsn 2 interleaved samplings x 3 crops).
-    repeat_aug R: decode once, return R differently cropped/flipped clips of the same frames (VideoMAE's
-    `num_sample`, ST-MAE / MGMAE repeated augmentation) to amortise decoding.
-    randaug_n, randaug_m, reprob: VideoMAE's finetuning RandAugment and random erasing (`finetune_transforms`),
-    'finetune' mode only; off by default (0), and off means the clips are exactly those without them.
-    text_maps: a masking.TextMaps (TGM from maps made offline): one of the video's captions is drawn per video and
-    each sample carries it ('caption') and its map at the clip's frames ('text_map', for the mask_fn).
-    __getitem__ returns a list of dicts (R of them; in 'test' mode one per view); see `collate`.
-    """
-
-    def __init__(self, list_file, root="", captions=None, mode="pretrain", num_frames=16, sampling_rate=4,
-                 input_size=224, repeat_aug=1, flip=True, tsn=False, motion=False, mask_fn=None, seed=0,
-                 test_num_segment=5, test_num_crop=3, short_side=None, require_captions=False,
-                 randaug_n=0, randaug_m=7, reprob=0.0, text_maps=None):
-        if mode not in ("pretrain", "finetune", "val", "test"):
-            raise ValueError(f"mode must be pretrain, finetune, val or test, not {mode!r}")
-        self.list_file = list_file
-        self.items = read_list(list_file, root)
-        prefix = os.path.join(root, "") if root else ""
-        # captions are keyed by the path as written in the list, without --root
-        self.rel = [p[len(prefix):] if prefix and p.startswith(prefix) else p for p, _ in self.items]
-        self.captions = read_captions(captions) if isinstance(captions, (str, os.PathLike)) else (captions or {})
-        self.mode, self.num_frames, self.sampling_rate = mode, num_frames, sampling_rate
-        self.input_size, self.repeat_aug, self.flip, self.tsn = input_size, repeat_aug, flip, tsn
-        self.motion, self.mask_fn, self.seed, self.short_side = motion, mask_fn, seed, short_side
-        self.require_captions = require_captions or text_maps is not None
-        self.text_maps = text_maps
-        self.test_num_segment = 2 if tsn else test_num_segment  # SSv2: the two interleaved samplings
-        self.test_num_crop = test_num_crop
-        self.randaug, self.erase = finetune_transforms(randaug_n, randaug_m, reprob) if mode == "finetune" else (None, None)
-        self.bad = {}  # index -> reason, per process (each DataLoader worker keeps its own)
-        self.epoch = 0
-
-    def __len__(self):
-        return len(self.items)
-
-    def set_epoch(self, epoch):
-        """Call before each epoch's DataLoader iterator is made (the workers get a copy of the dataset then)."""
-        self.epoch = epoch
-
-    def rng(self, index):
-        """The generator of every random draw for video `index` this epoch: seeded by (seed, epoch, index), not
-        by the worker, so a clip does not depend on which worker made it, how many workers there are, or where
-        a resumed run restarted: that is what makes `pretrain.py --resume` continue the same trajectory."""
-        return np.random.default_rng([self.seed, self.epoch, index])
-
-    def _indices(self, info, rng):
-        n, F_, r = info.num_frames, self.num_frames, self.sampling_rate
-        if self.mode == "pretrain":
-            return pretrain_indices(n, F_, r, rng)
-        if self.mode == "finetune":
-            return tsn_indices(n, F_, rng) if self.tsn else finetune_indices(n, F_, r, rng)
-        if self.mode == "val":
-            # NOTE: differs from VideoMAE, whose 'validation' mode draws a random clip: a fixed centre
-            # view makes the per-epoch validation number reproducible
-            return tsn_indices(n, F_, rng, test_offset=1) if self.tsn else test_indices(n, F_, r, 0, num_views=1)
-        views = [tsn_indices(n, F_, rng, test_offset=t) if self.tsn else test_indices(n, F_, r, t, self.test_num_segment)
-                 for t in range(self.test_num_segment)]
-        return np.concatenate(views)  # decoded together, split per view below
-
-    def _crops(self, info, rng):
-        H, W, S = info.height, info.width, self.input_size
-        if self.mode == "pretrain":
-            return [multiscale_crop(H, W, S, flip=self.flip, rng=rng) for _ in range(self.repeat_aug)]
-        if self.mode == "finetune":
-            return [random_resized_crop(H, W, flip=self.flip, rng=rng) for _ in range(self.repeat_aug)]
-        if self.mode == "val":
-            return [uniform_crop(H, W, S, 0, num_crops=1)]
-        return [uniform_crop(H, W, S, s, self.test_num_crop) for s in range(self.test_num_crop)]
-
-    def _load(self, index, rng):
-        path, label = self.items[index]
-        if self.require_captions and not self.captions.get(self.rel[index]):
-            # a video caption.py could not caption: text-guided masks and L_NCE have nothing to use
-            raise VideoError("no caption for it in the captions file")
-        frames, mvs, indices, info = read_clip(path, lambda info: self._indices(info, rng), self.motion, self.short_side)
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W) uint8
-        T = self.num_frames
-        if self.text_maps is not None:  # TGM from maps made offline: the caption is drawn here, with its map
-            captions = self.captions[self.rel[index]]
-            maps, map_frames = self.text_maps.load(self.rel[index], captions)  # (n, F, g_h, g_w), (F,)
-            pick = int(rng.integers(len(captions)))
-            nearest = np.abs(map_frames[None, :] - indices[:, None]).argmin(1)  # each clip frame's stored frame
-        crops = self._crops(info, rng)
-        samples = []
-        # RandAugment works on uint8 pixels, so the crop is rounded to them; without it the crop stays float
-        dtype = torch.uint8 if self.randaug is not None else torch.float32
-        # 'test' decodes every window at once: view t is frames [t*T, (t+1)*T); VideoMAE's order: window, then crop
-        for t in range(self.test_num_segment) if self.mode == "test" else [0]:
-            for c, crop in enumerate(crops):
-                clip = apply_crop(x[t * T:(t + 1) * T], crop, self.input_size, dtype)  # (T, C, S, S)
-                if self.randaug is not None or self.erase is not None:
-                    video = augment_clip(clip, self.randaug, self.erase, seed=int(rng.integers(2 ** 62)))
-                else:
-                    video = normalize(clip.permute(0, 2, 3, 1))  # (C, T, S, S)
-                s = {"video": video, "label": label, "index": index,
-                     "captions": self.captions.get(self.rel[index], []), "crop": crop,
-                     "frame_size": (info.height, info.width), "bad": []}
-                if self.motion:
-                    s["motion"] = mvs[t * T:(t + 1) * T]
-                if self.text_maps is not None:
-                    s["caption"], s["text_map"] = captions[pick], maps[pick, nearest[t * T:(t + 1) * T]]  # (T, g_h, g_w)
-                if self.mode == "test":
-                    s["view"] = (t, c)
-                if self.mask_fn is not None:
-                    with torch.random.fork_rng(devices=[]):  # the masker draws from torch: seed it from rng too
-                        torch.manual_seed(int(rng.integers(2 ** 62)))
-                        s["mask"], s["mask_fallback"] = self.mask_fn(s)  # (N,) bool, True = masked; in the worker
-                samples.append(s)
-        return samples
-
-    def __getitem__(self, index):
-        rng, skipped = self.rng(index), []
-        while True:
-            if index not in self.bad:
-                try:
-                    samples = self._load(index, rng)
-                    samples[0]["bad"] = skipped  # once per video, not per augmented copy
-                    return samples
-                except VideoError as e:
-                    self.bad[index] = str(e)
-                    log.warning("skipping bad video %s: %s", self.items[index][0], e)
-            skipped.append((self.items[index][0], self.bad[index]))
-            if len(self.bad) == len(self.items):
-                raise RuntimeError(f"every video in {self.list_file} is unreadable (e.g. {skipped[-1][0]}: "
-                                   f"{skipped[-1][1]}); check --data and --root")
-            # another random video that is not known to be bad: at most len(items) tries in all
-            good = np.setdiff1d(np.arange(len(self.items)), np.fromiter(self.bad, dtype=np.int64))
-            index = int(good[rng.integers(len(good))])
-
-
-def collate(batch):
-    """Flatten the per-video lists (repeat_aug copies or test views) and stack into one batch dict."""
-    flat = [s for samples in batch for s in samples]
-    out = {"video": torch.stack([s["video"] for s in flat]),  # (B, C, T, H, W)
-           "label": torch.tensor([s["label"] for s in flat]),
-           "index": torch.tensor([s["index"] for s in flat]),
-           "captions": [s["captions"] for s in flat], "crop": [s["crop"] for s in flat],
-           "frame_size": [s["frame_size"] for s in flat], "bad": [b for s in flat for b in s["bad"]]}
-    if "mask" in flat[0]:
-        out["mask"] = torch.stack([s["mask"] for s in flat])  # (B, N) bool, True = masked
-    for key in ("motion", "view", "mask_fallback", "caption"):
-        if key in flat[0]:
-            out[key] = [s[key] for s in flat]
-    return out

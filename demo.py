@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-import masking
+import frozen_clip
 import model as M
 
 
@@ -338,7 +338,7 @@ def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_
     captions, and takes an AdamW step on the symmetric InfoNCE with a learnt temperature (CLIP's loss). The crops
     span crop_scale of the frame's area: small ones (about a 'patch' feature's 16 px of a demo clip) pair a part
     of a frame with the words of its caption, large ones the whole scene. Deterministic for a seed (one thread)."""
-    name = masking.register_config(config_path)
+    name = frozen_clip.register_config(config_path)
     tokenizer = open_clip.get_tokenizer(name)
     distinct = sorted({c for _, caps in videos for c in caps})
     ids = {c: i for i, c in enumerate(distinct)}  # two videos may share a caption: the loss tells them apart by id
@@ -350,7 +350,7 @@ def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_
     # go on with the same draws
     with _one_thread(), torch.random.fork_rng():
         torch.manual_seed(seed)
-        with masking.random_weights_meant():  # from scratch: random weights are the point
+        with frozen_clip.random_weights_meant():  # from scratch: random weights are the point
             clip = open_clip.create_model(name)
         pp = open_clip.get_model_preprocess_cfg(clip)  # the statistics TextGuidedMasker normalises CLIP's input with
         mean = torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
@@ -379,7 +379,7 @@ def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_
             x = (torch.stack(images) / 255 - mean) / std  # (B, C, S, S), as CLIP's preprocessing gives it
             c = torch.tensor(caption_ids)  # (B,)
             img = F.normalize(clip.encode_image(x), dim=-1)  # (B, E)
-            txt = F.normalize(masking.encode_text(clip, tokens[c]), dim=-1)  # (B, E)
+            txt = F.normalize(frozen_clip.encode_text(clip, tokens[c]), dim=-1)  # (B, E)
             logits = clip.logit_scale.exp() * img @ txt.t()  # (B, B): cosine / tau, the positive pairs on the diagonal
             same = c[:, None] == c[None, :]  # two rows with the same caption are neither positive nor negative:
             same.fill_diagonal_(False)       # that pair leaves both denominators
@@ -428,7 +428,7 @@ def demo_clip(demo, seed=0, name=DEMO_CLIP_NAME, config=DEMO_CLIP, steps=DEMO_CL
 # -----------------------------------------------------------------------------
 # The one entry the stages call: fill what the user did not type
 
-# Demo-sized values of the flags a stage leaves unset (None), so that each stage runs in minutes on a CPU: ViT-tiny on
+# Demo-sized defaults of a stage's flags (typed flags still win), so that each stage runs in minutes on a CPU: ViT-tiny on
 # 8 frames of 64 px. The learning rates are higher than the paper's, as the demo's global batch is 16, not 512 or
 # more, and its runs are a few hundred steps, not tens of thousands.
 SHAPE = dict(model="vit_tiny", num_frames=8, sampling_rate=4, input_size=64)
@@ -444,6 +444,7 @@ FLAGS = {
     "evaluate": {},
     "caption": {},
     "masking": dict(num_frames=8, input_size=64),
+    "maps": dict(input_size=64),  # the maps of the demo's pretraining clips: 64 / 16 = 4 cells a side
 }
 
 
@@ -457,51 +458,54 @@ def _one_builder(cache_dir):
         yield
 
 
-def fill(args, stage):
-    """The demo's values for what a stage's command line left unset -> the demo dataset's dict.
+def fill(parser, argv, stage):
+    """Parse a stage's command line with the demo's values as the parser's defaults -> args; typed flags win.
 
-    stage: pretrain | finetune | linear | evaluate | caption | masking. No --data: the demo's lists, captions and
-    class names, and the FLAGS above for the flags left None (printed once). CLIP (stages that have --clip-pretrained):
-    `--clip-pretrained demo`, or on the demo no --clip-pretrained and OpenAI's weights neither cached nor reachable,
-    gives the demo CLIP (its config file and weights become --clip-model and --clip-pretrained, so a checkpoint
-    records them); and on the demo --tgm-features defaults to the per-patch features only the demo CLIP is small
-    enough for on a CPU (a full-size CLIP gets 'dense')."""
+    stage: pretrain | maps | masking | finetune | linear | evaluate | caption. No --data: the demo's lists, captions and
+    class names, and the FLAGS above (those that change a value are printed once). CLIP (stages with --clip-pretrained):
+    `--clip-pretrained demo`, or on the demo OpenAI's weights neither cached nor reachable, gives the demo CLIP (its
+    config file and weights become --clip-model and --clip-pretrained, so a checkpoint records them); and on the demo
+    --tgm-features defaults to the per-patch features only the demo CLIP is small enough for on a CPU (a full-size
+    CLIP gets 'dense')."""
+    first = parser.parse_args(argv)
     cache_dir = _cache_dir()
-    on_demo = args.data is None
+    on_demo = getattr(first, "data", None) is None  # masking.py's picture has no --data: its caller asks when needed
+    # evaluate.py's CLIP and features are the pretraining run's: only the stages that make masks get demo defaults
+    stand_in = on_demo and stage in ("pretrain", "maps", "masking")
+    typed = getattr(first, "clip_pretrained", None)
     with _one_builder(cache_dir):
         demo = demo_dataset(cache_dir)
-        typed = getattr(args, "clip_pretrained", None)
-        # evaluate.py's CLIP and features are the pretraining run's: only pretrain.py and masking.py get demo defaults
-        stand_in = on_demo and stage in ("pretrain", "masking")
         clip = None
-        if typed == "demo" or (stand_in and typed is None):
-            clip = demo_clip(demo) if typed == "demo" else clip_for(demo, args.clip_model)
-            args.clip_model, args.clip_pretrained = clip
+        if typed == "demo" or (stand_in and typed == "openai"):
+            clip = demo_clip(demo) if typed == "demo" else clip_for(demo, first.clip_model)
     if on_demo:
-        filled = {k: v for k, v in FLAGS[stage].items() if getattr(args, k, "") is None}
-        if stage in ("finetune", "linear") and args.checkpoint != "none":
-            filled = {k: v for k, v in filled.items() if k not in ("model", "num_frames", "input_size")}  # the checkpoint's
-        for k, v in filled.items():
-            setattr(args, k, v)
-        test = stage == "evaluate" and not args.retrieval     # the test and the pictures read the val split
-        # pretraining reads the pretraining list (unlabelled videos and the labelled train ones), the rest the labelled
-        splits = dict(data=demo["val" if test else "pretrain" if stage == "pretrain" else "train"],
-                      val_data=None if test else demo["val"], root=demo["root"],
-                      captions=demo["captions"], class_names=demo["class_names"])
-        for k, v in splits.items():
-            if hasattr(args, k) and getattr(args, k) in (None, ""):
-                setattr(args, k, v)
-        if stage == "masking" and args.video is None:         # the picture: the first val video, its first caption
+        defaults = dict(FLAGS[stage])
+        if stage in ("finetune", "linear") and first.checkpoint != "none":
+            for k in ("model", "num_frames", "input_size"):  # the checkpoint's
+                defaults.pop(k)
+        test = stage == "evaluate" and not first.retrieval    # the test and the pictures read the val split
+        # pretraining (and its maps) read the pretraining list (unlabelled videos and the labelled train ones)
+        split = "val" if test else "pretrain" if stage in ("pretrain", "maps") else "train"
+        defaults.update(data=demo[split], val_data=None if test else demo["val"], root=demo["root"],
+                        captions=demo["captions"], class_names=demo["class_names"])
+        if stage == "masking" and first.video is None:        # the picture: the first val video, its first caption
             rel = data.read_list(demo["val"])[0][0]
-            args.video, args.caption = os.path.join(demo["root"], rel), args.caption or data.read_captions(demo["captions"])[rel][0]
-        if stage == "caption" and args.out is None:
-            args.out = os.path.join("runs", "demo_captions.jsonl")
+            defaults.update(video=os.path.join(demo["root"], rel), caption=data.read_captions(demo["captions"])[rel][0])
+        if stage == "caption":
+            defaults["out"] = os.path.join("runs", "demo_captions.jsonl")
+        parser.set_defaults(**{k: v for k, v in defaults.items() if k in vars(first)})
+    args = parser.parse_args(argv)
+    if clip:
+        args.clip_model, args.clip_pretrained = clip
+    if on_demo:
+        filled = {k: getattr(args, k) for k in FLAGS[stage] if getattr(args, k) != getattr(first, k)}
         M.print0(f"no --data: the built-in demo dataset in {demo['root']}"
                  + (", with demo-sized " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
                     if filled else ""))
-    if stand_in and args.tgm_features is None and not getattr(args, "tgm_maps", None):  # masking.py has no --tgm-maps
+    # masking.py has no --tgm-maps; maps.py neither --tgm-features nor --tgm-maps
+    if stand_in and getattr(args, "tgm_features", "") is None and not getattr(args, "tgm_maps", None):
         args.tgm_features = "patch" if clip and clip[1] != "openai" else "dense"
-    return demo
+    return args
 
 
 def clip_for(demo, name="ViT-B-32-quickgelu"):
@@ -514,9 +518,9 @@ def _openai_clip_at_hand(name):
     """Whether OpenAI's weights for CLIP `name` are cached or can be downloaded; when not, say so: the demo CLIP
     stands in for them."""
     try:
-        masking.clip_weights(name, "openai")
+        frozen_clip.clip_weights(name, "openai")
         return True
-    except masking.ClipWeightsError as e:
+    except frozen_clip.ClipWeightsError as e:
         M.print0(f"the demo uses the demo CLIP, a small CLIP trained on the demo's frames and captions "
                  f"(--clip-pretrained demo), instead of {name} 'openai': {e}")
         return False

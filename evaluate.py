@@ -1,27 +1,9 @@
 """
-Sec. 4.2, 4.5, 4.7: evaluation of pretrained and finetuned models.
+Sec. 4.2, 4.5 and 4.7: the multi-view test (Tables 1, 2, 4), zero-shot retrieval (Table 3) and Fig. 3's pictures;
+--export writes a checkpoint as a transformers VideoMAE folder (weights.py). More commands: docs/transfer.md.
 
-  multi-view test (Tables 1, 2, 4, the LP columns of Table 3), the default: a finetune.py checkpoint, 5 temporal
-      windows x 3 crops per video, or with --tsn 2 TSN samplings x 3 crops (SSv2); softmax per view, the mean over
-      views, top-1 and top-5 (VideoMAE's final_test + merge).
-  --retrieval (Table 3, R@1 / R@5): zero-shot video -> video retrieval with the frozen pretrained encoder: each test
-      clip (--val-data) queries the training clips (--data); our reading, docs/design.md "Table 3's retrieval".
-      With --text classes|captions: video -> text through the contrastive head instead (an extra).
-  --visualize (Fig. 3): for a few videos, one PNG each: input, mask, reconstruction, last block's attention.
-  --export DIR: the checkpoint as a transformers VideoMAE folder (docs/transfer.md).
-
-One CPU process on the built-in demo (its val split; finetune.py and pretrain.py demo checkpoints first):
-    python evaluate.py --checkpoint runs/demo_ft/ckpt.pt
-    python evaluate.py --retrieval --checkpoint runs/demo_pretrain/ckpt.pt
-    python evaluate.py --retrieval --checkpoint videomae-base/ --model vit_base     # Hugging Face VideoMAE weights
-    python evaluate.py --visualize --checkpoint runs/demo_pretrain/ckpt.pt --mask tube
-The paper's tests, distributed (views of one video are merged across ranks by video index):
-    torchrun --nproc_per_node=8 evaluate.py --checkpoint runs/k400_ft/ckpt.pt --data lists/k400/val.csv --root /data/k400
-    torchrun --nproc_per_node=8 evaluate.py --checkpoint runs/ssv2_ft/ckpt.pt --data lists/ssv2/val.csv --root /data/ssv2 --tsn
-    torchrun --nproc_per_node=8 evaluate.py --retrieval --checkpoint runs/k400_tgm/ckpt.pt \\
-        --data lists/ucf101/train_split1.csv --val-data lists/ucf101/test_split1.csv --root /data/ucf101
-Results go to --output-dir (default: the checkpoint's folder).
-Tests: python -m pytest -q tests/test_evaluate.py
+    python evaluate.py --checkpoint runs/demo_ft/ckpt.pt                # the demo's 5x3 test, one CPU process
+    torchrun --nproc_per_node=8 evaluate.py --checkpoint runs/k400_ft/ckpt.pt --data k400/val.csv --root /data/k400
 """
 import argparse
 import json
@@ -36,55 +18,72 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 import data
+import frozen_clip
 import masking
 import model as M
+import weights
 
 # -----------------------------------------------------------------------------
-# Arguments. A default of None is taken from the checkpoint (its stored args), then from the paper.
+# Flags. A default of none is the checkpoint's (its stored args), else the paper's.
 
-parser = argparse.ArgumentParser(description="Multi-view test, zero-shot retrieval and pictures (Sec. 4.2, 4.5, 4.7)",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-# data
-parser.add_argument("--data", default=None, help="list file to evaluate, 'path label' per line (with --retrieval: the "
-                    "gallery, the training split); none: the demo's val split (--retrieval: its train split)")
-parser.add_argument("--val-data", default=None, help="--retrieval: the query list, the test split (Table 3: UCF101/HMDB51 "
-                    "split 1); none with the demo: its val split")
-parser.add_argument("--root", default="", help="folder prefixed to every path of the list")
-parser.add_argument("--captions", default=None, help="captions JSONL; --retrieval against captions, --visualize --mask tgm queries")
-parser.add_argument("--class-names", default=None, help="class names, line i = label i; --retrieval against them (the default when given)")
-parser.add_argument("--num-frames", type=int, default=None, help="T; default: the checkpoint's (paper: 16)")
-parser.add_argument("--sampling-rate", type=int, default=None, help="frame stride of a test window; default: the finetuning run's (paper: 4)")
-parser.add_argument("--input-size", type=int, default=None, help="crop side, also the short side the 3 crops are cut from; default: the checkpoint's (paper: 224)")
-parser.add_argument("--tsn", action=argparse.BooleanOptionalAction, default=None, help="SSv2's 2 interleaved TSN samplings x 3 crops instead of 5 x 3; default: as finetuned")
-parser.add_argument("--test-num-segment", type=int, default=5, help="temporal windows per video; paper: 5 (with --tsn always 2)")
-parser.add_argument("--test-num-crop", type=int, default=3, help="spatial crops per window along the long side; paper: 3")
-parser.add_argument("--batch-size", type=int, default=4, help="videos per process per step; each brings all its views (15, or 6 with --tsn)")
-parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per process")
-# model
-parser.add_argument("--checkpoint", default=None, help="finetune.py checkpoint (test); pretrain.py checkpoint (--retrieval, --visualize)")
-parser.add_argument("--model", default="vit_base", choices=list(M.MODEL_SIZES), help="size of published VideoMAE weights "
-                    "(official .pth or a Hugging Face folder), which store no config; pretrain.py checkpoints know theirs")
-parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="autocast dtype; bf16 falls back to fp32 on GPUs without it (as pretrain.py)")
-# retrieval (Table 3)
-parser.add_argument("--retrieval", action="store_true", help="zero-shot video->video retrieval R@1/5/10/20 (Table 3) instead of the test")
-parser.add_argument("--text", default=None, choices=["classes", "captions"], help="--retrieval video->text instead, through "
-                    "the contrastive head: against the class names or the captions")
-parser.add_argument("--clip-model", default=None, help="CLIP for the text side; default: the pretraining run's (paper: ViT-B-32-quickgelu)")
-parser.add_argument("--clip-pretrained", default=None, help="openai | a local weights file | demo (the demo CLIP) | none (random: numbers mean nothing); default: the pretraining run's")
-# pictures (Fig. 3)
-parser.add_argument("--visualize", action="store_true", help="write Fig. 3-style pictures instead of the test")
-parser.add_argument("--num-videos", type=int, default=4, help="videos to draw, spread over the list")
-parser.add_argument("--mask", default=None, choices=["tube", "random", "mgm", "tgm"], help="mask to draw; default: the pretraining run's (paper's Fig. 3: tgm)")
-parser.add_argument("--ratio", type=float, default=None, help="mask ratio gamma of the picture; default: the pretraining run's, else 0.9 tube/random, 0.75 mgm, 0.6 tgm (paper)")
-parser.add_argument("--tgm-features", default=None, choices=["patch", "dense"], help="CLIP features for --mask tgm; default: the pretraining run's (paper, Sec. 3.3: patch)")
-# output
-parser.add_argument("--output-dir", default=None, help="where results.json / retrieval_*.json / vis_*.png go; default: the checkpoint's folder")
-parser.add_argument("--seed", type=int, default=0)
-# export (weights out to transformers)
-parser.add_argument("--export", default=None, metavar="DIR", help="instead of evaluating, write the checkpoint as a "
-                    "transformers VideoMAE folder DIR (must not exist): a pretrain.py checkpoint as VideoMAEForPreTraining, "
-                    "a finetune.py --mode finetune one as VideoMAEForVideoClassification (labels from --class-names, "
-                    "default: the run's); no data is read")
+def get_parser():
+    p = argparse.ArgumentParser(description="Multi-view test, zero-shot retrieval and pictures (Sec. 4.2, 4.5, 4.7)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
+    # data
+    add("--data", help="list file to evaluate, 'path label' per line (--retrieval: the gallery, the training split); "
+                       "none: the demo's val split (--retrieval: its train split)")
+    add("--val-data", help="--retrieval: the query list, the test split (Table 3: UCF101/HMDB51 split 1); none with "
+                           "the demo: its val split")
+    add("--root", default="", help="folder prefixed to every path of the list")
+    add("--captions", help="captions JSONL; --retrieval against captions, --visualize --mask tgm queries")
+    add("--class-names", help="class names, line i = label i; --retrieval against them (the default when given)")
+    add("--num-frames", type=int, help="T; none: the checkpoint's (paper: 16)")
+    add("--sampling-rate", type=int, help="frame stride of a test window; none: the finetuning run's (paper: 4)")
+    add("--input-size", type=int, help="crop side, also the short side the 3 crops are cut from; none: the "
+                                       "checkpoint's (paper: 224)")
+    add("--tsn", action=argparse.BooleanOptionalAction, help="SSv2's 2 interleaved TSN samplings x 3 crops instead "
+                                                             "of 5 x 3; none: as finetuned")
+    add("--test-num-segment", type=int, default=5, help="temporal windows per video (with --tsn always 2)")
+    add("--test-num-crop", type=int, default=3, help="spatial crops per window along the long side")
+    add("--batch-size", type=int, default=4, help="videos per process per step, each with all its views")
+    add("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes per process")
+    # model
+    add("--checkpoint", help="finetune.py checkpoint (test); pretrain.py checkpoint (--retrieval, --visualize)")
+    add("--model", default="vit_base", choices=list(M.MODEL_SIZES), help="size of published VideoMAE weights "
+                                                                          "(which store no config)")
+    add("--precision", default="bf16", choices=["bf16", "fp32"], help="autocast dtype; bf16: fp32 on GPUs without it")
+    # retrieval (Table 3)
+    add("--retrieval", action="store_true", help="zero-shot video->video retrieval R@1/5/10/20 (Table 3)")
+    add("--text", choices=["classes", "captions"], help="--retrieval video->text instead, through the contrastive "
+                                                        "head: against the class names or the captions")
+    add("--clip-model", help="CLIP for the text side; none: the pretraining run's (paper: ViT-B-32-quickgelu)")
+    add("--clip-pretrained", help="openai | a local weights file | demo (the demo CLIP) | none (random: numbers mean "
+                                  "nothing); none: the pretraining run's")
+    # pictures (Fig. 3)
+    add("--visualize", action="store_true", help="write Fig. 3-style pictures instead of the test")
+    add("--num-videos", type=int, default=4, help="videos to draw, spread over the list")
+    add("--mask", choices=["tube", "random", "mgm", "tgm"], help="mask to draw; none: the pretraining run's")
+    add("--ratio", type=float, help="mask ratio gamma of the picture; none: the pretraining run's, else the paper's")
+    add("--tgm-features", choices=["patch", "dense"], help="CLIP features for --mask tgm; none: the pretraining run's")
+    # output
+    add("--output-dir", help="where results.json / retrieval_*.json / vis_*.png go; none: the checkpoint's folder")
+    add("--seed", type=int, default=0)
+    add("--export", metavar="DIR", help="instead of evaluating, write the checkpoint as a new transformers VideoMAE "
+                                        "folder DIR (docs/transfer.md); no data is read")
+    return p
+
+
+def parse_args(argv=None):
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.checkpoint is None:
+        raise SystemExit("evaluate.py needs --checkpoint: a finetune.py checkpoint for the multi-view test, or a "
+                         "pretrain.py checkpoint (or published VideoMAE weights) with --retrieval or --visualize")
+    if (args.data is None or args.clip_pretrained == "demo") and not args.export:
+        import demo  # the demo's lists (retrieval: val queries, train gallery) and CLIP; typed flags win
+        args = demo.fill(parser, argv, "evaluate")
+    return args
 
 
 # -----------------------------------------------------------------------------
@@ -117,7 +116,7 @@ def load_pretrained(path, args):
     cfg = M.make_config(args.model, num_frames=args.num_frames or 16, img_size=args.input_size or 224)
     model = M.VideoMAE(cfg)
     try:
-        missing, _ = M.load_videomae_weights(model, path)
+        missing, _ = weights.load_videomae_weights(model, path)
     except (M.CheckpointError, RuntimeError) as e:             # no such file, or shapes of another size
         raise SystemExit(f"evaluate.py: {path} does not load as VideoMAE weights of --model {args.model}: {e}")
     if [k for k in missing if not k.startswith("projector.")]:
@@ -132,7 +131,7 @@ def load_clip(args, pre_args, device):
     name = args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu")
     pretrained = args.clip_pretrained or pre_args.get("clip_pretrained") or "openai"
     torch.manual_seed(args.seed)                               # a random CLIP ('none') is then the same every run
-    return (*masking.load_clip_or_exit("evaluate.py", name, pretrained, device), name, pretrained)
+    return (*frozen_clip.load_clip_or_exit("evaluate.py", name, pretrained, device), name, pretrained)
 
 
 # -----------------------------------------------------------------------------
@@ -220,6 +219,16 @@ def video_recall(query, query_labels, gallery, gallery_labels, ks=(1, 5, 10, 20)
 # -----------------------------------------------------------------------------
 # Fig. 3: input, mask, reconstruction, attention
 
+def unpatchify(x, tubelet, patch, grid):
+    """The inverse of model.patchify. x: (B, N, t*p*p*C), grid (T', h, w) -> (B, C, T, H, W)."""
+    B = x.shape[0]
+    t, p = tubelet, patch
+    tp, h, w = grid
+    x = x.reshape(B, tp, h, w, t, p, p, -1)                    # (B, T', h, w, t, p, p, C)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)                     # (B, C, T', t, h, p, w, p)
+    return x.reshape(B, -1, tp * t, h * p, w * p)
+
+
 def reconstruct(model, video, mask):
     """Pixels in [0, 1] (B, C, T, H, W): visible patches as they are, hidden ones from the decoder. mask (B, N) bool,
     True = masked. A norm-pixel prediction is shown with the hidden patch's TRUE mean and std per channel, as
@@ -238,20 +247,20 @@ def reconstruct(model, video, mask):
         pred = pred * (std + 1e-6) + mean                      # undo the target's per-token normalisation
     out = x.clone()
     out[mask] = pred.reshape(-1, P // C, C)                    # hidden tokens replaced, visible ones kept
-    return M.unpatchify(out.view(B, N, P), t, p, cfg.grid).clamp(0, 1)
+    return unpatchify(out.view(B, N, P), t, p, cfg.grid).clamp(0, 1)
 
 
 def centre_attention(model, video):
     """Last block's attention of the centre token (T'/2, h/2, w/2), mean over heads -> (B, T', h, w); no mask."""
     T_, h, w = model.cfg.grid
-    q = (T_ // 2) * h * w + (h // 2) * w + w // 2              # raster index (t, h, w)
-    attn = model.encoder.last_attention(video)                 # (B, nh, N, N)
-    return attn[:, :, q].mean(dim=1).view(-1, T_, h, w)        # (B, T', h, w)
-
-
-def heat(v):
-    """Values in [0, 1] (H, W) -> an RGB 'hot' colour map (H, W, 3) in [0, 1]: black, red, yellow, white."""
-    return torch.stack([(3 * v).clamp(0, 1), (3 * v - 1).clamp(0, 1), (3 * v - 2).clamp(0, 1)], dim=-1)
+    i = (T_ // 2) * h * w + (h // 2) * w + w // 2              # raster index (t, h, w)
+    x = model.encoder.tokens(video)                            # (B, N, D): all tokens, with positions
+    for blk in model.encoder.blocks[:-1]:
+        x = blk(x)
+    last = model.encoder.blocks[-1]
+    q, k, _ = last.attn.qkv_heads(last.norm1(x))               # each (B, nh, N, hs)
+    attn = M.attention_weights(q[:, :, i:i + 1], k)            # (B, nh, 1, N): the centre token's softmax row
+    return attn[:, :, 0].mean(dim=1).view(-1, T_, h, w)        # (B, T', h, w)
 
 
 def picture(rows, labels, title, cell=112):
@@ -266,7 +275,8 @@ def picture(rows, labels, title, cell=112):
         draw.multiline_text((6, y + 8), label, fill="black", font=font, spacing=3)
         for c in range(ncol):
             tile = Image.fromarray((np.asarray(row[c]) * 255).round().astype(np.uint8))
-            img.paste(tile.resize((cell, cell * tile.height // tile.width), Image.NEAREST), (label_w + c * (cell + 4), y))
+            tile = tile.resize((cell, cell * tile.height // tile.width), Image.NEAREST)
+            img.paste(tile, (label_w + c * (cell + 4), y))
     return img
 
 
@@ -276,7 +286,7 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
     video = sample["video"][None]                              # (1, C, T, H, W)
     t, p = cfg.tubelet_size, cfg.patch_size
     T_, h, w = cfg.grid
-    frames = M.denormalize(video).clamp(0, 1)[0, :, ::t].permute(1, 2, 3, 0)  # (T', H, W, 3): first frame of each tubelet
+    frames = M.denormalize(video).clamp(0, 1)[0, :, ::t].permute(1, 2, 3, 0)  # (T', H, W, 3): each tubelet's 1st
     # the mask: hidden patches light grey with a trace of the pixels, as masking.draw_mask shades them
     m = mask.view(T_, h, w).float().repeat_interleave(p, 1).repeat_interleave(p, 2)[..., None]  # (T', H, W, 1)
     masked = frames * (1 - 0.8 * m) + 0.8 * m * (170 / 255)
@@ -284,17 +294,19 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
     attn = centre_attention(model, video)[0]                   # (T', h, w)
     attn = (attn - attn.min()) / (attn.max() - attn.min()).clamp_min(1e-12)  # min to max of the whole clip
     attn = attn.repeat_interleave(p, 1).repeat_interleave(p, 2)  # (T', H, W)
-    overlay = 0.35 * frames + 0.65 * heat(attn)
+    heat = torch.stack([(3 * attn - c).clamp(0, 1) for c in range(3)], dim=-1)  # 'hot': black, red, yellow, white
+    overlay = 0.35 * frames + 0.65 * heat                      # (T', H, W, 3)
     # outline the query patch on the centre slice
     y0, x0 = (h // 2) * p, (w // 2) * p
     box = torch.zeros(overlay.shape[1:3], dtype=torch.bool)
     box[y0:y0 + p, x0:x0 + p] = True
     box[y0 + 1:y0 + p - 1, x0 + 1:x0 + p - 1] = False
     overlay[T_ // 2][box] = torch.tensor([0.0, 0.8, 1.0])
-    norm_note = ("predicted norm-pixels, shown\nwith the hidden patches' TRUE\nmean and std (borrowed)" if cfg.norm_pix_loss
-                 else "predicted pixels")
+    norm_note = ("predicted norm-pixels, shown\nwith the hidden patches' TRUE\nmean and std (borrowed)"
+                 if cfg.norm_pix_loss else "predicted pixels")
     labels = ["input (1st frame\nof each tubelet)", f"mask: {mask_name}, {ratio:.0%} hidden\n(grey = hidden)",
-              f"reconstruction: visible as is;\nhidden = {norm_note}", "attention, last block,\nquery = centre patch (cyan)\nof the centre frame"]
+              f"reconstruction: visible as is;\nhidden = {norm_note}",
+              "attention, last block,\nquery = centre patch (cyan)\nof the centre frame"]
     return picture([frames, masked, recon, overlay], labels, caption[:110])
 
 
@@ -397,7 +409,7 @@ def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, re
               "same random CLIP the pretraining used (seeded identically)")
     # the texts in the precision the pretraining embedded its captions in, so the head meets the same targets
     with M.autocast(device, pre_args.get("precision", "fp32")):
-        text_emb = masking.TextEmbedder(clip, tok)(texts).float().cpu()  # (S, E) L2-normalised
+        text_emb = frozen_clip.TextEmbedder(clip, tok)(texts).float().cpu()  # (S, E) L2-normalised
     if text_emb.shape[1] != emb.shape[1]:
         raise SystemExit(f"{clip_model} embeds text in {text_emb.shape[1]} dims but the contrastive head gives "
                          f"{emb.shape[1]}; pass the --clip-model the pretraining used")
@@ -414,7 +426,8 @@ def run_pictures(args, model, pre_args, device, out_dir):
     """Fig. 3: one picture per video (input, mask, reconstruction, attention), on rank 0's CPU."""
     cfg = model.cfg
     mask_name = args.mask or pre_args.get("mask", "tube")
-    ratio = args.ratio or (pre_args.get("ratio") if mask_name == pre_args.get("mask") else None) or masking.PAPER_RATIO[mask_name]
+    ratio = (args.ratio or (pre_args.get("ratio") if mask_name == pre_args.get("mask") else None)
+             or masking.PAPER_RATIO[mask_name])
     ds = open_list(args.data, args, cfg, pre_args, captions=args.captions, motion=mask_name == "mgm")
     class_names = class_names_of(args.class_names) if args.class_names else None
     if mask_name == "tgm":
@@ -422,7 +435,7 @@ def run_pictures(args, model, pre_args, device, out_dir):
         features = args.tgm_features or pre_args.get("tgm_features") or "patch"
         tgm = masking.TextGuidedMasker(clip, features, ratio, pre_args.get("tgm_order", "top"), cfg.patch_size,
                                        cfg.tubelet_size)
-        embed = masking.TextEmbedder(clip, tok)
+        embed = frozen_clip.TextEmbedder(clip, tok)
     gen = torch.Generator().manual_seed(args.seed)
     model.cpu().float()                                        # a few videos: pictures are drawn on the CPU
     for j, i in enumerate(np.linspace(0, len(ds) - 1, min(args.num_videos, len(ds))).round().astype(int)):
@@ -494,15 +507,12 @@ def run_test(args, device, amp, rank, world, report):
 def main(args):
     rank, world, device = M.setup_distributed()
 
-    if args.checkpoint is None:
-        raise SystemExit("evaluate.py needs --checkpoint: a finetune.py checkpoint for the multi-view test, or a "
-                         "pretrain.py checkpoint (or published VideoMAE weights) with --retrieval or --visualize")
     if args.export:                                            # weights out to transformers: no data, no model run
         try:
             ckpt = M.load_checkpoint(args.checkpoint)
             names = args.class_names or (ckpt.get("args") or {}).get("class_names")  # id2label: the run's classes
             names = class_names_of(names) if names and "num_classes" in ckpt else None
-            M.export_videomae(ckpt, args.export, class_names=names, source=args.checkpoint)
+            weights.export_videomae(ckpt, args.export, class_names=names, source=args.checkpoint)
         except (M.CheckpointError, FileExistsError) as e:
             raise SystemExit(f"evaluate.py: {e}")
         print(f"wrote {args.export}: a transformers VideoMAE folder (its README.md shows how to load it)")
@@ -511,9 +521,6 @@ def main(args):
         raise SystemExit("--retrieval and --visualize are separate runs; pass one of them")
     out_dir = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out_dir, exist_ok=True)
-    if args.data is None or args.clip_pretrained == "demo":
-        import demo  # the built-in demo's lists (retrieval: val queries, train gallery) and CLIP, for what was not typed
-        demo.fill(args, "evaluate")
     amp = M.autocast(device, args.precision)
     torch.manual_seed(args.seed)
 
@@ -541,4 +548,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parser.parse_args())
+    main(parse_args())

@@ -1,14 +1,10 @@
 """
-Sec. 3.1 and 3.4: the video masked autoencoder, the video-text contrastive head, and the classifiers.
+Sec. 3.1, 3.4 and 4.2: the video masked autoencoder, the video-text contrastive head and InfoNCE, the classifiers.
 
-The shared module: every stage imports it; it reads no video or text and needs only torch, so it can be copied alone.
-  Sec. 3.1  patchify, the normalised-pixel target, VideoMAE's [38] encoder (visible tokens only) and light decoder:
-            `VideoMAE.forward(video, mask) -> (loss, pred, latent)`
-  Sec. 3.4  mean pooling + prediction head with global BatchNorm, the symmetric InfoNCE of Eq. (4): `info_nce(v, t)`
-  Sec. 4.2  the finetuning classifier and the linear-probe classifier (MAE's protocol)
-  plumbing  parameter groups, atomic checkpoints, VideoMAE weights in and out, distributed set-up, print0, autocast
-The model is VideoMAE exactly: with the same weights it gives the loss of `transformers.VideoMAEForPreTraining`
-(tests/test_model.py checks this to 1e-5).
+Every stage imports this module; it needs only torch, so it can be copied alone (VideoMAE weights in and out of the
+official and Hugging Face formats: weights.py). With the same weights, `VideoMAE.forward(video, mask) -> (loss,
+pred, latent)` gives the loss of transformers' VideoMAEForPreTraining (tests/test_model.py, to 1e-5). After the
+model, the plumbing every script shares: parameter groups, atomic checkpoints, distributed set-up, print0, autocast.
 
 Notation (the paper's symbols, used in every shape comment):
   B  clips in a batch            C  colour channels (3)
@@ -20,14 +16,12 @@ Notation (the paper's symbols, used in every shape comment):
   D  encoder width               D_dec  decoder width        E  embedding width of the text space (512)
   P  = t * p * p * C             values per token (1536 for t=2, p=16)
 Mask convention everywhere: mask is (B, N) bool, True = masked (hidden from the encoder).
-
-Try it:  python -m pytest -q tests/test_model.py
 """
 import contextlib
 import json
 import math
 import os
-import shutil
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import torch
@@ -64,7 +58,8 @@ class ModelConfig:
     @property
     def grid(self):
         """The token grid (T', h, w)."""
-        return (self.num_frames // self.tubelet_size, self.img_size // self.patch_size, self.img_size // self.patch_size)
+        h = self.img_size // self.patch_size                   # H = W, so h = w
+        return (self.num_frames // self.tubelet_size, h, h)
 
     @property
     def num_patches(self):
@@ -99,16 +94,6 @@ def patchify(video, tubelet, patch):
     x = video.reshape(B, C, T // t, t, H // p, p, W // p, p)
     x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)                     # (B, T', h, w, t, p, p, C)
     return x.reshape(B, (T // t) * (H // p) * (W // p), t * p * p * C)
-
-
-def unpatchify(x, tubelet, patch, grid):
-    """The inverse of patchify. x: (B, N, t*p*p*C), grid (T', h, w) -> (B, C, T, H, W)."""
-    B = x.shape[0]
-    t, p = tubelet, patch
-    tp, h, w = grid
-    x = x.reshape(B, tp, h, w, t, p, p, -1)                    # (B, T', h, w, t, p, p, C)
-    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)                     # (B, C, T', t, h, p, w, p)
-    return x.reshape(B, -1, tp * t, h * p, w * p)
 
 
 def denormalize(video):
@@ -154,23 +139,6 @@ def drop_path(x, p, training):
     return x * keep / (1 - p)
 
 
-def attention_weights(q, k):
-    """softmax(q k^T / sqrt(hs)): q (B, nh, N_q, hs), k (B, nh, N, hs) -> (B, nh, N_q, N)."""
-    return (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1)  # hs = 64: the scale 1/8 is exact
-
-
-# NOTE: a chunk's weights stay under glibc's mmap threshold (at most 32 MiB), above which every step would page-fault
-# fresh memory in again; smaller blocks also stay in cache (docs/design.md "Plumbing", benchmarks/README.md).
-ATTN_CHUNK_BYTES = 2 ** 23
-
-
-def chunked_attention(q, k, v):
-    """softmax(q k^T / sqrt(hs)) v, a chunk of queries at a time: q, k, v (B, nh, N, hs) -> (B, nh, N, hs)."""
-    B, nh, N, _ = q.shape
-    n = max(1, ATTN_CHUNK_BYTES // (B * nh * N * q.element_size()))  # queries whose weights (B, nh, n, N) fit
-    return torch.cat([attention_weights(qc, k) @ v for qc in q.split(n, dim=2)], dim=2)  # softmax is per query
-
-
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -202,21 +170,6 @@ class Attention(nn.Module):
         x = x.transpose(1, 2).reshape(B, N, D)                 # (B, N, D)
         return self.proj(x)
 
-    def attention_map(self, x):
-        """Softmax attention weights (B, nh, N, N), for pictures (Fig. 3, row 4); not used in training."""
-        q, k, _ = self.qkv_heads(x)
-        return attention_weights(q, k)
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, drop_path: float = 0.0):
@@ -224,7 +177,8 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
         self.drop_path = drop_path
 
     def forward(self, x):
@@ -275,10 +229,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, video, ids=None):
         """video (B, C, T, H, W), ids (B, n) the tokens to embed (None: all N) -> (B, n, D)."""
-        # NOTE: VideoMAE runs the Conv3d over all N tokens, then drops the masked ones. With stride = kernel the
-        # conv is one matmul of each tubelet's pixels, so we cut tubelets and embed only those kept: 4x (ratio
-        # 0.9) to 2x (0.6) less time here, and a matmul over all tokens is as fast as the conv (bench_pretrain.py).
-        # The weight keeps the conv's shape (D, C, t, p, p), so checkpoints and the importer are unchanged.
+        # NOTE: VideoMAE runs the Conv3d over all N tokens, then drops the masked ones. With stride = kernel the conv
+        # is one matmul of each tubelet's pixels, so we embed only the kept ones: 4x (ratio 0.9) to 2x (0.6) less time,
+        # and over all N as fast as the conv (bench_pretrain.py). The weight keeps the conv's shape (D, C, t, p, p).
         x = patchify(video, self.tubelet_size, self.patch_size)   # (B, N, P), values (t, p, p, C)
         if ids is not None:
             x = take_tokens(x, ids)                                # (B, n, P)
@@ -317,13 +270,6 @@ class Encoder(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def last_attention(self, video, mask=None):
-        """Attention weights of the last block (B, nh, N_vis, N_vis), for Fig. 3's attention maps."""
-        x = self.tokens(video, mask)
-        for blk in self.blocks[:-1]:
-            x = blk(x)
-        return self.blocks[-1].attn.attention_map(self.blocks[-1].norm1(x))
-
 
 class Decoder(nn.Module):
     """xi: a narrow transformer over [visible tokens, mask tokens], predicting the masked tokens' pixels."""
@@ -343,61 +289,9 @@ class Decoder(nn.Module):
         return self.head(self.norm(x[:, -num_masked:]))        # only the masked tokens are predicted
 
 
-class AllReduceSum(torch.autograd.Function):
-    """Differentiable sum over ranks: the gradient of a sum over ranks is the sum of the ranks' gradients.
-    NOTE: not torch.distributed.nn.functional.all_reduce (deprecated), whose graph node keeps the process group:
-    a graph that outlives destroy_process_group() can kill the rank with SIGABRT at exit. This one keeps nothing."""
-
-    @staticmethod
-    def forward(ctx, x):
-        x = x.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
-        return grad
-
-
-class GlobalBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose training statistics are those of the global batch, summed over all ranks; on one process
-    exactly nn.BatchNorm1d. NOTE: not nn.SyncBatchNorm, which runs only on GPUs (docs/design.md "Global batch norm")."""
-
-    def forward(self, x):
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        x = x.float()
-        C = x.shape[1]
-        stats = AllReduceSum.apply(torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])]))  # differentiable
-        n = stats[-1]
-        mean = stats[:C] / n                                   # (C,) over the global batch
-        var = stats[C:2 * C] / n - mean * mean                 # biased, as BatchNorm normalises with
-        with torch.no_grad():                                  # running stats keep the unbiased variance, as BatchNorm
-            self.num_batches_tracked += 1
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * n / (n - 1), self.momentum)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
-
-
-class ContrastiveHead(nn.Module):
-    """Sec. 3.4: the prediction head on the pooled video embedding, "with global batch norm" (SimCLR)."""
-
-    def __init__(self, dim: int, hidden: int, out: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.bn = GlobalBatchNorm1d(hidden)
-        self.fc2 = nn.Linear(hidden, out)
-
-    def forward(self, x):
-        return self.fc2(F.relu(self.bn(self.fc1(x))))          # (B, D) -> (B, E)
-
-
 class VideoMAE(nn.Module):
-    """The pretraining model: encoder, decoder, and the video-text head of Sec. 3.4. Parameter names follow the
-    official VideoMAE checkpoints (`encoder.*`, `encoder_to_decoder`, `mask_token`, `decoder.*`); `projector.*`
-    is ours."""
+    """The pretraining model: encoder, decoder, and the video-text head of Sec. 3.4 (`projector.*`); the other
+    parameter names are those of the official VideoMAE checkpoints."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -421,8 +315,7 @@ class VideoMAE(nn.Module):
         x = self.encoder_to_decoder(latent)                    # (B, N_vis, D_dec)
         B, _, d = x.shape
         ids_vis, ids_mask = split_ids(mask)                    # (B, N_vis), (B, N_mask)
-        # The visible tokens are not put back in place: the positions carry the order, and the masked
-        # tokens go last so the predictions are the last N_mask outputs.
+        # visible tokens not put back in place: positions carry the order; masked ones last = the last N_mask outputs
         x = torch.cat([x, self.mask_token.to(x.dtype).expand(B, ids_mask.shape[1], d)], dim=1)  # (B, N, D_dec)
         x = x + self.decoder_pos_embed[0, torch.cat([ids_vis, ids_mask], dim=1)].to(x.dtype)  # each its position
         return self.decoder(x, ids_mask.shape[1])
@@ -449,7 +342,53 @@ class VideoMAE(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Sec. 3.4, Eq. (4): symmetric InfoNCE over the global batch
+# Sec. 3.4: the prediction head "with global batch norm", and Eq. (4), the symmetric InfoNCE over the global batch
+
+class ContrastiveHead(nn.Module):
+    """Sec. 3.4: the prediction head on the pooled video embedding, "with global batch norm" (SimCLR)."""
+
+    def __init__(self, dim: int, hidden: int, out: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.bn = GlobalBatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, out)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.bn(self.fc1(x))))          # (B, D) -> (B, E)
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the global batch, summed over all ranks; on one process
+    exactly nn.BatchNorm1d. NOTE: not nn.SyncBatchNorm, which runs only on GPUs (docs/design.md "Global batch norm")."""
+
+    def forward(self, x):
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        x = x.float()
+        C = x.shape[1]
+        stats = AllReduceSum.apply(torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])]))  # differentiable
+        n = stats[-1]
+        mean = stats[:C] / n                                   # (C,) over the global batch
+        var = stats[C:2 * C] / n - mean * mean                 # biased, as BatchNorm normalises with
+        with torch.no_grad():                                  # running stats keep the unbiased variance, as BatchNorm
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1), self.momentum)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+class AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks. NOTE: not torch.distributed.nn.functional.all_reduce (deprecated): its graph
+    node keeps the process group, and a graph outliving destroy_process_group() can SIGABRT the rank at exit."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    backward = forward                                         # the gradient of a sum over ranks: the sum of theirs
+
 
 def gather_with_local_grad(x):
     """All ranks' x concatenated along dim 0; this rank's slice is x itself, so its gradient is kept."""
@@ -461,7 +400,6 @@ def gather_with_local_grad(x):
 
 def info_nce(v, t, tau=0.07, text_ids=None, grad_sync="mean"):
     """(L_NCE(v, t) + L_NCE(t, v)) / 2 of Sec. 3.4, Eq. (4). v, t: (B, E) L2-normalised; row i is a pair.
-
     The negatives are all other clips (texts) of the *global* batch: both sides are gathered from every rank, so
     each rank computes the one-process value, but its graph reaches only its own clips: the ranks' gradients must
     be *summed*. grad_sync says what the caller does with them: 'mean' (DDP, FSDP's default, average them): the
@@ -554,13 +492,10 @@ class ProbeClassifier(nn.Module):
         return self.probe(x.float())                           # (B, K)
 
 
-def param_groups(model, weight_decay, layer_decay=None, base_lr=None):
-    """AdamW groups: no weight decay on biases, norms and mask_token (every 1-D parameter, VideoMAE's rule).
-    The contrastive head (`projector.*`) has groups of its own: without --contrastive it is an online probe.
-
-    With layer_decay (finetuning), block i of the encoder gets lr_scale = layer_decay ** (depth + 1 - layer),
-    where the patch embedding is layer 0, block i is layer i + 1 and everything after the encoder is depth + 1.
-    """
+def param_groups(model, weight_decay, layer_decay=None):
+    """AdamW groups: no weight decay on biases, norms and mask_token (VideoMAE's rule). With layer_decay
+    (finetuning), lr_scale = layer_decay ** (depth + 1 - layer): the patch embedding is layer 0, block i layer i + 1,
+    all after the encoder depth + 1. The video-text head has groups of its own: without --contrastive, a probe's."""
     depth = len(model.encoder.blocks)
     groups = {}
     for name, param in model.named_parameters():
@@ -581,19 +516,24 @@ def param_groups(model, weight_decay, layer_decay=None, base_lr=None):
 
 
 def lr_at(step, total_steps, warmup_steps, lr, min_lr):
-    """Linear warmup from 0, then per-step cosine decay to min_lr (VideoMAE's cosine_scheduler); pretraining and
-    finetuning share it."""
+    """Linear warmup from 0, then per-step cosine decay to min_lr (VideoMAE's cosine_scheduler)."""
     if step < warmup_steps:
         return lr * step / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def set_lr(optimizer, lr):
+    """Every group at lr * its lr_scale (param_groups' layer-wise decay; 1 where absent)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
 # -----------------------------------------------------------------------------
 # Checkpoints: one plain dict, written atomically
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint that cannot be used, said in one sentence."""
 
 
 def write_whole(path, write):
@@ -642,7 +582,7 @@ def config_from_checkpoint(ckpt):
     """Rebuild the ModelConfig stored in a checkpoint written by this project."""
     if "model_cfg" not in ckpt:
         raise CheckpointError("checkpoint has no 'model_cfg': it was not written by this project's scripts "
-                              "(for published VideoMAE weights use load_videomae_weights)")
+                              "(for published VideoMAE weights use weights.load_videomae_weights)")
     return ModelConfig(**ckpt["model_cfg"])
 
 
@@ -651,228 +591,24 @@ def model_config_dict(cfg):
 
 
 # -----------------------------------------------------------------------------
-# VideoMAE weights in (official repo and Hugging Face) and out (transformers' VideoMAE, evaluate.py --export)
+# Plumbing: the CPU bf16 attention path; then, spelled once for every script, distributed set-up, print0, autocast
 
-# Our (= the official repo's) key prefix -> transformers' prefix, read one way to export and the other to import; the
-# fused qkv matrix is cut apart in hf_state_dict and joined in videomae_state_dict. Names not listed
-# (encoder_to_decoder, mask_token, decoder.norm, decoder.head, fc_norm) are the same in both.
-HF_PREFIXES = (
-    ("encoder.patch_embed.proj.", "videomae.embeddings.patch_embeddings.projection."),
-    ("encoder.blocks.", "videomae.encoder.layer."),
-    ("encoder.norm.", "videomae.layernorm."),                  # pretraining only: the classifier has fc_norm instead
-    ("decoder.blocks.", "decoder.decoder_layers."),
-    ("head.", "classifier."),                                  # the finetuning classifier's Linear
-)
-# Inside one Block (encoder or decoder): our name -> transformers'.
-HF_BLOCK_NAMES = (
-    ("norm1.", "layernorm_before."), ("attn.q_bias", "attention.attention.query.bias"),
-    ("attn.v_bias", "attention.attention.value.bias"), ("attn.proj.", "attention.output.dense."),
-    ("norm2.", "layernorm_after."), ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."),
-)
-EXPORT_INFO = "tgm.json"                                       # what transformers has no slot for (export_videomae)
+def attention_weights(q, k):
+    """softmax(q k^T / sqrt(hs)): q (B, nh, N_q, hs), k (B, nh, N, hs) -> (B, nh, N_q, N)."""
+    return (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(dim=-1)  # hs = 64: the scale 1/8 is exact
 
 
-def _rename_key(key, to_hf):
-    """One key from our names to transformers' (to_hf) or back, by the tables above (the qkv matrix aside)."""
-    flip = (lambda pairs: pairs) if to_hf else (lambda pairs: [(b, a) for a, b in pairs])
-    for src, dst in flip(HF_PREFIXES):
-        if key.startswith(src):
-            key = dst + key[len(src):]
-            break
-    blocks = ("videomae.encoder.layer.", "decoder.decoder_layers.") if to_hf else ("encoder.blocks.", "decoder.blocks.")
-    if key.startswith(blocks):
-        for src, dst in flip(HF_BLOCK_NAMES):
-            key = key.replace(src, dst)
-    return key
+# NOTE: a chunk's weights stay under glibc's mmap threshold (at most 32 MiB), above which every step would page-fault
+# fresh memory in again; smaller blocks also stay in cache (docs/design.md "Plumbing", benchmarks/README.md).
+ATTN_CHUNK_BYTES = 2 ** 23
 
 
-def _read_state_dict(path):
-    """A state dict from a .pth/.bin/.safetensors file or a save_pretrained folder."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if os.path.isfile(os.path.join(path, name)):
-                return _read_state_dict(os.path.join(path, name))
-        raise CheckpointError(f"{path}: folder has no model.safetensors or pytorch_model.bin")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
-    sd = load_checkpoint(path)
-    for k in ("model", "module", "state_dict"):                # the official repo saves {'model': ...} or {'module': ...}
-        if isinstance(sd.get(k), dict):
-            return sd[k]
-    return sd
+def chunked_attention(q, k, v):
+    """softmax(q k^T / sqrt(hs)) v, a chunk of queries at a time: q, k, v (B, nh, N, hs) -> (B, nh, N, hs)."""
+    B, nh, N, _ = q.shape
+    n = max(1, ATTN_CHUNK_BYTES // (B * nh * N * q.element_size()))  # queries whose weights (B, nh, n, N) fit
+    return torch.cat([attention_weights(qc, k) @ v for qc in q.split(n, dim=2)], dim=2)  # softmax is per query
 
-
-def videomae_state_dict(path):
-    """Published VideoMAE weights as a state dict in this project's (= the official repo's) names: Hugging Face's
-    q, k, v Linears fused into one qkv matrix plus q_bias and v_bias, as the official checkpoints store them."""
-    sd = _read_state_dict(path)
-    out = {}
-    for k, v in sd.items():
-        k = _rename_key(k, to_hf=False)
-        if k.startswith(("patch_embed.", "blocks.", "norm.")):  # official finetuned checkpoints: no 'encoder.' prefix
-            k = "encoder." + k
-        out[k] = v
-    for k in [k for k in out if k.endswith("attention.attention.query.weight")]:
-        stem = k[: -len("attention.attention.query.weight")]
-        q, kk, v = (out.pop(f"{stem}attention.attention.{n}.weight") for n in ("query", "key", "value"))
-        out[f"{stem}attn.qkv.weight"] = torch.cat([q, kk, v])
-        for n in ("q", "v"):                                   # the hub's q_bias (query.bias was renamed above)
-            if f"{stem}attention.attention.{n}_bias" in out:
-                out[f"{stem}attn.{n}_bias"] = out.pop(f"{stem}attention.attention.{n}_bias")
-    return out
-
-
-def load_videomae_weights(module, path):
-    """Load official or Hugging Face VideoMAE weights into a VideoMAE, VideoClassifier or Encoder -> (missing,
-    unexpected) keys, as load_state_dict; a tensor of another shape (a head for other classes) is unexpected."""
-    sd = videomae_state_dict(path)
-    if isinstance(module, Encoder):
-        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-    own = module.state_dict()
-    skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    sd = {k: v for k, v in sd.items() if k not in skipped}
-    missing, unexpected = module.load_state_dict(sd, strict=False)
-    return list(missing), list(unexpected) + skipped
-
-
-def hf_state_dict(sd):
-    """A VideoMAE or VideoClassifier state dict -> transformers' names and layout (the inverse of videomae_state_dict):
-    the fused (3D, D) qkv matrix cut into query, key, value Linears; `projector.*` (Sec. 3.4) has no slot: left out."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("projector."):
-            continue
-        k = _rename_key(k, to_hf=True)
-        if k.endswith("attn.qkv.weight"):
-            stem = k[: -len("attn.qkv.weight")]
-            for name, w in zip(("query", "key", "value"), v.chunk(3)):  # (3D, D) -> 3 x (D, D)
-                out[f"{stem}attention.attention.{name}.weight"] = w.clone()  # its own storage, as safetensors needs
-        else:
-            out[k] = v.clone()
-    return out
-
-
-def hf_config(cfg, class_names=None, num_classes=None):
-    """transformers' VideoMAEConfig for our ModelConfig, as the dict of config.json: every field its forward reads.
-    num_classes None: VideoMAEForPreTraining; else VideoMAEForVideoClassification, labelled by class_names if given."""
-    out = dict(
-        model_type="videomae", image_size=cfg.img_size, patch_size=cfg.patch_size, num_channels=cfg.in_chans,
-        num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size, hidden_size=cfg.embed_dim,
-        num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads, intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio),
-        decoder_hidden_size=cfg.decoder_embed_dim, decoder_num_hidden_layers=cfg.decoder_depth,
-        decoder_num_attention_heads=cfg.decoder_num_heads,
-        decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio),
-        hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, qv_bias=True,
-        layer_norm_eps=cfg.norm_eps,                           # transformers' default is 1e-12; VideoMAE's is 1e-6
-        norm_pix_loss=cfg.norm_pix_loss, use_mean_pooling=num_classes is not None)
-    if num_classes is None:
-        return dict(out, architectures=["VideoMAEForPreTraining"])
-    names = class_names or [f"LABEL_{i}" for i in range(num_classes)]  # transformers' own names when the run had none
-    return dict(out, architectures=["VideoMAEForVideoClassification"], id2label={str(i): n for i, n in enumerate(names)},
-                label2id={n: i for i, n in enumerate(names)})
-
-
-def export_info(ckpt, source=None):
-    """What transformers has no slot for, read from a checkpoint and its run's saved args -> a dict for tgm.json."""
-    args = ckpt.get("args") or {}
-    finetuned = "num_classes" in ckpt
-    info = dict(exported_from=source, architecture="VideoMAEForVideoClassification" if finetuned else "VideoMAEForPreTraining",
-                epoch=ckpt.get("epoch"), epochs=args.get("epochs"))
-    if finetuned:
-        info.update(mode=ckpt.get("mode", "finetune"), num_classes=ckpt["num_classes"], class_names=args.get("class_names"),
-                    pretrained_from=args.get("checkpoint"))
-    else:
-        # what trained the video-text head (Sec. 3.4): "contrastive" (L_NCE, into the encoder), "probe" (Fig. 4's
-        # online probe, stop-gradient) or None (untrained); its weights stay in the checkpoint
-        head = ckpt.get("head", "contrastive" if args.get("contrastive") else None)
-        info.update(step=ckpt.get("step"), mask=args.get("mask"), ratio=args.get("ratio"), tgm_order=args.get("tgm_order"),
-                    captions=args.get("captions"), contrastive_head=head, clip_model=args.get("clip_model"),
-                    clip_pretrained=args.get("clip_pretrained"))
-    return dict(info, model_cfg=ckpt["model_cfg"], args=args)
-
-
-def model_card(info):
-    """The README.md of an exported folder: what it holds, how it was trained, how to load it, where it differs."""
-    cfg, arch = ModelConfig(**info["model_cfg"]), info["architecture"]
-    finetuned = arch == "VideoMAEForVideoClassification"
-    trained = ["mode", "num_classes", "class_names", "pretrained_from"] if finetuned else [
-        "mask", "ratio", "tgm_order", "captions", "contrastive_head", "clip_model", "clip_pretrained", "step"]
-    rows = [f"| {k} | {'-' if info[k] is None else info[k]} |" for k in ["exported_from", "epochs", "epoch"] + trained]
-    T, H, N = cfg.num_frames, cfg.img_size, cfg.num_patches
-    use = ("print(model.config.id2label[model(video).logits.argmax(-1).item()])" if finetuned else
-           f"mask = torch.randperm({N})[None] < {int(0.9 * N)}  # (B, N) bool, True = masked: a random 0.9\n"
-           "loss = model(video, bool_masked_pos=mask).loss")
-    norms = "fc_norm" if finetuned else "decoder.norm"
-    return "\n".join([
-        "---", "library_name: transformers", "tags: [video, videomae, masked-autoencoder, tgm]",
-        *(["pipeline_tag: video-classification"] if finetuned else []), "---", "",
-        f"# TGM VideoMAE ({'finetuned' if finetuned else 'pretrained'}), as transformers' `{arch}`", "",
-        "Weights of a Text-Guided Video Masked Autoencoder run (TGM, ECCV 2024), exported from this project's checkpoint",
-        f"with `evaluate.py --export`. Input: {T} frames of {H}x{H} pixels, ImageNet-normalised, cut into",
-        f"{cfg.tubelet_size}x{cfg.patch_size}x{cfg.patch_size} tubelets (N = {cfg.num_patches} tokens); encoder width "
-        f"{cfg.embed_dim}, {cfg.depth} blocks, {cfg.num_heads} heads.", "",
-        "## How it was trained", "", "| | |", "|---|---|", *rows, "",
-        f"`{EXPORT_INFO}` holds the same, the model config and the run's full arguments.", "",
-        "## Use", "", "```python", "import torch", f"from transformers import {arch}",
-        f'model = {arch}.from_pretrained("path/to/this/folder").eval()',
-        f"video = torch.randn(1, {T}, 3, {H}, {H})  # (B, T, C, H, W), ImageNet-normalised", use, "```", "",
-        "## Where it differs from the trained model", "",
-        f"- transformers builds `{norms}` with LayerNorm eps 1e-5 whatever `layer_norm_eps` says; the model was trained",
-        f"  with {cfg.norm_eps}, which the other LayerNorms get. Outputs differ by a few 1e-6 relative (features of unit",
-        f"  variance); `model.{norms}.eps = {cfg.norm_eps}` makes them equal to float rounding.",
-        *([] if finetuned else ["- The video-text head of Sec. 3.4 (`projector.*`, trained as `contrastive_head` says) has no",
-                                "  slot in transformers: it is not in this folder (it stays in the checkpoint)."]), ""])
-
-
-def export_videomae(ckpt, out_dir, class_names=None, source=None):
-    """A pretrain.py or finetune.py (--mode finetune) checkpoint dict -> a folder out_dir that transformers'
-    VideoMAEForPreTraining / VideoMAEForVideoClassification.from_pretrained loads, equal to ours to float precision:
-    model.safetensors, config.json, a README.md model card and tgm.json. class_names: label i's name at i (id2label);
-    source: the checkpoint's path, for the card. Returns out_dir, written whole (a temporary folder, then renamed).
-    One sentence for an existing out_dir (FileExistsError) and a checkpoint not ours or a probe's (CheckpointError)."""
-    from safetensors.torch import save                         # transformers' own format; needed only here
-    out_dir = os.path.abspath(out_dir)
-    name = source or "the checkpoint"
-    if os.path.exists(out_dir):
-        raise FileExistsError(f"{out_dir} already exists: the export writes a new folder and never overwrites one; "
-                              "remove it or name another")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "model_cfg" not in ckpt:
-        raise CheckpointError(f"{name} is not a pretrain.py or finetune.py checkpoint of this project (no 'model' and "
-                              "'model_cfg'); published VideoMAE weights are loaded with load_videomae_weights instead")
-    if ckpt.get("mode") == "linear":
-        raise CheckpointError(f"{name} is a linear probe (finetune.py --mode linear): transformers' classifier cannot hold "
-                              "it (the probe pools after the encoder's final LayerNorm and normalises with a BatchNorm); "
-                              "export the pretraining checkpoint it probes, or a --mode finetune run")
-    cfg, num_classes = config_from_checkpoint(ckpt), ckpt.get("num_classes")
-    if class_names is not None and len(class_names) != num_classes:
-        raise CheckpointError(f"{len(class_names)} class names for the {num_classes} classes of {name}: wrong file?")
-    # the weights must be exactly those of the model its config builds, or the folder would load incomplete
-    with torch.device("meta"):                                 # names and shapes only: no memory, no time
-        want = (VideoClassifier(cfg, num_classes) if num_classes else VideoMAE(cfg)).state_dict()
-    sd = ckpt["model"]
-    if sorted(want) != sorted(sd) or any(tuple(want[k].shape) != tuple(sd[k].shape) for k in want):
-        raise CheckpointError(f"{name}: its weights are not those of the model its 'model_cfg' describes")
-    info = export_info(ckpt, source)
-    files = {"model.safetensors": save(hf_state_dict(sd), metadata={"format": "pt"}),
-             "config.json": json.dumps(hf_config(cfg, class_names, num_classes), indent=2).encode(),
-             EXPORT_INFO: json.dumps(info, indent=2, default=str).encode(),
-             "README.md": model_card(info).encode()}
-    tmp = f"{out_dir}.tmp{os.getpid()}"
-    try:
-        os.makedirs(tmp)
-        for file, blob in files.items():
-            write_whole(os.path.join(tmp, file), lambda f: f.write(blob))  # fsynced: the rename publishes whole files
-        os.rename(tmp, out_dir)                                # atomic: the folder appears complete, or not at all
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-    return out_dir
-
-
-# -----------------------------------------------------------------------------
-# Plumbing the scripts share, spelled once: distributed set-up, rank-0 printing, autocast
 
 def setup_distributed(device=None):
     """torchrun sets RANK: join its process group (NCCL on GPUs, Gloo on CPUs) -> (rank, world, device). A plain
@@ -880,9 +616,8 @@ def setup_distributed(device=None):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if "RANK" not in os.environ:
         return 0, 1, device
-    # NOTE: torchrun's static rendezvous keeps one store for the whole job: after a restart (--max-restarts) a rank
-    # would read the addresses its dead predecessors wrote there, so each attempt sees it under a prefix of its own
-    # (docs/pretraining.md "Faults").
+    # NOTE: torchrun's static rendezvous keeps one store for the whole job: after a restart a rank would read the
+    # addresses its dead predecessors wrote there, so each attempt sees it under a prefix (docs/pretraining.md "Faults")
     store, rank, world = next(dist.rendezvous("env://"))
     store = dist.PrefixStore(f"attempt{elastic_restarts()}/", store)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
@@ -897,20 +632,22 @@ def elastic_restarts():
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
 
 
-def resume_on_restart(resume):
-    """--resume as typed; or, after torchrun restarted the group (--max-restarts), 'auto': the restarted run goes on
-    from its last checkpoint, not from step 0."""
-    if resume is None and elastic_restarts() > 0:
-        print0(f"torchrun restart {elastic_restarts()}: resuming from the run's last checkpoint, as --resume auto")
-        return "auto"
-    return resume
+def resume_path(resume, output_dir):
+    """--resume auto | PATH | None -> the checkpoint to load, or None: 'auto' is output_dir/ckpt.pt where it exists.
+    After torchrun restarted the group (--max-restarts) the run goes on from output_dir/ckpt.pt, its newest
+    checkpoint, whatever --resume said at the first launch (a typed path would redo every step since)."""
+    last = os.path.join(output_dir, "ckpt.pt")
+    if elastic_restarts() > 0 and os.path.isfile(last):
+        print0(f"torchrun restart {elastic_restarts()}: resuming from the run's last checkpoint, {last}")
+        return last
+    return (last if os.path.isfile(last) else None) if resume == "auto" else resume
 
 
 @contextlib.contextmanager
 def stop_together(world):
-    """Start-up work that may fail on some rank (CLIP weights, a list or captions file, the maps): the ranks meet at
-    the end of the block, and when any failed, every rank stops there at once (a rank that just died would leave
-    the others waiting until the job's timeout). The lowest failed rank raises its own error; the others exit 1."""
+    """Start-up work that may fail on some rank (CLIP weights, a list or captions file, the maps): when any rank
+    failed, all stop at the block's end, not at the job's timeout. The lowest failed rank raises its own error; the
+    others exit 1."""
     def failed_ranks(failed):                                  # one all_gather: the ranks that failed, in order
         flags = [failed] * world
         if world > 1:
@@ -930,6 +667,15 @@ def print0(*args, **kwargs):
     """print on rank 0 only, so that N ranks do not say everything N times."""
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kwargs, flush=True)
+
+
+def log(path, record, write=print):
+    """One `|`-separated line of record's fields (write: tqdm.write above a progress bar) and the same fields appended
+    to path as a JSON line; rank 0 only."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def autocast(device, precision):

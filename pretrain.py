@@ -1,20 +1,12 @@
 """
-Sec. 3.5, 4.2: self-supervised pretraining of the text-guided video MAE.
+Sec. 3.5, 4.2: self-supervised pretraining, L = L_MSE (Sec. 3.1) + lambda * L_NCE (Sec. 3.4, Eq. 4, --contrastive),
+with the mask of random (ST-MAE), tube (VideoMAE), motion-guided (MGM) or text-guided masking (TGM, Sec. 3.3).
 
-loss = L_MSE (Sec. 3.1, masked-token reconstruction) + lambda * L_NCE (Sec. 3.4, Eq. 4, with --contrastive),
-with the mask from random (ST-MAE), tube (VideoMAE), motion-guided (MGM) or text-guided masking (TGM, Sec. 3.3).
-
-One CPU process, the built-in demo dataset (demo-sized defaults are filled in and printed):
-    python pretrain.py --mask tgm --ratio 0.6 --contrastive
-One node with 8 GPUs, Kinetics-400 (the paper's TGM run; docs/pretraining.md lists the others):
+    python pretrain.py --mask tgm --ratio 0.6 --contrastive        # the built-in demo, one CPU process
     torchrun --nproc_per_node=8 pretrain.py --data k400/train.txt --root k400/ --captions k400_captions.jsonl \
-        --mask tgm --ratio 0.6 --contrastive --batch-size 32 --epochs 200 --output-dir runs/k400_tgm
-Several nodes: the same with torchrun --nnodes=N --node_rank=i --rdzv-endpoint=HOST:PORT.
-Resume: add --resume auto (or a path): optimizer, schedule, step, sampler position and RNG states continue; under
-torchrun --max-restarts N a restarted group resumes so by itself (docs/pretraining.md "Faults").
+        --tgm-maps maps/k400 --mask tgm --ratio 0.6 --contrastive  # Kinetics-400 (docs/pretraining.md: the rest)
 """
 import argparse
-import json
 import os
 import random
 import signal
@@ -28,82 +20,79 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import data
+import frozen_clip
+import maps
 import masking
 import model as M
 
 # -----------------------------------------------------------------------------
-# Flags. Defaults are the paper's (Sec. 4.2, VideoMAE's recipe).
-
+# Flags: the defaults are the paper's (Sec. 4.2, VideoMAE's recipe); with no --data the demo sets its own first
 
 def get_parser():
-    parser = argparse.ArgumentParser(description="TGM pretraining (Sec. 3.5)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="TGM pretraining (Sec. 3.5)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
     # data
-    parser.add_argument("--data", default=None, help="list file 'path label' per line; none: the built-in demo dataset")
-    parser.add_argument("--root", default="", help="folder prefixed to every path of the list")
-    parser.add_argument("--captions", default=None, help="captions JSONL from caption.py (needed by tgm and --contrastive)")
-    parser.add_argument("--num-frames", type=int, default=None, help="T, frames per clip; paper: 16")
-    parser.add_argument("--sampling-rate", type=int, default=None, help="temporal stride; paper: 4 on K400, 2 on SSv2")
-    parser.add_argument("--input-size", type=int, default=None, help="H = W after the crop; paper: 224")
-    parser.add_argument("--no-flip", action="store_true", help="no horizontal flip; paper: off for SSv2 (left/right labels)")
-    parser.add_argument("--repeat-aug", type=int, default=1, help="clips cut from each decoded video (ST-MAE/MGMAE repeated augmentation)")
-    parser.add_argument("--num-workers", type=int, default=None, help="loader processes per rank; default: min(8, CPUs)")
+    add("--data", help="list file, 'path label' per line; none: the built-in demo dataset")
+    add("--root", default="", help="folder prefixed to every path of the list")
+    add("--captions", help="captions JSONL from caption.py (needed by tgm and --contrastive)")
+    add("--num-frames", type=int, default=16, help="T, frames per clip")
+    add("--sampling-rate", type=int, default=4, help="temporal stride; paper: 4 on K400, 2 on SSv2")
+    add("--input-size", type=int, default=224, help="H = W after the crop")
+    add("--no-flip", action="store_true", help="no horizontal flip; paper: off for SSv2 (left/right labels)")
+    add("--repeat-aug", type=int, default=1, help="clips cut from each decoded video (ST-MAE/MGMAE)")
+    add("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="loader processes per rank")
     # masking
-    parser.add_argument("--mask", choices=["random", "tube", "mgm", "tgm"], default="tgm", help="mask generator eta (Sec. 3.1, 3.3)")
-    parser.add_argument("--ratio", type=float, default=None, help="mask ratio gamma; paper: 0.9 tube/random, 0.75 mgm, 0.6 tgm (Table 5a)")
-    parser.add_argument("--tgm-order", choices=["top", "bottom"], default="top", help="mask the top-k or bottom-k tokens by text similarity (Table 5b)")
-    parser.add_argument("--tgm-features", choices=["patch", "dense"], default=None, help="CLIP in the step, instead of --tgm-maps: "
-                        "patch: CLIP per 16x16 patch (the paper's); dense: one CLIP pass per frame")
-    parser.add_argument("--tgm-maps", default=None, help="folder of CLIP similarity maps made once by masking.py --make-maps: "
-                        "TGM masks made in the loader workers, not in the step (real data's default; docs/design.md \"TGM maps\")")
-    parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model of the mask and the text tower; paper: ViT-B/32")
-    parser.add_argument("--clip-pretrained", default=None, help="openai (default) | a local weights file | demo (a small CLIP trained on "
-                        "the demo data; the demo's default when openai's cannot be had) | none (random CLIP: masks mean nothing)")
+    add("--mask", choices=["random", "tube", "mgm", "tgm"], default="tgm", help="mask generator eta (Sec. 3.1, 3.3)")
+    add("--ratio", type=float, help="mask ratio gamma; none: the paper's for --mask, 0.9 tube/random, 0.75 mgm, "
+                                    "0.6 tgm (Table 5a)")
+    add("--tgm-order", choices=["top", "bottom"], default="top", help="mask the top-k or bottom-k (Table 5b)")
+    add("--tgm-maps", help="folder of CLIP similarity maps made once by maps.py: TGM masks made in the loader workers "
+                           "(real data's way; docs/design.md \"TGM maps\")")
+    add("--tgm-features", choices=["patch", "dense"], help="CLIP in the step instead of --tgm-maps: patch, CLIP per "
+                                                           "16x16 patch (the paper's); dense, one CLIP pass per frame")
+    add("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model of the mask and the text tower")
+    add("--clip-pretrained", default="openai", help="openai | a local weights file | demo (a small CLIP trained on the "
+                                                    "demo data) | none (random CLIP: masks mean nothing)")
     # model
-    parser.add_argument("--model", default=None, choices=list(M.MODEL_SIZES), help="encoder size; paper: vit_base")
-    parser.add_argument("--no-norm-pix-loss", action="store_true", help="regress [0, 1] pixels instead of per-patch normalised ones")
+    add("--model", default="vit_base", choices=list(M.MODEL_SIZES), help="encoder size")
+    add("--no-norm-pix-loss", action="store_true", help="regress [0, 1] pixels, not per-patch normalised ones")
     # contrastive (Sec. 3.4)
-    parser.add_argument("--contrastive", action="store_true", help="add the masked video-text InfoNCE loss (Sec. 3.4)")
-    parser.add_argument("--tau", type=float, default=0.07, help="InfoNCE temperature tau, Eq. (4)")
-    parser.add_argument("--nce-weight", type=float, default=1.0, help="lambda in L_MSE + lambda L_NCE; paper: 1 (Sec. 3.5)")
-    parser.add_argument("--mse-weight", type=float, default=1.0, help="weight of L_MSE; 0 = pure contrastive (Table 2 rows 'V->T' "
-                        "only); 0 without --contrastive (with captions): Fig. 4's control, the probe on a never-trained encoder")
+    add("--contrastive", action="store_true", help="add the masked video-text InfoNCE loss (Sec. 3.4)")
+    add("--tau", type=float, default=0.07, help="InfoNCE temperature tau, Eq. (4)")
+    add("--nce-weight", type=float, default=1.0, help="lambda in L_MSE + lambda L_NCE (Sec. 3.5)")
+    add("--mse-weight", type=float, default=1.0, help="weight of L_MSE; 0: pure contrastive (Table 2's 'V->T' rows); "
+                                                      "0 with captions, no --contrastive: Fig. 4's control")
     # optimisation
-    parser.add_argument("--epochs", type=int, default=None, help="paper: 200 (Tables 1-6)")
-    parser.add_argument("--batch-size", type=int, default=None, help="clips per process per step (repeated copies included); paper: 32")
-    parser.add_argument("--blr", type=float, default=None, help="base lr; lr = blr * global_batch / 256; paper: 1.5e-4")
-    parser.add_argument("--min-blr", type=float, default=1e-5, help="cosine floor, also scaled by global_batch / 256")
-    parser.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup from 0; VideoMAE: 40")
-    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (none on biases, norms, mask_token)")
-    parser.add_argument("--clip-grad", type=float, default=None, help="max gradient norm; VideoMAE pretraining: none")
+    add("--epochs", type=int, default=200, help="paper: 200 (Tables 1-6)")
+    add("--batch-size", type=int, default=32, help="clips per process per step (repeated copies included)")
+    add("--blr", type=float, default=1.5e-4, help="base lr; lr = blr * global_batch / 256")
+    add("--min-blr", type=float, default=1e-5, help="cosine floor, also scaled by global_batch / 256")
+    add("--warmup-epochs", type=float, default=40, help="linear warmup from 0 (VideoMAE)")
+    add("--weight-decay", type=float, default=0.05, help="AdamW weight decay (none on biases, norms, mask_token)")
+    add("--clip-grad", type=float, help="max gradient norm; VideoMAE pretraining: none")
     # system
-    parser.add_argument("--output-dir", default="runs/pretrain", help="ckpt.pt, log.jsonl and masks.png go here")
-    parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for output-dir/ckpt.pt if it exists")
-    parser.add_argument("--save-every", type=int, default=None, help="epochs between checkpoints (and one at the end); default: 20")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps; "
-                        "the schedule still spans --epochs, so --resume continues the same run")
-    parser.add_argument("--log-interval", type=int, default=None, help="steps between log lines; default: 20")
-    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="autocast dtype; bf16 falls back to fp32 where unsupported")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    return parser
-
-
-# The paper's values of the flags whose default is None; a flag typed on the command line always wins. With no
-# --data the built-in demo (demo.py) first fills them with demo-sized values, so that the demo runs in minutes on a CPU.
-PAPER = dict(model="vit_base", num_frames=16, sampling_rate=4, input_size=224, batch_size=32, epochs=200,
-             warmup_epochs=40, blr=1.5e-4, save_every=20, log_interval=20, num_workers=min(8, os.cpu_count() or 1))
+    add("--output-dir", default="runs/pretrain", help="ckpt.pt, log.jsonl and masks.png go here")
+    add("--resume", help="a checkpoint path, or 'auto': output-dir/ckpt.pt if it exists")
+    add("--save-every", type=int, default=20, help="epochs between checkpoints (and one at the end)")
+    add("--max-steps", type=int, help="stop (with a checkpoint) after this many steps; the schedule still spans "
+                                      "--epochs, so --resume continues the same run")
+    add("--log-interval", type=int, default=20, help="steps between log lines")
+    add("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="autocast dtype (bf16: fp32 where "
+                                                                               "the GPU has none)")
+    add("--compile", action="store_true", help="torch.compile the model")
+    add("--seed", type=int, default=0)
+    add("--device", help="cuda | cpu; none: cuda when available")
+    return p
 
 
 def parse_args(argv=None):
-    """The flags, None defaults filled (demo, then PAPER); combinations that cannot work stop with one sentence."""
-    args = get_parser().parse_args(argv)
+    """The flags; combinations that cannot work stop here, before any work, with one sentence."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
     if args.data is None or args.clip_pretrained == "demo":
-        import demo  # the built-in demo's data, CLIP and sizes, for what was not typed
-        demo.fill(args, "pretrain")
-    for k, v in PAPER.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+        import demo  # the built-in demo: its data, CLIP and sizes become the defaults; typed flags win
+        args = demo.fill(parser, argv, "pretrain")
     if args.ratio is None:
         args.ratio = masking.PAPER_RATIO[args.mask]
 
@@ -131,9 +120,11 @@ def parse_args(argv=None):
     if args.batch_size % args.repeat_aug:
         fail(f"--batch-size {args.batch_size} must be a multiple of --repeat-aug {args.repeat_aug}")
     if args.mask == "tgm" and not (args.tgm_maps or args.tgm_features):
-        fail("--mask tgm on your data reads CLIP similarity maps made once, offline (CLIP in the step costs 2.7x to 80x "
-             "a tube step): make them with masking.py --make-maps DIR --data LIST --root ROOT --captions FILE, then "
+        fail("--mask tgm on your data reads CLIP similarity maps made once, offline (CLIP in the step costs 2.7x to "
+             "80x a tube step): make them with maps.py --data LIST --root ROOT --captions FILE --out-dir DIR, then "
              "pass --tgm-maps DIR; or pass --tgm-features patch|dense to run CLIP in the step")
+    if args.precision == "fp16" and (args.device == "cpu" or not torch.cuda.is_available()):
+        fail("--precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
     return args
 
 
@@ -156,18 +147,21 @@ def text_targets(embed_text, captions, caption_ids, dim, device):
     return t, torch.tensor([caption_ids.get(c, -1) for c in captions], device=device)
 
 
-def pretraining_loss(mae, video, mask, t=None, text_ids=None, tau=0.07, mse_weight=1.0, nce_weight=1.0, probe=False):
+def pretraining_loss(mae, video, mask, t=None, text_ids=None, tau=0.07, mse_weight=1.0, nce_weight=1.0, probe=False,
+                     grad_sync="mean"):
     """Sec. 3.5: L = mse_weight * L_MSE + lambda * L_NCE -> (L, L_MSE, L_NCE or None in a run without text).
     mae: the VideoMAE as trained (bare, or wrapped by DDP / torch.compile); video (B, C, T, H, W); mask (B, N) bool,
-    True = masked; t (B, E) and text_ids (B,): the captions' CLIP embeddings and ids (text_targets); lambda = nce_weight.
+    True = masked; t (B, E) and text_ids (B,): the captions' CLIP embeddings and ids (text_targets); lambda:
+    nce_weight.
     probe: the head is Fig. 4's online probe: it learns from a stop-gradient copy of the latent, so L_NCE is measured
-    as the encoder learns (Sec. 5) but none of its gradient reaches the encoder (docs/design.md "Fig. 4")."""
+    as the encoder learns (Sec. 5) but none of its gradient reaches the encoder (docs/design.md "Fig. 4").
+    grad_sync: how the loop's ranks combine gradients, 'mean' (DDP's average, the default) or 'sum' (see info_nce)."""
     loss_mse, _, latent = mae(video, mask)                     # Sec. 3.1, Eq. (3): E = phi(V_vis), V' = xi(E, ...)
     if t is None:
         return mse_weight * loss_mse, loss_mse, None
     head = getattr(mae, "module", mae)                         # the VideoMAE inside DDP: its video-text head
     v = head.video_embedding(latent.detach() if probe else latent)  # (B, E) L2-normalised
-    loss_nce = M.info_nce(v, t, tau, text_ids, grad_sync="mean")  # Sec. 3.4, Eq. (4); DDP averages gradients
+    loss_nce = M.info_nce(v, t, tau, text_ids, grad_sync)     # Sec. 3.4, Eq. (4)
     if probe:  # the probe's loss stays out of L, stepped apart (backward_and_clip): a diverging probe never stops a run
         return mse_weight * loss_mse, loss_mse, loss_nce
     return mse_weight * loss_mse + nce_weight * loss_nce, loss_mse, loss_nce
@@ -175,29 +169,21 @@ def pretraining_loss(mae, video, mask, t=None, text_ids=None, tau=0.07, mse_weig
 
 def main(args):
     rank, world, device = M.setup_distributed(args.device)
-    set_up_run(args, device)
+    # the same seed on every rank: the model (and a random CLIP) start identical everywhere; the data draws are seeded
+    # per (seed, epoch, video) in data.py, the tgm tie-breaks per (seed, step, rank)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
     cfg = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames,
                         norm_pix_loss=not args.no_norm_pix_loss)
     with M.stop_together(world):      # a list or captions file that cannot be read: one sentence, every rank stops
         dataset, sampler, steps_per_epoch = make_data(args, cfg.grid, rank, world)
+
     embed_text = caption_ids = tgm = None                     # a run without text: no CLIP at all
     if args.mask == "tgm" or args.contrastive or args.captions:  # the tgm mask, L_NCE, or the Fig. 4 probe
-        with M.stop_together(world):  # a rank that cannot load CLIP or use the maps stops every rank, with its sentence
-            clip, tokenizer = masking.load_clip_or_exit(
-                "pretrain.py", args.clip_model, args.clip_pretrained or "openai", device)
-            if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions, all made
-                problem = masking.check_maps(args.tgm_maps, masking.maps_identity(
-                    args.clip_model, args.clip_pretrained or "openai", dataset.captions, dataset.rel), dataset.rel)
-                if problem:
-                    raise SystemExit(f"pretrain.py: {problem}")
-        embed_text, caption_ids = embed_captions(clip, tokenizer, dataset, device, args.precision)
+        embed_text, caption_ids, tgm = frozen_text(args, dataset, cfg, device, world)
         cfg.head_out_dim = embed_text(["a video"]).shape[1]   # CLIP's joint width: video and text meet in one space
-        if args.mask == "tgm" and not args.tgm_maps:          # Sec. 3.3 in the step; with maps, in the loader
-            tgm = masking.TextGuidedMasker(clip, args.tgm_features, args.ratio, args.tgm_order, cfg.patch_size,
-                                           cfg.tubelet_size)
-        M.print0(f"CLIP {args.clip_model} ({args.clip_pretrained or 'openai'}): text-guided masks " + (
-            f"from the maps in {args.tgm_maps}" if args.tgm_maps else f"from its {args.tgm_features} features"
-            if tgm else "off") + (", L_NCE" if args.contrastive else ", the Fig. 4 probe"))
+
     raw_model = M.VideoMAE(cfg).to(device)
     # what trains the video-text head: L_NCE, the Fig. 4 probe, or nothing (no captions: frozen, so that DDP does
     # not wait for gradients that never come)
@@ -209,29 +195,37 @@ def main(args):
     mae = torch.compile(raw_model) if args.compile else raw_model
     if world > 1:
         mae = DDP(mae, device_ids=[device.index] if device.type == "cuda" else None)
-    global_batch = args.batch_size * world
+    global_batch, videos_per_step = args.batch_size * world, args.batch_size // args.repeat_aug
     lr, min_lr = args.blr * global_batch / 256, args.min_blr * global_batch / 256
     # fused: one kernel for all parameters (2-3x faster than the per-tensor loop on a CPU, and on GPUs)
     optimizer = torch.optim.AdamW(M.param_groups(raw_model, args.weight_decay), lr=lr, betas=(0.9, 0.95), fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    ckpt_path = os.path.join(args.output_dir, "ckpt.pt")
-    step = resume(args, ckpt_path, raw_model, optimizer, scaler, rank, steps_per_epoch)
+    ckpt_path, log_path = os.path.join(args.output_dir, "ckpt.pt"), os.path.join(args.output_dir, "log.jsonl")
+    step = resume(args, raw_model, optimizer, scaler, rank, steps_per_epoch)
     total_steps, warmup_steps = steps_per_epoch * args.epochs, args.warmup_epochs * steps_per_epoch
-    stop_signal = catch_stop_signals()
-    log = Log(args.output_dir, rank)
+    caught = []  # SIGTERM (a preempted job) or Ctrl-C: the step finishes, the run saves and exits; --resume continues
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    counts = dict(bad_videos=0, mask_fallbacks=0, probe_skips=0)  # in every log line and in the final summary
+    last_nce = None
 
     # -------------------------------------------------------------------------
     # the loop: Sec. 3.5, L = L_MSE + lambda L_NCE with the mask of Sec. 3.1 / 3.3
     mae.train()
     for epoch in range(step // steps_per_epoch, args.epochs):
-        loader = epoch_loader(args, dataset, sampler, epoch, step - epoch * steps_per_epoch, device)
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=rank != 0, leave=False, dynamic_ncols=True)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        order = list(sampler)[(step - epoch * steps_per_epoch) * videos_per_step:]  # a resumed run goes on mid-epoch
+        loader = DataLoader(dataset, batch_size=videos_per_step, sampler=order, num_workers=args.num_workers,
+                            collate_fn=data.collate, drop_last=True, pin_memory=device.type == "cuda")
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False, dynamic_ncols=True)
         t_data, stopped = time.perf_counter(), False
         for batch in bar:
             data_ms, t_step = (time.perf_counter() - t_data) * 1e3, time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = M.lr_at(step, total_steps, warmup_steps, lr, min_lr)
-            log.bad(batch["bad"])
+            M.set_lr(optimizer, M.lr_at(step, total_steps, warmup_steps, lr, min_lr))
+            counts["bad_videos"] += len(batch["bad"])
+            for path, reason in batch["bad"]:
+                M.print0(f"skipped bad video {path}: {reason}")
             video = batch["video"].to(device, non_blocking=True)                      # (B, C, T, H, W)
             text = text_ids = captions = None
             if embed_text is not None:  # Sec. 3.2; --tgm-maps: the loader drew the caption, with the map of its mask
@@ -243,7 +237,7 @@ def main(args):
                     mask = tgm(video, text, generator=gen)                             # (B, N), True = masked
             else:
                 mask = batch["mask"].to(device, non_blocking=True)                    # made in the loader workers
-                log.mask_fallbacks += sum(batch["mask_fallback"])
+                counts["mask_fallbacks"] += sum(batch["mask_fallback"])
             if step == 0 and rank == 0:
                 masking.save_mask_picture(batch["video"], mask.cpu(), cfg, os.path.join(args.output_dir, "masks.png"),
                                           titles=[c or "" for c in captions] if captions else ())
@@ -252,11 +246,12 @@ def main(args):
                 loss, loss_mse, loss_nce = pretraining_loss(mae, video, mask, text, text_ids, args.tau, args.mse_weight,
                                                             args.nce_weight, probe=not args.contrastive)
             if not torch.isfinite(loss):
-                raise SystemExit(f"pretrain.py: the loss is {loss.item()} at step {step} (epoch {epoch}); stopping. "
-                                 f"The last good checkpoint is {ckpt_path}" + ("" if os.path.isfile(ckpt_path) else " (none saved yet)"))
+                raise SystemExit(f"pretrain.py: the loss is {loss.item()} at step {step} (epoch {epoch + 1}); stopping."
+                                 f" The last good checkpoint is {ckpt_path}"
+                                 + ("" if os.path.isfile(ckpt_path) else " (none saved yet)"))
             optimizer.zero_grad(set_to_none=True)
-            log.probe_skips += backward_and_clip(loss, loss_nce if head == "probe" else None, raw_model, optimizer,
-                                                 scaler, args.clip_grad)
+            counts["probe_skips"] += backward_and_clip(loss, loss_nce if head == "probe" else None, raw_model,
+                                                       optimizer, scaler, args.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             step += 1
@@ -265,12 +260,19 @@ def main(args):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 step_ms = (time.perf_counter() - t_step) * 1e3
-                log.write(step=step, epoch=epoch, loss_mse=loss_mse.item(), loss_nce=None if loss_nce is None else loss_nce.item(),
-                          nce_optimised=args.contrastive, lr=optimizer.param_groups[0]["lr"], data_ms=round(data_ms, 1),
-                          step_ms=round(step_ms, 1), clips_per_s=round(global_batch / ((data_ms + step_ms) / 1e3), 2))
+                last_nce = None if loss_nce is None else loss_nce.item()
+                M.log(log_path, dict(step=step, epoch=epoch + 1, loss_mse=loss_mse.item(), loss_nce=last_nce,
+                                     nce_optimised=args.contrastive, lr=optimizer.param_groups[0]["lr"],
+                                     data_ms=round(data_ms, 1), step_ms=round(step_ms, 1),
+                                     clips_per_s=round(global_batch / ((data_ms + step_ms) / 1e3), 2), **counts),
+                      tqdm.write)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            stopped = stop_now(stop_signal, step == args.max_steps, device, world)
-            if stopped:
+            # every rank stops at the same step, or the collectives would hang
+            stop = torch.tensor(float(bool(caught) or step == args.max_steps), device=device)
+            if world > 1:
+                dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+            if stop.item():
+                stopped = True
                 break
             t_data = time.perf_counter()
         bar.close()
@@ -280,9 +282,9 @@ def main(args):
             M.print0(f"stopped at step {step}; continue with --resume {ckpt_path}")
             break
 
-    M.print0(f"done: {step} steps, last loss_nce {log.last_nce}, {log.bad_videos} bad videos skipped, "
-             f"{log.mask_fallbacks} mgm masks fell back to tube, {log.probe_skips} probe steps dropped; checkpoint {ckpt_path}")
-    log.close()
+    M.print0(f"done: {step} steps, last loss_nce {'none (no captions)' if last_nce is None else f'{last_nce:.4f}'}, "
+             f"{counts['bad_videos']} bad videos skipped, {counts['mask_fallbacks']} mgm masks fell back to tube, "
+             f"{counts['probe_skips']} probe steps dropped; checkpoint {ckpt_path}")
     if world > 1:
         dist.destroy_process_group()
     return step
@@ -291,27 +293,13 @@ def main(args):
 # -----------------------------------------------------------------------------
 # The set-up of main, in the order it runs
 
-def set_up_run(args, device):
-    """Seeds and precision checks. The same seed on every rank: the model (and a random CLIP)
-    start identical everywhere; the data draws are seeded per (seed, epoch, video) in data.py, and the tgm
-    tie-breaks per (seed, step, rank)."""
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
-    if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        M.print0("this GPU has no bf16: training in fp32 (pass --precision fp16 for half precision)")
-        args.precision = "fp32"
-    if args.precision == "fp16" and device.type == "cpu":
-        raise SystemExit("pretrain.py: --precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
-
-
 def make_data(args, grid, rank, world):
     """The clips (and, for random/tube/mgm, their masks, made in the loader workers) -> (dataset, the rank's
     DistributedSampler, steps per epoch)."""
     mask_fn = {"random": masking.RandomMasker, "tube": masking.TubeMasker, "mgm": masking.MotionMasker}.get(args.mask)
     mask_fn = mask_fn(grid, args.ratio) if mask_fn else None
     if args.tgm_maps:  # TGM from maps made offline: in the loader, as MGM
-        mask_fn = masking.TextMapMasker(grid, args.ratio, args.tgm_order)
+        mask_fn = maps.TextMapMasker(grid, args.ratio, args.tgm_order)
     try:
         dataset = data.VideoDataset(
             args.data, args.root, captions=args.captions, mode="pretrain", num_frames=args.num_frames,
@@ -320,7 +308,7 @@ def make_data(args, grid, rank, world):
             # decode no larger than the smallest crop needs (a no-op for 224 crops of 320p Kinetics)
             short_side=data.multiscale_short_side(args.input_size),
             require_captions=args.mask == "tgm" or args.contrastive,
-            mask_fn=mask_fn, text_maps=masking.TextMaps(args.tgm_maps) if args.tgm_maps else None)
+            mask_fn=mask_fn, text_maps=maps.TextMaps(args.tgm_maps) if args.tgm_maps else None)
     except ValueError as e:  # a malformed list or captions line: file, line and reason
         raise SystemExit(f"pretrain.py: {e}")
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
@@ -331,26 +319,39 @@ def make_data(args, grid, rank, world):
     return dataset, sampler, steps_per_epoch
 
 
-def embed_captions(clip, tokenizer, dataset, device, precision):
-    """Every distinct caption of the list embedded once, up front -> (masking.TextEmbedder holding them, {caption: id},
-    the ids by which info_nce tells same-caption pairs apart). A fixed order and fixed chunks: a text target then never
-    depends on which captions shared its CLIP batch (bit for bit, so --resume is exact). The cache holds E floats per
-    caption on the CPU (K400, 3 captions per video: about 1.5 GB)."""
-    embed_text = masking.TextEmbedder(clip, tokenizer)
+def frozen_text(args, dataset, cfg, device, world):
+    """The frozen CLIP of the text-guided mask (Sec. 3.3) and of L_NCE's text side (Sec. 3.4) -> (embed_text, {caption:
+    id}, the in-step TextGuidedMasker or None). Every distinct caption is embedded once, up front, in a fixed order and
+    fixed chunks: a text target never depends on which captions shared its CLIP batch (bit for bit, so --resume is
+    exact). The ids tell info_nce which pairs share a caption. K400, 3 captions per video: about 1.5 GB on the CPU."""
+    with M.stop_together(world):  # a rank that cannot load CLIP or use the maps stops every rank, with its sentence
+        clip, tokenizer = frozen_clip.load_clip_or_exit("pretrain.py", args.clip_model, args.clip_pretrained, device)
+        if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions, all made
+            problem = maps.check_maps(args.tgm_maps, maps.maps_identity(
+                args.clip_model, args.clip_pretrained, dataset.captions, dataset.rel), dataset.rel)
+            if problem:
+                raise SystemExit(f"pretrain.py: {problem}")
+    embed_text = frozen_clip.TextEmbedder(clip, tokenizer)
     distinct = sorted({c for rel in dataset.rel for c in dataset.captions.get(rel, [])})
     for i in tqdm(range(0, len(distinct), 256), desc="embedding captions", disable=int(os.environ.get("RANK", 0)) != 0,
                   leave=False):
-        with M.autocast(device, precision):                   # CLIP in --precision too (bf16: ~3x faster on a CPU)
+        with M.autocast(device, args.precision):              # CLIP in --precision too (bf16: ~3x faster on a CPU)
             embed_text(distinct[i:i + 256])
-    return embed_text, {c: i for i, c in enumerate(distinct)}
+    tgm = None
+    if args.mask == "tgm" and not args.tgm_maps:              # Sec. 3.3 in the step; with maps, in the loader
+        tgm = masking.TextGuidedMasker(clip, args.tgm_features, args.ratio, args.tgm_order, cfg.patch_size,
+                                       cfg.tubelet_size)
+    M.print0(f"CLIP {args.clip_model} ({args.clip_pretrained}): text-guided masks " + (
+        f"from the maps in {args.tgm_maps}" if args.tgm_maps else f"from its {args.tgm_features} features"
+        if tgm else "off") + (", L_NCE" if args.contrastive else ", the Fig. 4 probe"))
+    return embed_text, {c: i for i, c in enumerate(distinct)}, tgm
 
 
-def resume(args, ckpt_path, raw_model, optimizer, scaler, rank, steps_per_epoch):
-    """--resume auto | PATH: model, optimizer, scaler, step and this rank's RNG states -> the step to go on from."""
-    args.resume = M.resume_on_restart(args.resume)
+def resume(args, raw_model, optimizer, scaler, rank, steps_per_epoch):
+    """--resume (model.resume_path): model, optimizer, scaler, step and this rank's RNG states -> the step to go on
+    from."""
     os.makedirs(args.output_dir, exist_ok=True)
-    path = ckpt_path if args.resume == "auto" and os.path.isfile(ckpt_path) else (
-        None if args.resume in (None, "auto") else args.resume)
+    path = M.resume_path(args.resume, args.output_dir)
     if not path:
         return 0
     ckpt = M.load_checkpoint(path)
@@ -373,16 +374,6 @@ def save(ckpt_path, args, cfg, raw_model, optimizer, scaler, step, steps_per_epo
             "step": step, "epoch": step // steps_per_epoch, "model_cfg": M.model_config_dict(cfg),
             "head": head,                                      # contrastive | probe | None: what trained the head
             "args": vars(args), "rng": states})
-
-
-def epoch_loader(args, dataset, sampler, epoch, skip_steps, device):
-    """The epoch's loader over this rank's share, from step skip_steps on (a resumed run, mid-epoch)."""
-    sampler.set_epoch(epoch)
-    dataset.set_epoch(epoch)
-    videos_per_step = args.batch_size // args.repeat_aug
-    return DataLoader(dataset, batch_size=videos_per_step, sampler=SkipSampler(sampler, skip_steps * videos_per_step),
-                      num_workers=args.num_workers, collate_fn=data.collate, drop_last=True,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
 
 
 def backward_and_clip(loss, probe_loss, raw_model, optimizer, scaler, clip_grad):
@@ -408,22 +399,6 @@ def backward_and_clip(loss, probe_loss, raw_model, optimizer, scaler, clip_grad)
     return dropped
 
 
-def catch_stop_signals():
-    """SIGTERM (a preempted job) or Ctrl-C: the step finishes, the run saves and exits; --resume continues."""
-    caught = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
-    return caught
-
-
-def stop_now(stop_signal, at_max_steps, device, world):
-    """Whether to stop after this step; every rank must stop at the same step, or the collectives would hang."""
-    stop = torch.tensor(float(bool(stop_signal) or at_max_steps), device=device)
-    if world > 1:
-        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-    return bool(stop.item())
-
-
 def rng_states():
     """Every generator this process draws from, as tensors and plain numbers (a weights_only checkpoint)."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -439,48 +414,6 @@ def set_rng_states(s):
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if s["cuda"]:
         torch.cuda.set_rng_state_all(s["cuda"])
-
-
-class SkipSampler(torch.utils.data.Sampler):
-    """The rank's share of one epoch's shuffled order, from a position on: resuming mid-epoch draws the same
-    clips the stopped run would have drawn next."""
-
-    def __init__(self, sampler, skip):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self):
-        return iter(list(self.sampler)[self.skip:])
-
-    def __len__(self):
-        return len(self.sampler) - self.skip
-
-
-class Log:
-    """One `|`-separated line per --log-interval steps and the same fields as JSON in output_dir/log.jsonl (rank 0);
-    the counts of bad videos and mgm fallbacks go in every line and in the final summary."""
-
-    def __init__(self, output_dir, rank):
-        self.file = open(os.path.join(output_dir, "log.jsonl"), "a") if rank == 0 else None
-        self.bad_videos, self.mask_fallbacks, self.last_nce = 0, 0, "none (no captions)"
-        self.probe_skips = 0  # steps of the Fig. 4 probe dropped for a loss or gradient that was not finite
-
-    def bad(self, bad):
-        self.bad_videos += len(bad)
-        for path, reason in bad:
-            M.print0(f"skipped bad video {path}: {reason}")
-
-    def write(self, **rec):
-        rec.update(bad_videos=self.bad_videos, mask_fallbacks=self.mask_fallbacks, probe_skips=self.probe_skips)
-        if rec["loss_nce"] is not None:
-            self.last_nce = f"{rec['loss_nce']:.4f}"
-        if self.file:
-            tqdm.write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
-            self.file.write(json.dumps(rec) + "\n")
-            self.file.flush()
-
-    def close(self):
-        if self.file:
-            self.file.close()
 
 
 if __name__ == "__main__":

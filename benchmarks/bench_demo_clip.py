@@ -37,6 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: flat layout
 import data  # noqa: E402
 import demo as D  # noqa: E402
+import frozen_clip  # noqa: E402
 import masking  # noqa: E402
 import model as M  # noqa: E402
 
@@ -57,7 +58,7 @@ print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {to
 config_path = os.path.join(demo["root"], f"{D.DEMO_CLIP_NAME}.json")
 if args.cached:
     config_path, weights = D.demo_clip(demo, seed=args.seed)
-    clip, tokenizer = masking.load_clip(config_path, weights)
+    clip, tokenizer = frozen_clip.load_clip(config_path, weights)
 else:
     with open(config_path, "w") as f:  # the same file D.demo_clip writes: load_clip registers it
         json.dump(D.DEMO_CLIP, f, indent=1)
@@ -70,8 +71,8 @@ else:
     print(f"\n1. training: {len(videos)} videos x {D.DEMO_CLIP_FRAMES} frames decoded in {t1 - t0:.1f} s, "
           f"{D.DEMO_CLIP_STEPS} steps of {D.DEMO_CLIP_BATCH} in {t2 - t1:.1f} s: {t2 - t0:.1f} s")
 torch.manual_seed(0)
-untrained, _ = masking.load_clip(config_path, "none")
-b32, b32_tokenizer = masking.load_clip("ViT-B-32-quickgelu", "none")
+untrained, _ = frozen_clip.load_clip(config_path, "none")
+b32, b32_tokenizer = frozen_clip.load_clip("ViT-B-32-quickgelu", "none")
 clips = {"demo CLIP": (clip, tokenizer), "demo CLIP untrained": (untrained, tokenizer),
          "ViT-B/32 random": (b32, b32_tokenizer)}
 
@@ -108,7 +109,7 @@ print(f"\n2. frame -> caption R@1, {len(val)} val videos against their {len(text
       f"{100 * 3 / len(texts):.1f}%)")
 for name, (c, tok) in clips.items():
     with torch.no_grad():
-        t = masking.TextEmbedder(c, tok)(texts)  # (n_texts, E)
+        t = frozen_clip.TextEmbedder(c, tok)(texts)  # (n_texts, E)
         v = F.normalize(c.encode_image(clip_input(c, np.stack([v[0][T // 2] for v in val]))), dim=-1)  # (n, E)
     top = (v @ t.t()).argmax(1).tolist()
     print(f"   {name:20s} R@1 {100 * np.mean([texts[i] in v[1] for i, v in zip(top, val)]):.1f}%")
@@ -128,7 +129,7 @@ for i, (_, cs, share) in enumerate(val):
 print(f"\n3. TGM masks against the object the caption names: {len(queries)} val captions, {len(pairs)} clips "
       "whose captions name both objects")
 for name, (c, tok) in clips.items():
-    embed = masking.TextEmbedder(c, tok)
+    embed = frozen_clip.TextEmbedder(c, tok)
     for features in ("dense", "patch"):
         if name.startswith("ViT-B/32") and features == "patch":
             continue  # 2,048 images at 224 px per clip: minutes on a CPU, and random weights say nothing anyway
@@ -188,7 +189,7 @@ print(f"\n4. a demo step's pieces (16 clips of {T} x {S} x {S}, bf16 autocast, b
 for name, (c, tok) in clips.items():
     if name.endswith("untrained"):
         continue
-    text = masking.TextEmbedder(c, tok)([queries[0][1] if queries else "a video"] * 16)
+    text = frozen_clip.TextEmbedder(c, tok)([queries[0][1] if queries else "a video"] * 16)
     for features in ("dense", "patch"):
         if name.startswith("ViT-B/32") and features == "patch":
             continue

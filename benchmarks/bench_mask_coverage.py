@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import demo as D  # noqa: E402
+import frozen_clip  # noqa: E402
 import masking  # noqa: E402
 from model import ModelConfig  # noqa: E402
 
@@ -43,8 +44,8 @@ objects = np.load(demo["objects"])
 captions = data.read_captions(demo["captions"])
 torch.manual_seed(0)
 clip_name, clip_weights = D.clip_for(demo)  # OpenAI's ViT-B/32 where it can be had, else the demo CLIP
-clip, tokenizer = masking.load_clip(clip_name, clip_weights)
-embed = masking.TextEmbedder(clip, tokenizer)
+clip, tokenizer = frozen_clip.load_clip(clip_name, clip_weights)
+embed = frozen_clip.TextEmbedder(clip, tokenizer)
 
 # every clip once: pixels, motion vectors, the main object's pixels per token, the caption's embedding
 clips = []

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: flat layout
 import data  # noqa: E402
 import demo as D  # noqa: E402
+import frozen_clip  # noqa: E402
 import masking  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,8 +106,8 @@ if "mgm" not in args.skip:
 
 if "tgm" in args.skip and "agreement" in args.skip:
     sys.exit(0)
-clip, tokenizer = masking.load_clip("ViT-B-32-quickgelu", args.clip_pretrained, device)
-embed = masking.TextEmbedder(clip, tokenizer)
+clip, tokenizer = frozen_clip.load_clip("ViT-B-32-quickgelu", args.clip_pretrained, device)
+embed = frozen_clip.TextEmbedder(clip, tokenizer)
 text = embed(["a person is riding a bicycle down a street"])
 video = torch.randn(1, 3, T, S, S, device=device)  # an ImageNet-normalised clip (content does not change speed)
 patch = masking.TextGuidedMasker(clip, "patch", 0.6, chunk_size=args.chunk_size)

@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+import weights  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 # data
@@ -133,9 +134,9 @@ def build_ours(theirs=None, folder=None):
     if theirs is not None:
         with tempfile.TemporaryDirectory() as tmp:
             theirs.save_pretrained(tmp)
-            M.load_videomae_weights(ours, tmp)
+            weights.load_videomae_weights(ours, tmp)
     elif folder is not None:
-        M.load_videomae_weights(ours, folder)
+        weights.load_videomae_weights(ours, folder)
     return ours.to(device).train()
 
 
@@ -475,8 +476,9 @@ tgm_rows = []
 if not args.no_tgm:
     import contextlib
 
+    import frozen_clip
     import masking
-    clip, _ = masking.load_clip("ViT-B-32-quickgelu", "none", device=device)
+    clip, _ = frozen_clip.load_clip("ViT-B-32-quickgelu", "none", device=device)
     video, _ = inputs(ratios[-1])
     text = torch.nn.functional.normalize(torch.randn(B, clip.text_projection.shape[1], device=device), dim=-1)
     # masking.py runs CLIP in fp32 on a CPU; the extra CPU row tries it under bf16 autocast

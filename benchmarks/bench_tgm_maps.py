@@ -1,6 +1,6 @@
 """
 TGM at the paper's cost (Sec. 5: "15 hours for TGM vs. 13 hours for MGM"): text-guided masks from maps made once,
-offline (masking.py --make-maps, pretrain.py --tgm-maps), against CLIP in the step ('patch', the paper's recipe,
+offline (maps.py, pretrain.py --tgm-maps), against CLIP in the step ('patch', the paper's recipe,
 and 'dense'), side by side in one process on this machine:
 
   1. agreement with the paper's recipe, on the demo with the demo CLIP: for each val video, the mask from its maps
@@ -33,6 +33,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: flat layout
 import data  # noqa: E402
 import demo as D  # noqa: E402
+import frozen_clip  # noqa: E402
+import maps  # noqa: E402
 import masking  # noqa: E402
 import model as M  # noqa: E402
 
@@ -40,7 +42,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
 parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (medians)")
 parser.add_argument("--maps", nargs="+", default=["patch:4:4", "patch:4:8", "patch:4:16", "dense:4:4", "patch:8:4"],
                     help="FEATURES:CELLS:FRAME_STRIDE of the demo maps to compare (4 cells = one per token of a full-frame "
-                    "crop, masking.py's default there; stride 4 its default)")
+                    "crop, maps.py's default there; stride 4 its default)")
 parser.add_argument("--patch-images", type=int, default=256, help="ViT-B part: CLIP images timed for 'patch', scaled "
                     "to the clip's 3,136 (a full batch of them takes minutes on a CPU)")
 parser.add_argument("--skip", nargs="*", default=[], choices=["agreement", "demo", "vitb", "offline"])
@@ -75,8 +77,8 @@ def alternated_ms(fns, repeats=args.repeats):
 demo = D.demo_dataset()
 captions = data.read_captions(demo["captions"])
 clip_name, clip_pretrained = D.clip_for(demo)  # OpenAI's ViT-B/32 where it can be had, else the demo CLIP
-clip, tokenizer = masking.load_clip(clip_name, clip_pretrained)
-embed = masking.TextEmbedder(clip, tokenizer)
+clip, tokenizer = frozen_clip.load_clip(clip_name, clip_pretrained)
+embed = frozen_clip.TextEmbedder(clip, tokenizer)
 val = [(os.path.join(demo["root"], rel), rel) for rel, _ in data.read_list(demo["val"])]
 T, S = 8, 64
 cfg = M.ModelConfig(img_size=S, num_frames=T)
@@ -85,16 +87,16 @@ maps_dirs = {}
 # -----------------------------------------------------------------------------
 # 3 (first: part 1 needs the maps). Offline: the demo val videos' maps, timed
 tmp = tempfile.TemporaryDirectory()
-identity = masking.maps_identity(clip_name, clip_pretrained, captions, [r for _, r in val])
+identity = maps.maps_identity(clip_name, clip_pretrained, captions, [r for _, r in val])
 print(f"\n3. offline maps of the {len(val)} demo val videos ({clip_name}, {clip_pretrained})")
 for spec in args.maps:
     features, cells, stride = spec.split(":")[0], int(spec.split(":")[1]), int(spec.split(":")[2])
     folder = os.path.join(tmp.name, spec.replace(":", "_"))
     t0 = time.perf_counter()
-    masking.make_maps(clip, tokenizer, val, captions, folder, identity, cells=cells, frame_stride=stride,
+    maps.make_maps(clip, tokenizer, val, captions, folder, identity, cells=cells, frame_stride=stride,
                       features=features)
     secs = time.perf_counter() - t0
-    size = sum(os.path.getsize(masking.map_path(folder, r)) for _, r in val)
+    size = sum(os.path.getsize(maps.map_path(folder, r)) for _, r in val)
     label = f"{features}, {cells} cells, every {stride}th frame"
     print(f"   {label}: {1e3 * secs / len(val):.1f} ms and {size / len(val) / 1024:.1f} KiB per video "
           f"(72 frames of 96 x 128, 3 captions)")
@@ -130,11 +132,11 @@ if "agreement" not in args.skip:
         rows = {"online patch (the paper's)": ref,
                 "online dense": masking.TextGuidedMasker(clip, "dense", 0.6)(videos, text, torch.Generator().manual_seed(0))}
         for label, folder in maps_dirs.items():
-            reader, masker, masks = masking.TextMaps(folder), masking.TextMapMasker(cfg.grid, 0.6), []
+            reader, masker, masks = maps.TextMaps(folder), maps.TextMapMasker(cfg.grid, 0.6), []
             for c in clips:
-                maps, stored = reader.load(c["rel"], captions[c["rel"]])
+                text_maps, stored = reader.load(c["rel"], captions[c["rel"]])
                 nearest = np.abs(stored[None, :] - c["idx"][:, None]).argmin(1)
-                sample = {"video": c["video"], "text_map": maps[0, nearest], "crop": c["crop"]}
+                sample = {"video": c["video"], "text_map": text_maps[0, nearest], "crop": c["crop"]}
                 masks.append(masker(sample, torch.Generator().manual_seed(0))[0])
             rows[f"maps: {label}"] = torch.stack(masks)
         for label, m in rows.items():
@@ -173,10 +175,10 @@ def step_costs(title, cfg, batch, tgm_clip, patch_images=None):
     cells = S_ // cfg.patch_size
     folder = tempfile.mkdtemp(dir=tmp.name)
     stored = np.arange(0, 300, 4)  # a 10 s video at 30 fps, every 4th frame
-    maps = np.random.default_rng(0).standard_normal((3, len(stored), cells, cells * 4 // 3)).astype(np.float16)
+    fake = np.random.default_rng(0).standard_normal((3, len(stored), cells, cells * 4 // 3)).astype(np.float16)
     with open(os.path.join(folder, "v.mp4.npz"), "wb") as f:
-        np.savez(f, maps=maps, frames=stored, captions=np.array(["a", "b", "c"]))
-    reader, masker = masking.TextMaps(folder), masking.TextMapMasker(cfg.grid, 0.6)
+        np.savez(f, maps=fake, frames=stored, captions=np.array(["a", "b", "c"]))
+    reader, masker = maps.TextMaps(folder), maps.TextMapMasker(cfg.grid, 0.6)
     crop = data.multiscale_crop(256, 341, S_, rng=np.random.default_rng(0))
     idx = data.pretrain_indices(300, T_, 4, np.random.default_rng(0))
 
@@ -211,14 +213,14 @@ if "demo" not in args.skip:
     step_costs(f"demo size (vit_tiny, 16 clips of {T} x {S}, {clip_name})", M.make_config("vit_tiny", img_size=S, num_frames=T),
                16, clip)
 if "vitb" not in args.skip:
-    b32, _ = masking.load_clip("ViT-B-32-quickgelu", "none")
+    b32, _ = frozen_clip.load_clip("ViT-B-32-quickgelu", "none")
     step_costs("the paper's shapes (ViT-B, 2 clips of 16 x 224, ViT-B/32 random weights)",
                M.make_config("vit_base", img_size=224, num_frames=16), 2, b32, patch_images=args.patch_images)
 
 # -----------------------------------------------------------------------------
 # 3. offline at real sizes: ViT-B/32 over whole frames, per stored frame, projected
 if "offline" not in args.skip:
-    b32, b32_tok = masking.load_clip("ViT-B-32-quickgelu", "none")
+    b32, b32_tok = frozen_clip.load_clip("ViT-B-32-quickgelu", "none")
     print("\n3. offline at real sizes, ViT-B/32, 14 cells along the short side, 3 captions (per stored frame: 'patch' "
           "timed on one frame, 'dense' on 8)")
     print("| dataset | frames (H x W) | stored per video | features | CLIP images per video | CLIP s per stored frame "
@@ -230,7 +232,7 @@ if "offline" not in args.skip:
                                                     ("SSv2", 169_000, (240, 427), 48, 2)):
         for features, n in (("patch", 1), ("dense", 8)):
             frames = np.random.default_rng(0).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
-            ms = median_ms(lambda: masking.frame_maps(b32, b32_tok, frames, ["a", "b", "c"], 14, features),
+            ms = median_ms(lambda: maps.frame_maps(b32, b32_tok, frames, ["a", "b", "c"], 14, features),
                            repeats=1) / n
             stored = -(-n_frames // stride)
             kib = 3 * stored * 14 * round(14 * W / H) * 2 / 1024  # float16, before npz's few hundred bytes of headers

@@ -20,7 +20,7 @@ def demo(tmp_path_factory):
     return D.demo_dataset(cache_dir=str(tmp_path_factory.mktemp("tgm-cache")))
 
 
-# A tiny open_clip model in open_clip's config format, random weights: the real loading path (masking.load_clip of
+# A tiny open_clip model in open_clip's config format, random weights: the real loading path (frozen_clip.load_clip of
 # a .json registers it under the file's stem, TINY_CLIP_NAME), a thousandth of ViT-B/32's cost. 32 px images in 8 px
 # patches (a 4 x 4 token grid), 16-dim joint embedding.
 TINY_CLIP_NAME = "tgm-test-tiny"
@@ -31,7 +31,7 @@ TINY_CLIP = {"embed_dim": 16, "quick_gelu": True,
 
 @pytest.fixture(scope="session")
 def tiny_clip_config(tmp_path_factory):
-    """The path of TINY_CLIP's config file, for --clip-model and masking.load_clip."""
+    """The path of TINY_CLIP's config file, for --clip-model and frozen_clip.load_clip."""
     path = tmp_path_factory.mktemp("clip") / f"{TINY_CLIP_NAME}.json"
     path.write_text(json.dumps(TINY_CLIP))
     return str(path)
@@ -72,13 +72,13 @@ import {module} as stage
 calls, epoch_start = [], stage.{hook}
 
 
-def hooked(*a):
+def hooked(*a, **kw):
     calls.append(1)
     if len(calls) == 2 and os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
         while not os.path.isfile({ckpt!r}):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
-    return epoch_start(*a)
+    return epoch_start(*a, **kw)
 
 
 stage.{hook} = hooked
@@ -87,7 +87,7 @@ stage.main({parse})
 
 
 def killed_rank_script(path, module, hook, ckpt, parse):
-    """Write KILLED_RANK_SCRIPT for module (pretrain or finetune), hooked on its per-epoch function hook -> path."""
+    """Write KILLED_RANK_SCRIPT for module (pretrain or finetune), hooked on a function hook it calls once per epoch -> path."""
     with open(path, "w") as f:
         f.write(KILLED_RANK_SCRIPT.format(root=ROOT, module=module, hook=hook, ckpt=str(ckpt), parse=parse))
     return str(path)

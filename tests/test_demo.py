@@ -21,7 +21,7 @@ import data
 import demo as D
 import evaluate
 import finetune
-import masking
+import frozen_clip
 import pretrain
 from conftest import ROOT
 
@@ -191,10 +191,10 @@ def tiny_demo_clip(colour_demo):
 def test_demo_clip_learns_its_captions_saves_and_loads_through_load_clip(colour_demo, tiny_demo_clip):
     config, weights = tiny_demo_clip
     assert os.path.dirname(weights) == colour_demo["root"] and os.path.isfile(config)
-    clip, tokenizer = masking.load_clip(config, weights)  # the path every user of the demo CLIP takes
+    clip, tokenizer = frozen_clip.load_clip(config, weights)  # the path every user of the demo CLIP takes
     # each colour's frames rank their own caption first among the six
     videos = D.demo_clip_videos(colour_demo["train"], colour_demo["root"], colour_demo["captions"])
-    text = masking.TextEmbedder(clip, tokenizer)([f"a {name} picture" for name in COLOURS])  # (6, E)
+    text = frozen_clip.TextEmbedder(clip, tokenizer)([f"a {name} picture" for name in COLOURS])  # (6, E)
     for i, (frames, _) in enumerate(videos):
         assert (encode_frames(clip, frames) @ text.t()).argmax(dim=1).eq(i).all()
     # the file holds exactly what the trainer made, and the trainer is deterministic for a seed
@@ -213,47 +213,68 @@ def test_fill_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, 
     monkeypatch.setattr(D, "_openai_clip_at_hand", lambda name: False)  # offline, nothing cached
     # the demo, --clip-pretrained untyped, OpenAI's weights out of reach: the demo CLIP and its per-patch features,
     # recorded as --clip-model / --clip-pretrained, so a checkpoint names the files evaluate.py loads
-    args = pretrain.get_parser().parse_args(["--clip-model", tiny_clip_config])
-    D.fill(args, "pretrain")
+    args = pretrain.parse_args(["--clip-model", tiny_clip_config])
     assert (args.clip_model, args.clip_pretrained) == tiny_demo_clip and args.tgm_features == "patch"
     assert (args.data, args.captions, args.model, args.epochs) == (colour_demo["pretrain"], colour_demo["captions"],
                                                                    "vit_tiny", D.FLAGS["pretrain"]["epochs"])
     assert "demo-sized --model vit_tiny" in capsys.readouterr().out
     # a typed value wins; typed weights are never replaced, the demo's lists still fill --data
-    args = pretrain.get_parser().parse_args(["--clip-pretrained", "none", "--epochs", "7", "--tgm-features", "dense"])
-    D.fill(args, "pretrain")
+    args = pretrain.parse_args(["--clip-pretrained", "none", "--epochs", "7", "--tgm-features", "dense"])
     assert (args.clip_pretrained, args.epochs, args.tgm_features) == ("none", 7, "dense")
-    # real data: nothing is filled, unless --clip-pretrained demo asks for the demo CLIP
-    args = pretrain.get_parser().parse_args(["--data", "x.txt", "--clip-pretrained", "demo", "--tgm-features", "patch"])
-    D.fill(args, "pretrain")
-    assert (args.data, args.model, args.epochs) == ("x.txt", None, None) and args.clip_pretrained == tiny_demo_clip[1]
+    assert "--epochs" not in capsys.readouterr().out                  # the printed line names only what it set
+    # real data: nothing is filled, unless --clip-pretrained demo asks for the demo CLIP (--help shows the paper's)
+    args = D.fill(pretrain.get_parser(), ["--data", "x.txt", "--clip-pretrained", "demo", "--tgm-features", "patch"],
+                  "pretrain")
+    assert (args.data, args.model, args.epochs) == ("x.txt", "vit_base", 200) and args.clip_pretrained == tiny_demo_clip[1]
     # finetuning from a checkpoint keeps the checkpoint's shape; from none the demo's; evaluate's test reads val
-    args = finetune.parser.parse_args(["--checkpoint", "ckpt.pt", "--mode", "linear"])
-    D.fill(args, "linear")
+    args = finetune.parse_args(["--checkpoint", "ckpt.pt", "--mode", "linear"])
     assert args.model is None and args.val_data == colour_demo["val"] and args.lr == D.FLAGS["linear"]["lr"]
-    args = finetune.parser.parse_args(["--checkpoint", "none"])
-    D.fill(args, "finetune")
+    args = finetune.parse_args(["--checkpoint", "none"])
     assert (args.model, args.num_frames, args.input_size) == ("vit_tiny", 8, 64)
-    args = evaluate.parser.parse_args(["--checkpoint", "ft.pt"])
-    D.fill(args, "evaluate")
+    args = evaluate.parse_args(["--checkpoint", "ft.pt"])
     assert (args.data, args.val_data, args.clip_pretrained, args.tgm_features) == (colour_demo["val"], None, None, None)
-    args = evaluate.parser.parse_args(["--checkpoint", "pre.pt", "--retrieval"])
-    D.fill(args, "evaluate")
+    args = evaluate.parse_args(["--checkpoint", "pre.pt", "--retrieval"])
     assert (args.data, args.val_data) == (colour_demo["train"], colour_demo["val"])
-    args = caption.get_parser().parse_args(["--source", "oracle"])
-    D.fill(args, "caption")
+    args = caption.parse_args(["--source", "oracle"])
     assert (args.data, args.class_names) == (colour_demo["train"], colour_demo["class_names"])
+
+
+def test_paper_values_are_the_defaults_help_shows():
+    # --help shows the paper's recipe; the demo sets its own only when it runs, and typed flags win over both
+    parser = pretrain.get_parser()
+    assert [parser.get_default(k) for k in ("epochs", "blr", "warmup_epochs", "model", "batch_size", "clip_pretrained")
+            ] == [200, 1.5e-4, 40, "vit_base", 32, "openai"]
+    assert "(default: 200)" in " ".join(parser.format_help().split())
+    ft = finetune.parse_args(["--data", "x.txt", "--mode", "linear"])  # MAE's probe recipe where --mode linear
+    assert (ft.epochs, ft.batch_size, ft.lr, ft.warmup_epochs, ft.weight_decay) == (90, 128, 0.1, 10, 0.0)
+    ft = finetune.parse_args(["--data", "x.txt", "--mode", "linear", "--epochs", "3"])
+    assert ft.epochs == 3 and ft.lr == 0.1
+    ft = finetune.parse_args(["--data", "x.txt"])
+    assert (ft.epochs, ft.lr, ft.layer_decay, ft.mixup, ft.reprob) == (100, 1e-3, 0.75, 0.8, 0.25)
 
 
 def test_stages_hold_no_demo_code():
     # the demo lives in demo.py: the shared modules never import it; a command line imports it only when no --data
     # (or --video) is given, and calls its one entry once
-    for name in ("data.py", "model.py"):
+    for name in ("data.py", "model.py", "frozen_clip.py", "weights.py"):
         src = open(os.path.join(ROOT, name)).read()
         assert "import demo" not in src and "demo_dataset" not in src, name
-    for name in ("masking.py", "pretrain.py", "finetune.py", "evaluate.py", "caption.py"):
+    for name in ("masking.py", "maps.py", "pretrain.py", "finetune.py", "evaluate.py", "caption.py"):
         src = open(os.path.join(ROOT, name)).read()
         assert src.count("demo.fill(") == 1 and "\nimport demo" not in src and "demo_dataset" not in src, name
+
+
+def test_no_two_top_level_modules_import_each_other():
+    # the demo stands above the stages it serves, the stages above the shared modules: imports inside functions count
+    import ast
+    names = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}
+    imports = {}
+    for name in names:
+        tree = ast.parse(open(os.path.join(ROOT, name + ".py")).read())
+        imports[name] = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+            n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "demo" in imports["pretrain"] and "maps" in imports["pretrain"]  # imports inside functions are seen
+    assert [(a, b) for a in names for b in names if a < b and b in imports[a] and a in imports[b]] == []
 
 
 def test_command_line_demo_goes_on_offline_with_the_demo_clip(demo, tiny_demo_clip, tiny_clip_config, tmp_path):

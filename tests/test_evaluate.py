@@ -1,7 +1,7 @@
 """
 Tests of evaluate.py (Sec. 4.2, 4.5, 4.7): the test views (5x3 and SSv2's 2x3) on hand-worked videos, the merge
-over views and over ranks, top-k, retrieval recall on a constructed case, the reconstruction picture, and whole
-runs (one process against two Gloo ranks). CPU, tiny shapes, no network.
+over views and over ranks, top-k, retrieval recall on a constructed case, unpatchify and the reconstruction
+picture, and whole runs (one process against two Gloo ranks). CPU, tiny shapes, no network.
 
     python -m pytest -q tests/test_evaluate.py
 """
@@ -141,7 +141,16 @@ def test_text_gallery_classes_and_captions():
 
 
 # -----------------------------------------------------------------------------
-# Fig. 3: reconstruction and picture
+# Fig. 3: unpatchify, reconstruction and picture
+
+def test_patchify_round_trip_and_order():
+    x = torch.randn(2, 3, 4, 32, 48)
+    tokens = M.patchify(x, 2, 16)
+    assert tokens.shape == (2, 2 * 2 * 3, 1536)
+    assert torch.equal(EV.unpatchify(tokens, 2, 16, (2, 2, 3)), x)
+    # token 1 is (t'=0, h=0, w=1); its first values are channels 0..2 of pixel (frame 0, row 0, col 16)
+    assert torch.equal(tokens[0, 1, :3], x[0, :, 0, 0, 16])
+
 
 class PerfectDecoder(M.VideoMAE):
     """A VideoMAE whose prediction is the true norm-pixel target: its reconstruction must give the input back."""
@@ -208,7 +217,7 @@ def save_finetune_checkpoint(path, num_classes):
 def _rank_worker(rank, world, port, argv):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    EV.main(EV.parser.parse_args(argv))
+    EV.main(EV.get_parser().parse_args(argv))
 
 
 def test_two_ranks_give_the_one_process_result(tmp_path):
@@ -218,7 +227,7 @@ def test_two_ranks_give_the_one_process_result(tmp_path):
     save_finetune_checkpoint(tmp_path / "ft.pt", 3)
     argv = ["--checkpoint", str(tmp_path / "ft.pt"), "--data", lst, "--root", str(folder), "--num-workers", "0",
             "--batch-size", "1", "--test-num-segment", "2", "--test-num-crop", "2", "--precision", "fp32"]
-    EV.main(EV.parser.parse_args(argv + ["--output-dir", str(tmp_path / "one")]))
+    EV.main(EV.get_parser().parse_args(argv + ["--output-dir", str(tmp_path / "one")]))
     with socket.socket() as s:                                 # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -256,7 +265,7 @@ def test_a_bad_video_is_skipped_and_reported(tmp_path):
     with open(lst, "a") as f:
         f.write("broken.mp4 1\n")
     save_finetune_checkpoint(tmp_path / "ft.pt", 3)
-    EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "ft.pt"), "--data", lst, "--root", str(folder),
+    EV.main(EV.get_parser().parse_args(["--checkpoint", str(tmp_path / "ft.pt"), "--data", lst, "--root", str(folder),
                                   "--num-workers", "0", "--test-num-segment", "1", "--test-num-crop", "1"]))
     res = json.load(open(tmp_path / "results.json"))
     assert res["num_listed"] == 4 and res["num_videos"] == 3   # the three readable ones, each once
@@ -267,9 +276,9 @@ def test_a_bad_video_is_skipped_and_reported(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_clip(tiny_clip_config, tmp_path_factory):
     """conftest's tiny random CLIP, with its weights saved, so that --clip-pretrained FILE loads exactly it."""
-    import masking
+    import frozen_clip
     torch.manual_seed(0)
-    clip, tokenizer = masking.load_clip(tiny_clip_config, "none")
+    clip, tokenizer = frozen_clip.load_clip(tiny_clip_config, "none")
     weights = tmp_path_factory.mktemp("clip-weights") / "weights.pt"
     torch.save(clip.state_dict(), weights)
     return tiny_clip_config, str(weights), clip, tokenizer
@@ -278,14 +287,14 @@ def tiny_clip(tiny_clip_config, tmp_path_factory):
 def test_text_retrieval_run_matches_its_definition(tmp_path, tiny_clip, tiny_clip_dim):
     """The --retrieval --text run (videos embedded by encoder + head, class names by CLIP) gives the recall of
     recall_at_k on those embeddings: the wiring of texts, positives and video order is right."""
-    import masking
+    import frozen_clip
     folder = tmp_path / "videos"
     folder.mkdir()
     lst = write_colour_dataset(str(folder), 2, seed=5, num_classes=3)
     (folder / "classes.txt").write_text("red\ngreen\nblue\n")
     mae = save_pretrain_checkpoint(tmp_path / "pre.pt", head_out_dim=tiny_clip_dim).eval()
     clip_cfg, clip_weights, clip, tokenizer = tiny_clip
-    EV.main(EV.parser.parse_args(["--retrieval", "--text", "classes", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
+    EV.main(EV.get_parser().parse_args(["--retrieval", "--text", "classes", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
                                   "--root", str(folder), "--class-names", str(folder / "classes.txt"),
                                   "--clip-model", clip_cfg, "--clip-pretrained", clip_weights,
                                   "--num-workers", "0", "--precision", "fp32"]))
@@ -296,7 +305,7 @@ def test_text_retrieval_run_matches_its_definition(tmp_path, tiny_clip, tiny_cli
     batch = data.collate([ds[i] for i in range(len(ds))])
     with torch.no_grad():
         v = mae.video_embedding(mae.encoder(batch["video"]))   # all tokens, no mask
-    t = masking.TextEmbedder(clip, tokenizer)(["red", "green", "blue"])
+    t = frozen_clip.TextEmbedder(clip, tokenizer)(["red", "green", "blue"])
     positives = np.eye(3, dtype=bool)[batch["label"].numpy()]
     want = EV.recall_at_k((v @ t.T).numpy(), positives)
     assert res["R1"] == pytest.approx(want[1]) and res["R5"] == pytest.approx(want[5])
@@ -312,7 +321,7 @@ def test_visualize_run_with_a_text_guided_mask(tmp_path, tiny_clip, tiny_clip_di
             f.write(json.dumps({"video": line.split()[0], "captions": ["a tinted clip with a grey square"]}) + "\n")
     save_pretrain_checkpoint(tmp_path / "pre.pt", head_out_dim=tiny_clip_dim)
     clip_cfg, clip_weights, _, _ = tiny_clip
-    EV.main(EV.parser.parse_args(["--visualize", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
+    EV.main(EV.get_parser().parse_args(["--visualize", "--checkpoint", str(tmp_path / "pre.pt"), "--data", lst,
                                   "--root", str(folder), "--captions", str(folder / "captions.jsonl"),
                                   "--mask", "tgm", "--clip-model", clip_cfg, "--clip-pretrained", clip_weights,
                                   "--num-videos", "2", "--output-dir", str(tmp_path / "vis")]))
@@ -328,11 +337,11 @@ def test_evaluate_rejects_the_wrong_checkpoint_kind(tmp_path):
     save_finetune_checkpoint(tmp_path / "ft.pt", 3)
     with pytest.raises(SystemExit, match="finetune it first"):
         EV.load_classifier(M.load_checkpoint(tmp_path / "pre.pt"))
-    args = EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "ft.pt")])
+    args = EV.get_parser().parse_args(["--retrieval", "--checkpoint", str(tmp_path / "ft.pt")])
     with pytest.raises(SystemExit, match="need the pretraining checkpoint"):
         EV.load_pretrained(args.checkpoint, args)
     with pytest.raises(SystemExit, match="needs --checkpoint"):
-        EV.main(EV.parser.parse_args([]))
+        EV.main(EV.parse_args([]))
 
 
 # -----------------------------------------------------------------------------
@@ -362,7 +371,7 @@ def test_retrieval_leaves_out_the_k_at_or_above_the_gallery_size(tmp_path, retri
     assert set(EV.video_recall(gallery[:3], [0, 1, 2], gallery, [0, 1, 2] * 3)) == {1, 5}
     folder, gallery_list, queries = retrieval_lists
     save_pretrain_checkpoint(tmp_path / "pre.pt")
-    EV.main(EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "pre.pt"), "--data", gallery_list,
+    EV.main(EV.get_parser().parse_args(["--retrieval", "--checkpoint", str(tmp_path / "pre.pt"), "--data", gallery_list,
                                   "--val-data", queries, "--root", str(folder), "--num-workers", "0",
                                   "--precision", "fp32", "--output-dir", str(tmp_path / "out")]))
     out = capsys.readouterr().out
@@ -407,7 +416,7 @@ def test_retrieval_with_hugging_face_weights(tmp_path, retrieval_lists):
     with open(gallery, "w") as f:
         f.writelines(f"{os.path.relpath(os.path.join(folder, rel), folder)} {i % 3}\n" for i, rel in enumerate(lines))
     hf = hf_videomae_folder(tmp_path / "hf")
-    EV.main(EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "hf"), "--model", "vit_tiny",
+    EV.main(EV.get_parser().parse_args(["--retrieval", "--checkpoint", str(tmp_path / "hf"), "--model", "vit_tiny",
                                   "--num-frames", "4", "--input-size", "32", "--sampling-rate", "2",
                                   "--data", gallery, "--val-data", queries, "--root", str(folder),
                                   "--num-workers", "0", "--precision", "fp32", "--output-dir", str(tmp_path / "out")]))
@@ -427,10 +436,10 @@ def test_retrieval_with_hugging_face_weights(tmp_path, retrieval_lists):
         assert res[f"R{k}"] == pytest.approx(want[k]), k
     assert "R10" not in res and "R20" not in res and "R@10, R@20 left out" in res["left_out"]  # 9 clips
     with pytest.raises(SystemExit, match="--model vit_small"):  # the wrong size: a sentence, not a traceback
-        EV.main(EV.parser.parse_args(["--retrieval", "--checkpoint", str(tmp_path / "hf"), "--model", "vit_small",
+        EV.main(EV.get_parser().parse_args(["--retrieval", "--checkpoint", str(tmp_path / "hf"), "--model", "vit_small",
                                       "--data", gallery, "--val-data", queries, "--root", str(folder)]))
     with pytest.raises(SystemExit, match="no trained contrastive head"):  # video->text needs a head
-        EV.main(EV.parser.parse_args(["--retrieval", "--text", "classes", "--checkpoint", str(tmp_path / "hf"),
+        EV.main(EV.get_parser().parse_args(["--retrieval", "--text", "classes", "--checkpoint", str(tmp_path / "hf"),
                                       "--model", "vit_tiny", "--num-frames", "4", "--input-size", "32",
                                       "--data", gallery, "--root", str(folder), "--class-names", gallery]))
 
@@ -440,7 +449,7 @@ def test_retrieval_two_ranks_give_the_one_process_result(tmp_path, retrieval_lis
     save_pretrain_checkpoint(tmp_path / "pre.pt")
     argv = ["--retrieval", "--checkpoint", str(tmp_path / "pre.pt"), "--data", gallery, "--val-data", queries,
             "--root", str(folder), "--num-workers", "0", "--batch-size", "1", "--precision", "fp32"]
-    EV.main(EV.parser.parse_args(argv + ["--output-dir", str(tmp_path / "one")]))
+    EV.main(EV.get_parser().parse_args(argv + ["--output-dir", str(tmp_path / "one")]))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -462,7 +471,7 @@ def test_export_command_writes_a_folder_and_refuses_with_sentences(tmp_path, cap
     ckpt = M.load_checkpoint(tmp_path / "ft.pt")
     ckpt["args"]["class_names"] = str(tmp_path / "classes.txt")  # as finetune.py saves a run that had them
     M.save_checkpoint(tmp_path / "ft.pt", ckpt)
-    EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "ft.pt"), "--export", str(tmp_path / "hf_ft")]))
+    EV.main(EV.get_parser().parse_args(["--checkpoint", str(tmp_path / "ft.pt"), "--export", str(tmp_path / "hf_ft")]))
     assert "wrote" in capsys.readouterr().out
     config = json.load(open(tmp_path / "hf_ft" / "config.json"))
     assert config["architectures"] == ["VideoMAEForVideoClassification"] and config["use_mean_pooling"]
@@ -471,7 +480,7 @@ def test_export_command_writes_a_folder_and_refuses_with_sentences(tmp_path, cap
     assert info["mode"] == "finetune" and info["exported_from"] == str(tmp_path / "ft.pt")
 
     save_pretrain_checkpoint(tmp_path / "pre.pt")
-    EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "pre.pt"), "--export", str(tmp_path / "hf_pre")]))
+    EV.main(EV.get_parser().parse_args(["--checkpoint", str(tmp_path / "pre.pt"), "--export", str(tmp_path / "hf_pre")]))
     config = json.load(open(tmp_path / "hf_pre" / "config.json"))
     assert config["architectures"] == ["VideoMAEForPreTraining"] and not config["use_mean_pooling"]
     info = json.load(open(tmp_path / "hf_pre" / "tgm.json"))
@@ -480,12 +489,12 @@ def test_export_command_writes_a_folder_and_refuses_with_sentences(tmp_path, cap
     assert "| mask | tube |" in open(tmp_path / "hf_pre" / "README.md").read()
 
     with pytest.raises(SystemExit, match="already exists"):    # never over an existing folder
-        EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "ft.pt"), "--export", str(tmp_path / "hf_pre")]))
+        EV.main(EV.get_parser().parse_args(["--checkpoint", str(tmp_path / "ft.pt"), "--export", str(tmp_path / "hf_pre")]))
     ckpt.update(mode="linear")                                 # a linear probe's checkpoint
     M.save_checkpoint(tmp_path / "probe.pt", ckpt)
     with pytest.raises(SystemExit, match="evaluate.py: .*is a linear probe"):
-        EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "probe.pt"), "--export", str(tmp_path / "hf_lp")]))
+        EV.main(EV.get_parser().parse_args(["--checkpoint", str(tmp_path / "probe.pt"), "--export", str(tmp_path / "hf_lp")]))
     torch.save({"model": ckpt["model"]}, tmp_path / "other.pth")  # weights that are not ours
     with pytest.raises(SystemExit, match="not a pretrain.py or finetune.py checkpoint"):
-        EV.main(EV.parser.parse_args(["--checkpoint", str(tmp_path / "other.pth"), "--export", str(tmp_path / "hf_x")]))
+        EV.main(EV.get_parser().parse_args(["--checkpoint", str(tmp_path / "other.pth"), "--export", str(tmp_path / "hf_x")]))
     assert not (tmp_path / "hf_lp").exists() and not (tmp_path / "hf_x").exists()

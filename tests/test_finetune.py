@@ -18,6 +18,7 @@ import torch
 
 import finetune as FT
 import model as M
+import weights
 
 # a tiny encoder: 4 frames of 32x32 -> grid (2, 2, 2), N = 8 tokens
 TINY = dict(depth=2, img_size=32, num_frames=4)
@@ -87,7 +88,7 @@ def colour_data(tmp_path_factory):
 
 
 def run_args(colour_data, out, *extra, train="train"):
-    return FT.parser.parse_args(["--data", colour_data[train], "--val-data", colour_data["val"], "--root", colour_data["root"],
+    return FT.parse_args(["--data", colour_data[train], "--val-data", colour_data["val"], "--root", colour_data["root"],
                                  "--sampling-rate", "2", "--num-workers", "0", "--output-dir", str(out), *extra])
 
 
@@ -136,7 +137,7 @@ def test_layer_decay_gives_expected_lr_per_block():
     torch.manual_seed(0)
     clf = M.VideoClassifier(M.make_config("vit_tiny", depth=depth, img_size=32, num_frames=4), 5, drop_path=0.0)
     opt = torch.optim.AdamW(M.param_groups(clf, 0.0, decay), lr=lr, eps=1e-30)
-    FT.set_lr(opt, lr)
+    M.set_lr(opt, lr)
     before = {n: p.detach().clone() for n, p in clf.named_parameters()}
     clf(torch.randn(2, 3, 4, 32, 32)).square().sum().backward()
     opt.step()
@@ -182,7 +183,7 @@ def test_loads_pretrain_checkpoint_into_classifier_and_probe(tmp_path):
     ckpt, enc_sd, cfg = FT.read_pretrained(str(tmp_path / "ckpt.pt"))
     assert cfg == mae.cfg                                      # the model is rebuilt from the checkpoint alone
     for mode in ("finetune", "linear"):
-        args = FT.parser.parse_args(["--mode", mode])
+        args = FT.parse_args(["--mode", mode])
         model = FT.build_model(args, cfg, 7)
         encoder = model.encoder
         assert FT.load_encoder(encoder, enc_sd, "ckpt.pt") == []
@@ -205,8 +206,8 @@ def test_loads_videomae_weights_official_and_hugging_face(tmp_path):
         for p in hf.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
     hf.save_pretrained(tmp_path / "hf")
-    reference = M.VideoMAE(cfg)                                # the importer of model.py is the reference here
-    M.load_videomae_weights(reference, tmp_path / "hf")
+    reference = M.VideoMAE(cfg)                                # the importer of weights.py is the reference here
+    weights.load_videomae_weights(reference, tmp_path / "hf")
     torch.save({"model": reference.state_dict()}, tmp_path / "official.pth")  # the official repo's format
     for path in (tmp_path / "hf", tmp_path / "official.pth"):
         ckpt, enc_sd, stored_cfg = FT.read_pretrained(str(path))
@@ -242,7 +243,7 @@ def test_loads_a_checkpoint_written_by_pretrain_py(colour_data, tiny_clip_config
     ckpt, enc_sd, cfg = FT.read_pretrained(str(out / "ckpt.pt"))
     assert cfg == mae.cfg and ckpt["args"]["mask"] == "tube"
     for mode in ("finetune", "linear"):
-        model = FT.build_model(FT.parser.parse_args(["--mode", mode]), cfg, 4)
+        model = FT.build_model(FT.parse_args(["--mode", mode]), cfg, 4)
         encoder = model.encoder
         assert FT.load_encoder(encoder, enc_sd, "ckpt.pt") == []
         check_encoder_equals(encoder, mae, with_norm=mode == "linear")
@@ -319,7 +320,7 @@ def check_videomae_init(encoder):
 @pytest.mark.parametrize("mode", ["finetune", "linear"])
 def test_random_encoder_has_the_pretraining_init(mode):
     cfg = M.make_config("vit_tiny", **TINY)
-    model = FT.build_model(FT.parser.parse_args(["--mode", mode, "--checkpoint", "none"]), cfg, 4)
+    model = FT.build_model(FT.parse_args(["--mode", mode, "--checkpoint", "none"]), cfg, 4)
     checked = check_videomae_init(model.encoder)
     torch.manual_seed(0)
     reference = check_videomae_init(M.VideoMAE(cfg).encoder)  # what pretrain.py starts from
@@ -333,7 +334,7 @@ def _rank_worker(rank, world, port, argv, out):
     torch.set_num_threads(1)
     built, build = [], FT.build_model
     FT.build_model = lambda *a: built.append(build(*a)) or built[-1]  # this forked process only
-    FT.main(FT.parser.parse_args(argv))
+    FT.main(FT.parse_args(argv))
     torch.save(built[0].state_dict(), os.path.join(out, f"rank{rank}.pt"))
 
 
@@ -411,7 +412,7 @@ def test_a_killed_rank_restarts_under_torchrun_and_ends_as_the_uninterrupted_run
     res = torchrun(os.path.join(ROOT, "finetune.py"), argv + ["--output-dir", str(tmp_path / "straight")])
     assert res.returncode == 0, res.stderr[-3000:]
     killed = tmp_path / "killed"
-    script = killed_rank_script(tmp_path / "killed.py", "finetune", "seed_epoch", killed / "ckpt.pt", "stage.parser.parse_args()")
+    script = killed_rank_script(tmp_path / "killed.py", "finetune", "seed_epoch", killed / "ckpt.pt", "stage.parse_args()")
     res = torchrun(script, argv + ["--output-dir", str(killed)], "--max-restarts=1")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "torchrun restart 1: resuming from the run's last checkpoint" in res.stdout and "resumed at epoch 1" in res.stdout

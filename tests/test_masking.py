@@ -1,13 +1,12 @@
-"""Tests for masking.py (Sec. 3.1, 3.3): exact counts, tube structure, reproducibility, MGM on a synthetic coded
-video, TGM parity with CLIP's encode_image on a tiny random open_clip model, crop/flip carried by the masks,
-CLIP loading without network. CPU, tiny shapes, no network, well under a minute.
+"""Tests for masking.py (Sec. 3.1, 3.3) and frozen_clip.py: exact counts, tube structure, reproducibility, MGM on a
+synthetic coded video, TGM parity with CLIP's encode_image on a tiny random open_clip model, crop/flip carried by the
+masks, CLIP loading without network. CPU, tiny shapes, no network, well under a minute. TGM maps: tests/test_maps.py.
 
     python -m pytest -q tests/test_masking.py
 """
-import dataclasses
 import logging
 import math
-import os
+import pickle
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 
 import data
 import demo as D
+import frozen_clip
 import masking
 from model import IMAGENET_MEAN, IMAGENET_STD
 
@@ -108,6 +108,8 @@ def test_loader_maskers_return_one_row_from_the_given_generator():
         assert torch.equal(a, b)
         torch.manual_seed(7)  # no generator: torch's global one, which data.VideoDataset seeds per video
         assert not torch.equal(masker({})[0], masker({})[0])
+        again = pickle.loads(pickle.dumps(masker))  # a loader that spawns its workers pickles the mask_fn
+        assert torch.equal(again({}, torch.Generator().manual_seed(7))[0], a)
     assert masking.RandomMasker(grid, 0.9)({})[0].sum() == int(0.9 * 8 * 49)
 
 
@@ -224,12 +226,12 @@ def test_mgm_without_vectors_falls_back_to_tube_and_is_counted(videos, tmp_path)
 @pytest.fixture(scope="module")
 def tiny_clip(tiny_clip_config):
     torch.manual_seed(0)
-    return masking.load_clip(tiny_clip_config, pretrained="none")  # a config file registers its stem: tgm-test-tiny
+    return frozen_clip.load_clip(tiny_clip_config, pretrained="none")  # a config file registers its stem: tgm-test-tiny
 
 
 def test_load_clip_none_is_frozen_and_says_so(tiny_clip, capsys, caplog):
     with caplog.at_level(logging.WARNING):
-        clip, tokenizer = masking.load_clip("tgm-test-tiny", pretrained="none")
+        clip, tokenizer = frozen_clip.load_clip("tgm-test-tiny", pretrained="none")
     assert capsys.readouterr().out.count("carry no meaning") == 1
     assert not caplog.records  # open_clip's own warning, which every rank would print, is held back
     assert not clip.training and not any(p.requires_grad for p in clip.parameters())
@@ -248,13 +250,13 @@ def test_load_clip_offline_fails_fast(tmp_path, monkeypatch):
         for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
             monkeypatch.delenv(proxy, raising=False)
         t0 = time.time()
-        with pytest.raises(masking.ClipWeightsError, match="local weights file.*none"):
-            masking.load_clip("ViT-B-32-quickgelu", "openai", cache_dir=str(tmp_path))  # empty cache
+        with pytest.raises(frozen_clip.ClipWeightsError, match="local weights file.*none"):
+            frozen_clip.load_clip("ViT-B-32-quickgelu", "openai", cache_dir=str(tmp_path))  # empty cache
         assert time.time() - t0 < 5
-    with pytest.raises(masking.ClipWeightsError, match="neither a file nor a weights tag"):
-        masking.load_clip("ViT-B-32-quickgelu", str(tmp_path / "missing.pt"))
-    with pytest.raises(masking.ClipWeightsError, match="use --clip-model ViT-B-32-quickgelu"):
-        masking.load_clip("ViT-B-32", "openai", cache_dir=str(tmp_path))  # OpenAI's weights under plain GELU
+    with pytest.raises(frozen_clip.ClipWeightsError, match="neither a file nor a weights tag"):
+        frozen_clip.load_clip("ViT-B-32-quickgelu", str(tmp_path / "missing.pt"))
+    with pytest.raises(frozen_clip.ClipWeightsError, match="use --clip-model ViT-B-32-quickgelu"):
+        frozen_clip.load_clip("ViT-B-32", "openai", cache_dir=str(tmp_path))  # OpenAI's weights under plain GELU
 
 
 def test_cached_openai_weights_are_used_without_network(tmp_path, monkeypatch):
@@ -271,13 +273,13 @@ def test_cached_openai_weights_are_used_without_network(tmp_path, monkeypatch):
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     weights = repo / "snapshots" / "abc123" / "open_clip_model.safetensors"
     weights.write_bytes(b"")
-    assert masking._cached_or_reachable("ViT-B-32-quickgelu", "openai", str(tmp_path)) == str(weights)
+    assert frozen_clip._cached_or_reachable("ViT-B-32-quickgelu", "openai", str(tmp_path)) == str(weights)
 
 
 def test_load_clip_from_a_local_file(tiny_clip, tmp_path):
     clip, _ = tiny_clip
     torch.save(clip.state_dict(), tmp_path / "w.pt")
-    again, _ = masking.load_clip("tgm-test-tiny", str(tmp_path / "w.pt"))
+    again, _ = frozen_clip.load_clip("tgm-test-tiny", str(tmp_path / "w.pt"))
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(again.encode_image(x), clip.encode_image(x))
 
@@ -287,18 +289,18 @@ def test_trimmed_encode_text_equals_clips_own(tiny_clip):
     caps = ["a dog", "a red square moves up on a dark blue background next to a small green circle", "x " * 40]
     tokens = tokenizer(caps)
     with torch.no_grad():
-        assert torch.allclose(masking.encode_text(clip, tokens), clip.encode_text(tokens), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(frozen_clip.encode_text(clip, tokens), clip.encode_text(tokens), rtol=1e-5, atol=1e-6)
         # a batch of short captions runs on a short context, and still agrees
         short = tokenizer(caps[:1])
-        assert torch.allclose(masking.encode_text(clip, short), clip.encode_text(short), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(frozen_clip.encode_text(clip, short), clip.encode_text(short), rtol=1e-5, atol=1e-6)
 
 
 def test_text_embedder_is_encode_text_normalised_and_cached(tiny_clip, monkeypatch):
     clip, tokenizer = tiny_clip
-    embed = masking.TextEmbedder(clip, tokenizer)
+    embed = frozen_clip.TextEmbedder(clip, tokenizer)
     calls = []
-    encode = masking.encode_text
-    monkeypatch.setattr(masking, "encode_text", lambda c, tokens: calls.append(len(tokens)) or encode(c, tokens))
+    encode = frozen_clip.encode_text
+    monkeypatch.setattr(frozen_clip, "encode_text", lambda c, tokens: calls.append(len(tokens)) or encode(c, tokens))
     e = embed(["a dog runs", "a cat sits", "a dog runs"])
     e2 = embed(["a cat sits"])
     with torch.no_grad():
@@ -317,7 +319,7 @@ def imagenet_clip(B, T, S, seed=0):
 def test_tgm_patch_scores_equal_encode_image_of_each_patch(tiny_clip):
     clip, tokenizer = tiny_clip
     video = imagenet_clip(2, 4, 32)  # grid (2, 2, 2)
-    text = masking.TextEmbedder(clip, tokenizer)(["a red square", "a blue sky"])
+    text = frozen_clip.TextEmbedder(clip, tokenizer)(["a red square", "a blue sky"])
     masker = masking.TextGuidedMasker(clip, "patch", ratio=0.5, chunk_size=5)  # chunks cut across frames and clips
     scores = masker.scores(video, text)  # (B, T', h*w)
     # by hand, one patch at a time: [0, 1] pixels, bicubic to CLIP's input, CLIP's mean/std, encode_image
@@ -347,7 +349,7 @@ def test_tgm_patch_scores_equal_encode_image_of_each_patch(tiny_clip):
 def test_tgm_batch_equals_one_clip_at_a_time(tiny_clip, features):
     clip, tokenizer = tiny_clip
     video = imagenet_clip(3, 4, 48, seed=1)  # grid (2, 3, 3)
-    text = masking.TextEmbedder(clip, tokenizer)(["one", "two", "three"])
+    text = frozen_clip.TextEmbedder(clip, tokenizer)(["one", "two", "three"])
     masker = masking.TextGuidedMasker(clip, features, ratio=0.6, chunk_size=7)
     batch = masker.scores(video, text)
     alone = torch.cat([masker.scores(video[i:i + 1], text[i:i + 1]) for i in range(3)])
@@ -380,7 +382,7 @@ def test_tgm_patch_mask_flips_with_the_clip(tiny_clip):
     colours = torch.rand(1, 3, 4, 3, 4, generator=torch.Generator().manual_seed(5))  # (B, C, T, h, w)
     pixels = colours.repeat_interleave(16, -1).repeat_interleave(16, -2)  # (B, C, T, 48, 64)
     video = (pixels - torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
-    text = masking.TextEmbedder(clip, tokenizer)(["a green field"])
+    text = frozen_clip.TextEmbedder(clip, tokenizer)(["a green field"])
     masker = masking.TextGuidedMasker(clip, "patch", ratio=0.5)
     s, sf = masker.scores(video, text).view(1, 2, 3, 4), masker.scores(video.flip(-1), text).view(1, 2, 3, 4)
     assert torch.allclose(sf, s.flip(-1), atol=1e-6)
@@ -438,7 +440,7 @@ def test_command_line_writes_a_picture_for_each_mask(videos, tiny_clip, tmp_path
     monkeypatch.setattr(masking, "save_mask_picture", lambda *a, **kw: (drawn.append(a), draw(*a, **kw)))
     for mask in ("random", "tube", "mgm", "tgm"):
         out = tmp_path / f"{mask}.png"
-        masking.main(masking.get_args([
+        masking.main(masking.parse_args([
             "--video", videos[0], "--mask", mask, "--num-frames", "4", "--sampling-rate", "1", "--input-size", "32",
             "--caption", "a textured square", "--clip-model", "tgm-test-tiny", "--clip-pretrained", "none",
             "--out", str(out)]))
@@ -452,9 +454,9 @@ def test_command_line_writes_a_picture_for_each_mask(videos, tiny_clip, tmp_path
         assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "again.png")))
     assert "4 of 8 tokens masked" in capsys.readouterr().out  # the default ratios: tgm 0.6 of 4 = 2 per slice
     with pytest.raises(SystemExit, match="needs --caption"):
-        masking.main(masking.get_args(["--video", videos[0], "--mask", "tgm"]))
+        masking.main(masking.parse_args(["--video", videos[0], "--mask", "tgm"]))
     with pytest.raises(SystemExit, match="file not found"):
-        masking.main(masking.get_args(["--video", str(tmp_path / "nothing.mp4"), "--mask", "tube"]))
+        masking.main(masking.parse_args(["--video", str(tmp_path / "nothing.mp4"), "--mask", "tube"]))
 
 
 def test_object_coverage_on_a_constructed_case():
@@ -476,91 +478,3 @@ def test_object_coverage_on_a_constructed_case():
     # flipped: the object moves to the right half, and so does its coverage
     flipped = masking.token_sums(obj, data.Crop(0.0, 0.0, 1.0, 1.0, True), (2, 2, 2), (32, 32)).flatten()[None]
     assert flipped.tolist() == [[256, 512, 0, 0, 256, 512, 0, 0]]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# TGM maps made offline (masking.make_maps, TextMaps, TextMapMasker)
-
-def test_map_carried_through_crop_and_flip_equals_the_map_of_the_cropped_frames():
-    """A constructed case: per-pixel scores piecewise constant on 8 x 8 cells (a map of 4 x 6 cells over a 32 x 48
-    frame, as the maps store them). The map carried through a cell-aligned crop and a flip, per token, equals the
-    same scores computed on the cropped, flipped frames; and the loader's mask is the top-k of those."""
-    g = torch.Generator().manual_seed(0)
-    T, gh, gw, cell = 4, 4, 6, masking.MAPS_UPSAMPLE
-    text_map = torch.rand(T, gh, gw, generator=g)                           # one caption's map, a value per cell
-    pixels = text_map.repeat_interleave(cell, 1).repeat_interleave(cell, 2)  # (T, 32, 48) the scores of each pixel
-    crop = data.Crop(top=8 / 32, left=16 / 48, height=16 / 32, width=24 / 48, flip=True)
-    cropped = pixels[:, 8:24, 16:40].flip(-1)                               # (T, 16, 24) the cropped, flipped frames
-    p, t = 4, 2
-    grid = (T // t, 16 // p, 24 // p)
-    want = cropped.reshape(T // t, t, 16 // p, p, 24 // p, p).mean(dim=(1, 3, 5))  # per token: its pixels' mean score
-    got = masking.map_scores(text_map, crop, grid, (16, 24)) / (t * p * p)
-    assert torch.allclose(got, want, atol=1e-6)
-    sample = {"video": torch.zeros(3, T, 16, 24), "text_map": text_map, "crop": crop}
-    mask, fell_back = masking.TextMapMasker(grid, 0.5)(sample, torch.Generator().manual_seed(1))
-    assert not fell_back
-    assert torch.equal(mask, masking.topk_mask(want.flatten(1)[None], 0.5)[0])
-    # and not by accident: without the flip the map lands elsewhere
-    unflipped = masking.map_scores(text_map, dataclasses.replace(crop, flip=False), grid, (16, 24)) / (t * p * p)
-    assert not torch.allclose(unflipped, want)
-
-
-@pytest.fixture(scope="module")
-def few_videos(demo):
-    """Six demo videos with their captions: (items [(path, rel)], captions {rel: [...]})."""
-    rels = [rel for rel, _ in data.read_list(demo["train"])][::25][:6]
-    captions = data.read_captions(demo["captions"])
-    return [(os.path.join(demo["root"], r), r) for r in rels], {r: captions[r] for r in rels}
-
-
-def test_make_maps_resumes_without_duplicates_and_shards_share_a_folder(tiny_clip, few_videos, tmp_path):
-    clip, tokenizer = tiny_clip
-    items, captions = few_videos
-    identity = masking.maps_identity("tgm-test-tiny", "none", captions, [r for _, r in items])
-    folder = str(tmp_path / "maps")
-    assert masking.make_maps(clip, tokenizer, items[:2], captions, folder, identity, cells=3, frame_stride=8) == (2, 0, 0)
-    first = {r: os.stat(masking.map_path(folder, r)).st_mtime_ns for _, r in items[:2]}
-    # the run stopped after two videos; the rerun, in two shards into the same folder, makes only the other four
-    made = [masking.make_maps(clip, tokenizer, items[i::2], captions, folder, identity, cells=3, frame_stride=8)
-            for i in (0, 1)]
-    assert sum(m for m, _, _ in made) == 4 and sum(d for _, d, _ in made) == 2
-    assert {r: os.stat(masking.map_path(folder, r)).st_mtime_ns for _, r in items[:2]} == first  # not made again
-    files = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
-    assert files == sorted([r + ".npz" for _, r in items] + ["meta.json"])  # one file per video, no temp files
-    assert masking.check_maps(folder, identity, [r for _, r in items]) is None
-    maps, frames = masking.TextMaps(folder).load(items[0][1], captions[items[0][1]])
-    info = data.probe_video(items[0][0])
-    assert frames.tolist() == list(range(0, info.num_frames, 8))
-    assert maps.shape == (3, len(frames), 3, 4)  # 3 captions, 3 cells along the short side (96 x 128: 3 x 4)
-    # a stored cell is what the paper's online recipe gives that patch: the frame at the patches' scale (3 x 4 patches
-    # of 16 px), each patch through CLIP alone, against each caption
-    f0 = torch.from_numpy(data.read_frames(items[0][0], frames[:1])).permute(0, 3, 1, 2)  # (1, C, 96, 128)
-    x = data.normalize(data.apply_crop(f0, data.Crop(0, 0, 1, 1), (48, 64), torch.float32).permute(0, 2, 3, 1))
-    text = masking.TextEmbedder(clip, tokenizer)(captions[items[0][1]])  # (3, E)
-    online = masking.TextGuidedMasker(clip, "patch").scores(x[None].expand(3, -1, 2, -1, -1), text)  # (3, 1, 12)
-    assert torch.allclose(maps[:, 0].flatten(1), online[:, 0], atol=2e-3)  # float16 storage
-    with pytest.raises(ValueError, match="other settings"):  # resuming with other settings into the same folder
-        masking.make_maps(clip, tokenizer, items, captions, folder, identity, cells=4, frame_stride=8)
-
-
-def test_stale_or_mismatched_maps_are_refused(tiny_clip, few_videos, tmp_path):
-    clip, tokenizer = tiny_clip
-    items, captions = few_videos
-    rels = [r for _, r in items]
-    identity = masking.maps_identity("tgm-test-tiny", "none", captions, rels)
-    folder = str(tmp_path / "maps")
-    masking.make_maps(clip, tokenizer, items[:4], captions, folder, identity, cells=2, frame_stride=16)
-    assert "have no map" in masking.check_maps(folder, identity, rels)  # two videos not made yet
-    masking.make_maps(clip, tokenizer, items, captions, folder, identity, cells=2, frame_stride=16)
-    assert masking.check_maps(folder, identity, rels) is None
-    other = {**captions, rels[3]: ["a different caption"] + captions[rels[3]][1:]}
-    msg = masking.check_maps(folder, masking.maps_identity("tgm-test-tiny", "none", other, rels), rels)
-    assert msg.startswith("the maps in") and "captions" in msg
-    msg = masking.check_maps(folder, masking.maps_identity("ViT-B-32-quickgelu", "openai", captions, rels), rels)
-    assert "clip_model" in msg and "clip_pretrained" in msg
-    assert "no meta.json" in masking.check_maps(str(tmp_path / "empty"), identity, rels)
-    # a single stale file (made from other captions) is refused by the reader too: the loader skips that video
-    with pytest.raises(data.VideoError, match="other captions"):
-        masking.TextMaps(folder).load(rels[3], other[rels[3]])
-    with pytest.raises(data.VideoError, match="no readable text map"):
-        masking.TextMaps(folder).load("not/there.mp4", ["a caption"])

@@ -1,6 +1,6 @@
 """
 Tests of model.py (Sec. 3.1, 3.4): parity with transformers' VideoMAE, the target, InfoNCE, training,
-checkpoints. CPU, tiny shapes, no network.
+checkpoints; and of weights.py, the importer and the exporter. CPU, tiny shapes, no network.
 
     python -m pytest -q tests/test_model.py
 """
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import model as M
+import weights
 
 # a tiny VideoMAE: 4 frames of 32x32 -> grid (2, 2, 2), N = 8 tokens of P = 2*16*16*3 = 1536 values
 TINY = dict(img_size=32, num_frames=4, tubelet_size=2, patch_size=16, embed_dim=32, depth=2, num_heads=4,
@@ -30,7 +31,7 @@ def fixed_count_mask(batch, n, n_masked, seed=0):
 
 
 # -----------------------------------------------------------------------------
-# parity with transformers.VideoMAEForPreTraining, loaded through our importer
+# parity with transformers.VideoMAEForPreTraining, loaded through our importer (weights.py)
 
 def hf_tiny(tmp_path, norm_pix_loss=True):
     from transformers import VideoMAEConfig, VideoMAEForPreTraining
@@ -55,7 +56,7 @@ def hf_tiny(tmp_path, norm_pix_loss=True):
 def test_parity_with_transformers_pretraining(tmp_path, norm_pix_loss):
     hf = hf_tiny(tmp_path, norm_pix_loss)
     ours = M.VideoMAE(tiny_cfg(norm_pix_loss=norm_pix_loss)).eval()
-    missing, unexpected = M.load_videomae_weights(ours, tmp_path / "hf")
+    missing, unexpected = weights.load_videomae_weights(ours, tmp_path / "hf")
     assert unexpected == []
     assert all(k.startswith("projector.") for k in missing)    # only our contrastive head is new
 
@@ -93,13 +94,13 @@ def test_import_official_format_and_into_classifier(tmp_path):
     src = M.VideoMAE(tiny_cfg())
     torch.save({"model": src.state_dict()}, tmp_path / "official.pth")
     dst = M.VideoMAE(tiny_cfg())
-    missing, unexpected = M.load_videomae_weights(dst, tmp_path / "official.pth")
+    missing, unexpected = weights.load_videomae_weights(dst, tmp_path / "official.pth")
     assert missing == [] and unexpected == []
     for k, v in src.state_dict().items():
         assert torch.equal(v, dst.state_dict()[k]), k
 
     clf = M.VideoClassifier(tiny_cfg(), num_classes=5)
-    missing, unexpected = M.load_videomae_weights(clf, tmp_path / "official.pth")
+    missing, unexpected = weights.load_videomae_weights(clf, tmp_path / "official.pth")
     assert sorted(missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     assert "encoder.norm.weight" in unexpected                  # VideoMAE's classifier replaces it by fc_norm
     assert torch.equal(clf.encoder.blocks[1].attn.qkv.weight, src.encoder.blocks[1].attn.qkv.weight)
@@ -107,15 +108,6 @@ def test_import_official_format_and_into_classifier(tmp_path):
 
 # -----------------------------------------------------------------------------
 # Sec. 3.1: tokens and target
-
-def test_patchify_round_trip_and_order():
-    x = torch.randn(2, 3, 4, 32, 48)
-    tokens = M.patchify(x, 2, 16)
-    assert tokens.shape == (2, 2 * 2 * 3, 1536)
-    assert torch.equal(M.unpatchify(tokens, 2, 16, (2, 2, 3)), x)
-    # token 1 is (t'=0, h=0, w=1); its first values are channels 0..2 of pixel (frame 0, row 0, col 16)
-    assert torch.equal(tokens[0, 1, :3], x[0, :, 0, 0, 16])
-
 
 def test_target_is_normalised_per_token_and_channel():
     video = torch.randn(2, 3, 4, 32, 32)
@@ -125,7 +117,7 @@ def test_target_is_normalised_per_token_and_channel():
     raw = M.pixel_target(video, 2, 16, norm_pix_loss=False)    # [0, 1] pixels of the un-normalised clip
     mean = torch.tensor(M.IMAGENET_MEAN).view(1, 3, 1, 1, 1)
     std = torch.tensor(M.IMAGENET_STD).view(1, 3, 1, 1, 1)
-    assert torch.allclose(M.unpatchify(raw, 2, 16, (2, 2, 2)), video * std + mean, atol=1e-6)
+    assert torch.allclose(raw, M.patchify(video * std + mean, 2, 16), atol=1e-6)
 
 
 def test_loss_only_on_masked_tokens():
@@ -377,7 +369,7 @@ def test_info_nce_leaves_out_clips_without_a_caption():
 
 
 # -----------------------------------------------------------------------------
-# export to transformers (evaluate.py --export): the folder loads there and gives our numbers
+# export to transformers (weights.py, evaluate.py --export): the folder loads there and gives our numbers
 
 # odd sizes, so that a mapping assuming 16 frames, 16 px patches or 224 px cannot pass: 4 frames of 48 x 48 in 8 px
 # patches -> grid (2, 6, 6), N = 72 tokens of P = 2*8*8*3 = 384 values
@@ -419,7 +411,7 @@ def save_finetune_like(path, cfg, num_classes=5, mode="finetune", class_names=No
 def test_export_pretrain_checkpoint_gives_our_loss_in_transformers(tmp_path, norm_pix_loss):
     from transformers import VideoMAEForPreTraining
     mae = save_pretrain_like(tmp_path / "ckpt.pt", M.ModelConfig(**ODD, norm_pix_loss=norm_pix_loss))
-    M.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf", source="ckpt.pt")
+    weights.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf", source="ckpt.pt")
     hf, info = VideoMAEForPreTraining.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not any(info.values())                              # no missing, unexpected or mismatched weights
     torch.manual_seed(1)
@@ -440,7 +432,7 @@ def test_export_finetune_checkpoint_gives_our_logits_in_transformers(tmp_path):
     from transformers import VideoMAEForVideoClassification
     names = ["archery", "bowling", "cartwheel", "diving", "eating"]
     clf = save_finetune_like(tmp_path / "ckpt.pt", M.ModelConfig(**ODD))
-    M.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf", class_names=names)
+    weights.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf", class_names=names)
     hf, info = VideoMAEForVideoClassification.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not any(info.values())
     assert hf.config.id2label == dict(enumerate(names)) and hf.config.label2id["diving"] == 3
@@ -458,9 +450,9 @@ def test_export_round_trip_is_exact(tmp_path, kind):
     aside, which transformers has no slot for)."""
     cfg = M.ModelConfig(**ODD)
     src = (save_pretrain_like if kind == "pretrain" else save_finetune_like)(tmp_path / "ckpt.pt", cfg)
-    M.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf")
+    weights.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf")
     dst = M.VideoMAE(cfg) if kind == "pretrain" else M.VideoClassifier(cfg, 5)
-    missing, unexpected = M.load_videomae_weights(dst, tmp_path / "hf")
+    missing, unexpected = weights.load_videomae_weights(dst, tmp_path / "hf")
     assert unexpected == [] and all(k.startswith("projector.") for k in missing)
     want = {k: v for k, v in src.state_dict().items() if not k.startswith("projector.")}
     got = dst.state_dict()
@@ -473,16 +465,16 @@ def test_export_refuses_with_a_sentence(tmp_path):
     cfg = M.ModelConfig(**ODD)
     save_finetune_like(tmp_path / "probe.pt", cfg, mode="linear")
     with pytest.raises(M.CheckpointError, match="is a linear probe"):
-        M.export_videomae(M.load_checkpoint(tmp_path / "probe.pt"), tmp_path / "hf")
+        weights.export_videomae(M.load_checkpoint(tmp_path / "probe.pt"), tmp_path / "hf")
     save_pretrain_like(tmp_path / "ckpt.pt", cfg)
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="already exists"):
-        M.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf")
+        weights.export_videomae(M.load_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "hf")
     assert os.listdir(tmp_path / "hf") == ["mine.txt"]         # untouched
     official = {"model": M.load_checkpoint(tmp_path / "ckpt.pt")["model"]}  # weights without our model_cfg
     with pytest.raises(M.CheckpointError, match="not a pretrain.py or finetune.py checkpoint"):
-        M.export_videomae(official, tmp_path / "hf2")
+        weights.export_videomae(official, tmp_path / "hf2")
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "hf", "probe.pt"]  # nothing written
 
 
@@ -497,8 +489,8 @@ def test_export_crash_leaves_no_half_folder(tmp_path, monkeypatch):
         write_whole(path, write)
     monkeypatch.setattr(M, "write_whole", crash_at_the_card)
     with pytest.raises(OSError, match="disk full"):
-        M.export_videomae(ckpt, tmp_path / "hf")
+        weights.export_videomae(ckpt, tmp_path / "hf")
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]         # neither the folder nor its temporary copy
     monkeypatch.undo()
-    M.export_videomae(ckpt, tmp_path / "hf")
+    weights.export_videomae(ckpt, tmp_path / "hf")
     assert sorted(os.listdir(tmp_path / "hf")) == ["README.md", "config.json", "model.safetensors", "tgm.json"]

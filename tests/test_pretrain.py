@@ -135,7 +135,7 @@ def test_tgm_without_captions_says_how_to_fix(demo):
 
 def test_tgm_on_real_data_asks_for_maps_or_online_features(demo):
     real = ["--data", demo["train"], "--captions", demo["captions"], "--mask", "tgm"]
-    with pytest.raises(SystemExit, match="masking.py --make-maps"):
+    with pytest.raises(SystemExit, match="maps.py"):
         pretrain.parse_args(real)
     assert pretrain.parse_args(real + ["--tgm-features", "dense"]).tgm_maps is None  # online, when asked for
     with pytest.raises(SystemExit, match="drop --tgm-features"):
@@ -146,14 +146,15 @@ def test_tgm_on_real_data_asks_for_maps_or_online_features(demo):
 def small_maps(demo, tiny_clip, small_list, tmp_path_factory):
     """TGM maps of small_list's videos, made with the tiny random CLIP: (folder, the small list's captions file)."""
     import data
-    import masking
-    clip, tokenizer = masking.load_clip(tiny_clip, "none")
+    import frozen_clip
+    import maps
+    clip, tokenizer = frozen_clip.load_clip(tiny_clip, "none")
     items = data.read_list(small_list, demo["root"])
     rels = [os.path.relpath(p, demo["root"]) for p, _ in items]
     captions = data.read_captions(demo["captions"])
     folder = str(tmp_path_factory.mktemp("maps"))
-    masking.make_maps(clip, tokenizer, [(p, r) for (p, _), r in zip(items, rels)], captions, folder,
-                      masking.maps_identity("tgm-test-tiny", "none", captions, rels), cells=2, frame_stride=4)
+    maps.make_maps(clip, tokenizer, [(p, r) for (p, _), r in zip(items, rels)], captions, folder,
+                   maps.maps_identity("tgm-test-tiny", "none", captions, rels), cells=2, frame_stride=4)
     return folder
 
 
@@ -264,7 +265,8 @@ def test_a_killed_rank_restarts_under_torchrun_and_ends_as_the_uninterrupted_run
     res = torchrun(os.path.join(ROOT, "pretrain.py"), common + out_flag(tmp_path / "straight"))
     assert res.returncode == 0, res.stderr[-3000:]
     killed = tmp_path / "killed"
-    script = killed_rank_script(tmp_path / "killed.py", "pretrain", "epoch_loader", killed / "ckpt.pt", "stage.parse_args()")
+    script = killed_rank_script(tmp_path / "killed.py", "pretrain", "DataLoader", killed / "ckpt.pt",
+                                "stage.parse_args()")  # one loader per epoch
     res = torchrun(script, common + out_flag(killed), "--max-restarts=1")  # no --resume typed
     assert res.returncode == 0, res.stderr[-3000:]
     assert "torchrun restart 1: resuming from the run's last checkpoint" in res.stdout

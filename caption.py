@@ -2,8 +2,7 @@
 Sec. 3.2 (Tables 5c, 6): captions for every pretraining video, written once, offline. "For each pretraining video, we
 uniformly sample 3 keyframes and inference a caption per frame" with BLIP-2 (--frames 1: the centre frame, Table 5c).
 Table 6b's other sources: the class name ("Oracle"), "vision-free" captions per class from a local causal LM, one per
-Table 6a prompt ("GPT3.5"), or both lists joined ("BLIP + GPT3.5"). Output: JSONL, one line per video
-(docs/captions.md), appended per batch, so rerunning the command resumes.
+Table 6a prompt ("GPT3.5"), or both lists joined ("BLIP + GPT3.5"). Output: JSONL (docs/captions.md), resumable.
 
     python caption.py --source oracle                     # the built-in demo's class names as captions, one CPU process
     python caption.py --data k400/train.txt --root k400/ --out k400_captions.jsonl    # BLIP-2 on one GPU
@@ -26,7 +25,6 @@ import data
 
 # Table 6a: the prompts given to the language model, "inspired by CuPL"; {} is the class name
 LLM_PROMPTS = ("Describe the action {}.", "What does a person {} look like?", "What does the act of {} look like?")
-SOURCES = ("blip2", "oracle", "llm", "blip2+llm")
 
 
 def get_parser():
@@ -43,7 +41,7 @@ def get_parser():
     add("--limit", type=int, help="caption at most this many new videos in this run (a trial; rerun to go on)")
     add("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="processes decoding keyframes; 0: none")
     # captions
-    add("--source", choices=SOURCES, default="blip2",
+    add("--source", choices=("blip2", "oracle", "llm", "blip2+llm"), default="blip2",
         help="Table 6b: oracle = class names, llm = vision-free, blip2+llm = both lists joined; paper: blip2")
     add("--frames", type=int, default=3, help="uniformly spaced keyframes per video; paper: 3 (Table 5c; 1: centre)")
     add("--captioner", default="Salesforce/blip2-opt-2.7b", help="BLIP-2 hub id or local folder; paper: BLIP-2 [25]")
@@ -122,9 +120,8 @@ def blip2_captions(processor, model, pixels, dtype, max_new_tokens, num_beams):
 
 
 class Keyframes(Dataset):
-    """List item -> {'video', 'label', 'pixels' (K, 3, S, S) or None, 'error'}; no image_processor: reads nothing.
-    In the loader workers, so decoding and BLIP-2's preprocessing use the CPU cores while the main process drives the
-    GPU. A video that cannot be used gives 'error' (the reason), never an exception."""
+    """List item -> {'video', 'label', 'pixels' (K, 3, S, S) or None, 'error': why it cannot be used, never raised}.
+    In the loader workers, so decoding and preprocessing use the CPU cores while the main process drives the GPU."""
 
     def __init__(self, items, root, frames, image_processor):
         self.items, self.root, self.frames, self.image_processor = items, root, frames, image_processor
@@ -139,8 +136,7 @@ class Keyframes(Dataset):
             return sample
         try:
             path = os.path.join(self.root, video)
-            # one seek per keyframe rather than one pass from the first keyframe to the last: the same frames,
-            # never slower, 2x faster with 2 s GOPs (54 vs 110 ms for a 10 s 320x568 video; equal at GOP 250)
+            # one seek per keyframe, not one pass from the first to the last: never slower, 2x faster at 2 s GOPs
             ids = keyframe_indices(data.probe_video(path).num_frames, self.frames)
             frames = [data.read_frames(path, [i])[0] for i in ids]
             sample["pixels"] = self.image_processor(frames, return_tensors="pt")["pixel_values"]  # (K, 3, S, S)
@@ -181,17 +177,15 @@ def llm_class_captions(name, class_names, labels, device, dtype, batch_size, max
     return {y: answers[j * k:(j + 1) * k] for j, y in enumerate(labels)}
 
 
-def caption_batch(batch, args, processor, model, dtype, class_names, class_caps):
+def caption_batch(batch, args, processor, model, dtype, class_caps):
     """The captions of each video of the batch (list of lists), from the chosen --source."""
-    if args.source == "oracle":
-        return [[class_names[s["label"]]] for s in batch]  # Table 6b "Oracle": the label's name
     caps = [[] for _ in batch]
     if "blip2" in args.source and batch:
         k = args.frames
         flat = blip2_captions(processor, model, torch.cat([s["pixels"] for s in batch]), dtype,
                               args.max_new_tokens, args.num_beams)  # (V*K) captions, K per video in order
         caps = [flat[i * k:(i + 1) * k] for i in range(len(batch))]
-    if "llm" in args.source:
+    if args.source != "blip2":  # the captions of the video's class: its name ("Oracle") or the LM's
         # NOTE: Table 6b "BLIP + GPT3.5" does not say how the two were combined; we join the lists, so
         # pretraining's random pick takes a BLIP-2 caption or a vision-free one with equal odds (3 + 3)
         caps = [c + class_caps[s["label"]] for c, s in zip(caps, batch)]
@@ -232,7 +226,7 @@ def main(args):
     if use_blip2:
         processor, model = load_blip2(args.captioner, device, dtype)
         print(f"caption.py: BLIP-2 {args.captioner} on {device} in {precision}, {args.frames} keyframes per video")
-    class_caps = {}
+    class_caps = {y: [name] for y, name in enumerate(class_names or [])}  # Table 6b "Oracle": the label's name
     if "llm" in args.source and todo:
         class_caps = llm_class_captions(args.llm, class_names, {y for _, y in todo}, device, dtype,
                                         args.batch_size, args.llm_max_new_tokens)
@@ -244,11 +238,11 @@ def main(args):
                         collate_fn=list)
     n_ok, n_failed, t0 = 0, 0, time.time()
     bar = tqdm(total=len(todo), unit="video", desc="captioning", dynamic_ncols=True)
-    with out, open(failed_path, "w") as failed:
-        try:
+    try:
+        with out, open(failed_path, "w") as failed, bar:          # closed before an except below prints
             for batch in loader:
                 good = [s for s in batch if s["error"] is None]
-                for s, caps in zip(good, caption_batch(good, args, processor, model, dtype, class_names, class_caps)):
+                for s, caps in zip(good, caption_batch(good, args, processor, model, dtype, class_caps)):
                     s["captions"] = [c for c in caps if c]  # a blank caption carries no text to mask or contrast with
                     if not s["captions"]:
                         s["error"] = f"{args.source} gave only empty captions"
@@ -265,21 +259,18 @@ def main(args):
                 n_failed += len(batch) - len(lines)
                 bar.update(len(batch))
                 bar.set_postfix(failed=n_failed, refresh=False)
-        except torch.cuda.OutOfMemoryError:
-            raise SystemExit(f"caption.py: out of GPU memory at --batch-size {args.batch_size} videos "
-                             f"({args.batch_size * args.frames} images): lower it; videos done are kept") from None
-        except KeyboardInterrupt:
-            bar.close()
-            print(f"caption.py: interrupted; {n_ok} videos captioned in this run are in {args.out} ({n_failed} "
-                  "failed): rerun the same command to go on")
-            raise SystemExit(130) from None
-    bar.close()
-    print(f"caption.py: done | {n_ok} captioned, {n_failed} failed"
-          + (f" (reasons in {failed_path})" if n_failed else "")
-          + f", {n_done} were done before | {n_ok / max(time.time() - t0, 1e-9):.2f} videos/s | {args.out}")
+    except torch.cuda.OutOfMemoryError:
+        raise SystemExit(f"caption.py: out of GPU memory at --batch-size {args.batch_size} videos "
+                         f"({args.batch_size * args.frames} images): lower it; videos done are kept") from None
+    except KeyboardInterrupt:
+        print(f"caption.py: interrupted; {n_ok} videos captioned in this run are in {args.out} ({n_failed} "
+              "failed): rerun the same command to go on")
+        raise SystemExit(130) from None
+    print(f"caption.py: done | {n_ok} captioned, {n_failed} failed, {n_done} were done before | "
+          f"{n_ok / max(time.time() - t0, 1e-9):.2f} videos/s | {args.out}")
     if n_failed:
-        print(f"caption.py: {n_failed} videos have no caption line; pretrain.py skips each as a bad sample: "
-              f"fix them and rerun, or drop the videos of {failed_path} from the list you pretrain on")
+        print(f"caption.py: {n_failed} videos have no caption line (reasons in {failed_path}); pretrain.py skips each "
+              f"as a bad sample: fix them and rerun, or drop them from the list you pretrain on")
     else:
         os.remove(failed_path)  # no failures: no side file to wonder about
     return dict(captioned=n_ok, failed=n_failed, out=args.out, failed_path=failed_path)

@@ -1,10 +1,8 @@
 """Sec. 4.2 (pre-processing) "following [38]", VideoMAE: frame samplers (16-frame clips at a temporal stride, TSN for
 SSv2), crops (multi-scale crop and flip; 5 temporal x 3 spatial test views, 2 x 3 for SSv2), finetuning augmentation,
-and the dataset that serves clips to every stage. Every sampler and crop copies a function of the official VideoMAE
-code (github.com/MCG-NJU/VideoMAE), cited where it is copied. Sec. 3.2 / 3.3: a video's captions ride along with its
-clip, and every crop/flip is a resolution-free `Crop`, so motion- and text-guided masks move with the clip
-(`apply_crop`). Below the dataset, the plumbing: list and caption files, PyAV's reader. NOTE: a second shared module
-beside model.py (docs/design.md, "Layout: why data.py"), which stays torch-only.
+and the dataset that serves clips to every stage; samplers and crops copy github.com/MCG-NJU/VideoMAE, cited per
+function. Sec. 3.2 / 3.3: a video's captions ride along with its clip, and every crop is a resolution-free `Crop`, so
+motion- and text-guided masks move with the clip. Below the dataset: list and caption files, PyAV's reader.
 
     loader = DataLoader(VideoDataset("train.txt", root="videos/", captions="captions.jsonl"), collate_fn=collate)
 """
@@ -27,21 +25,19 @@ from model import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger("tgm.data")
 
 # ----------------------------------------------------------------------------- frame samplers (VideoMAE)
-# Each returns an int array of frame indices. rng is a numpy Generator; rng.integers(n) is numpy's
-# np.random.randint(n) that VideoMAE calls.
+# Each returns int frame indices; rng is a numpy Generator, whose rng.integers(n) is VideoMAE's np.random.randint(n)
 
 def pretrain_indices(num_video_frames, num_frames, sampling_rate, rng):
     """VideoMAE pretraining clip: kinetics.py `VideoMAE._sample_train_indices` (num_segments=1) and
-    `_video_TSN_decord_batch_loader`. A random start, then `num_frames` frames `sampling_rate` apart; in a
-    video shorter than the clip the last reachable frame repeats."""
+    `_video_TSN_decord_batch_loader`, a random start, then `num_frames` frames `sampling_rate` apart."""
     skip_length = num_frames * sampling_rate
     average_duration = num_video_frames - skip_length + 1
     offset = rng.integers(average_duration) + 1 if average_duration > 0 else 1  # 1-based, as VideoMAE
     ids = []
     for _ in range(num_frames):
         ids.append(offset - 1)
-        # VideoMAE steps only while `offset + new_step < duration`, so the very last frame of the video
-        # is never sampled and a short clip repeats the frame before it: we keep this off-by-one exactly
+        # VideoMAE steps only while `offset + new_step < duration`, so the very last frame of the video is never
+        # sampled and a short clip repeats the frame before it: we keep this off-by-one exactly
         if offset + sampling_rate < num_video_frames:
             offset += sampling_rate
     return np.array(ids, dtype=np.int64)
@@ -63,9 +59,8 @@ def finetune_indices(num_video_frames, num_frames, sampling_rate, rng):
 
 
 def tsn_indices(num_video_frames, num_segments, rng, test_offset=None):
-    """TSN sampling for SSv2 (one frame per segment): ssv2.py `SSVideoClsDataset.loadvideo_decord`.
-    test_offset None: training, a random frame in each segment. test_offset 0 / 1: the test views,
-    VideoMAE's interleaved list of segment starts and mid-points, sorted, every second one."""
+    """TSN sampling for SSv2, one frame per segment: ssv2.py `SSVideoClsDataset.loadvideo_decord`. test_offset None:
+    training, a random frame per segment; 0 / 1: a test view, VideoMAE's [chunk_nb::2] of the sorted starts and mids."""
     if test_offset is None:
         average_duration = num_video_frames // num_segments
         if average_duration > 0:
@@ -75,13 +70,11 @@ def tsn_indices(num_video_frames, num_segments, rng, test_offset=None):
         return np.zeros(num_segments, dtype=np.int64)  # as VideoMAE: a tiny video gives frame 0 only
     tick = num_video_frames / float(num_segments)
     all_index = [int(tick / 2.0 + tick * x) for x in range(num_segments)] + [int(tick * x) for x in range(num_segments)]
-    # VideoMAE then takes buffer[chunk_nb::2] of the sorted list (test_num_segment = 2)
     return np.sort(np.array(all_index, dtype=np.int64))[test_offset::2]
 
 
 def test_indices(num_video_frames, num_frames, sampling_rate, view, num_views=5):
-    """Kinetics-style test window `view` of `num_views`: kinetics.py `VideoClsDataset` test mode. The whole
-    video at the stride (padded with its last frame), cut into `num_views` evenly spaced windows."""
+    """Test window `view` of `num_views`, evenly spaced over the strided video: kinetics.py `VideoClsDataset` test."""
     all_index = list(range(0, num_video_frames, sampling_rate))
     while len(all_index) < num_frames:
         all_index.append(all_index[-1])
@@ -131,14 +124,12 @@ MULTISCALE_SCALES = (1, .875, .75, .66)  # VideoMAE's GroupMultiScaleCrop scales
 
 
 def multiscale_short_side(input_size, scales=MULTISCALE_SCALES):
-    """The shortest frame side at which even the smallest multi-scale crop still spans `input_size` pixels:
-    decoding a larger video at this size loses nothing the crop would keep (Sec. 5, data loading)."""
+    """The short side at which the smallest multi-scale crop still spans `input_size` pixels: decode no larger."""
     return math.ceil(input_size / min(scales))
 
 
 def multiscale_crop(H, W, size, scales=MULTISCALE_SCALES, flip=True, rng=None):
-    """VideoMAE pretraining augmentation: transforms.py `GroupMultiScaleCrop` (max_distort=1, fix_crop,
-    more_fix_crop): a crop side from `scales` x the short side, at one of 13 fixed offsets."""
+    """VideoMAE pretraining crop: transforms.py `GroupMultiScaleCrop` (max_distort=1, fix_crop, more_fix_crop)."""
     crop_sizes = [int(min(W, H) * x) for x in scales]
     crop_sizes = [size if abs(x - size) < 3 else x for x in crop_sizes]  # square output: VideoMAE's crop_h = crop_w
     pairs = [(w, h) for i, h in enumerate(crop_sizes) for j, w in enumerate(crop_sizes) if abs(i - j) <= 1]
@@ -152,8 +143,7 @@ def multiscale_crop(H, W, size, scales=MULTISCALE_SCALES, flip=True, rng=None):
 
 
 def random_resized_crop(H, W, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True, rng=None):
-    """VideoMAE finetuning augmentation: video_transforms.py `_get_param_spatial_crop` (10 tries at a
-    random area and log-uniform aspect ratio, else a centre crop), then a random flip."""
+    """VideoMAE finetuning augmentation: video_transforms.py `_get_param_spatial_crop`, then a random flip."""
     for _ in range(10):
         target_area = rng.uniform(*scale) * H * W
         aspect_ratio = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
@@ -175,16 +165,12 @@ def random_resized_crop(H, W, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip=True
 def uniform_crop(H, W, short_side, spatial_idx, num_crops=3):
     """Test crop `spatial_idx` of `num_crops` along the long side: kinetics.py test mode (resize the
     short side to `short_side`, then a square window at `int(idx * step)`). num_crops=1: the centre."""
-    if H < W:
-        ow, oh = int(short_side * W / H), short_side  # video_transforms.resize_clip
-    else:
-        ow, oh = short_side, int(short_side * H / W)
-    long = max(ow, oh)
+    long = int(short_side * max(H, W) / min(H, W))  # the long side after video_transforms.resize_clip
     start = (int(spatial_idx * (long - short_side) / (num_crops - 1)) if num_crops > 1
              else int(round((long - short_side) / 2)))
     if H >= W:
-        return Crop(start / oh, 0.0, short_side / oh, 1.0)
-    return Crop(0.0, start / ow, 1.0, short_side / ow)
+        return Crop(start / long, 0.0, short_side / long, 1.0)
+    return Crop(0.0, start / long, 1.0, short_side / long)
 
 
 def normalize(frames):
@@ -198,26 +184,19 @@ def normalize(frames):
 
 def finetune_transforms(randaug_n=4, randaug_m=7, reprob=0.25):
     """VideoMAE's finetuning augmentation (run_class_finetuning.py: --aa rand-m7-n4-mstd0.5-inc1, --reprob 0.25,
-    --remode pixel) as torchvision transforms -> (randaug, erase); None for one that is off (n = 0, reprob = 0).
-    NOTE: differs from VideoMAE, whose RandAugment and erasing are timm's: 11 bins make torchvision's bin m timm's
-    level m; no magnitude noise, all n ops always applied, a slightly different op set, bilinear; the same erasing
-    noise in every frame (docs/design.md "Finetuning augmentation" lists each difference)."""
-    randaug = erase = None
-    if randaug_n > 0:
-        randaug = T.RandAugment(num_ops=randaug_n, magnitude=randaug_m, num_magnitude_bins=11,
-                                interpolation=T.InterpolationMode.BILINEAR, fill=[128, 128, 128])
-    if reprob > 0:
-        # value="random": per-pixel N(0, 1) in the normalised space (VideoMAE's mode 'pixel'); area 2-33 %,
-        # aspect 0.3-3.3, the defaults of both
-        erase = T.RandomErasing(p=reprob, value="random")
+    --remode pixel) as torchvision's -> (randaug, erase), None when off. NOTE: differs from VideoMAE, whose are timm's
+    (docs/design.md "Finetuning augmentation" lists the differences); 11 bins: torchvision's bin m is timm's level m."""
+    randaug = T.RandAugment(num_ops=randaug_n, magnitude=randaug_m, num_magnitude_bins=11,
+                            interpolation=T.InterpolationMode.BILINEAR, fill=[128, 128, 128]) if randaug_n > 0 else None
+    # value="random": per-pixel N(0, 1) in the normalised space (VideoMAE's --remode pixel); area and aspect: defaults
+    erase = T.RandomErasing(p=reprob, value="random") if reprob > 0 else None
     return randaug, erase
 
 
 def augment_clip(clip, randaug, erase, seed):
-    """A (T, C, S, S) crop -> ImageNet-normalised (C, T, S, S) with VideoMAE's finetuning augmentation, torch's draws
-    seeded by `seed` (from the dataset's rng: exact resume). RandAugment acts on the [0, 255] pixels (as timm's on PIL
-    images), random erasing on the normalised ones (as VideoMAE). NOTE: differs from VideoMAE, which augments the
-    whole frames before the crop: we augment the crop, cheaper (docs/design.md "Finetuning augmentation")."""
+    """A (T, C, S, S) crop -> ImageNet-normalised (C, T, S, S), augmented with torch's draws seeded by `seed`.
+    RandAugment acts on the [0, 255] pixels (as timm's on PIL images), random erasing on the normalised ones (as
+    VideoMAE). NOTE: differs from VideoMAE, which augments the whole frames before the crop: we augment the crop."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if randaug is not None:
@@ -231,17 +210,11 @@ def augment_clip(clip, randaug, erase, seed):
 # ----------------------------------------------------------------------------- dataset
 
 class VideoDataset(torch.utils.data.Dataset):
-    """A list file (+ captions) -> augmented clips with label, captions, crop and the bad videos skipped.
-    mode: 'pretrain' (VideoMAE pretraining clip, multi-scale crop), 'finetune' (finetuning clip or TSN, random-resized
-    crop), 'val' (one deterministic view: centre window, centre crop), 'test' (every test view from one decode:
-    5 windows x 3 crops, or with tsn 2 interleaved samplings x 3 crops).
-    repeat_aug R: decode once, return R differently cropped/flipped clips of the same frames (VideoMAE's `num_sample`,
-    ST-MAE / MGMAE repeated augmentation) to amortise decoding.
-    randaug_n, randaug_m, reprob: VideoMAE's finetuning RandAugment and random erasing (`finetune_transforms`),
-    'finetune' mode only; off by default (0), and off means the clips are exactly those without them.
-    text_maps: a maps.TextMaps (TGM from maps made offline): one of the video's captions is drawn per video and
-    each sample carries it ('caption') and its map at the clip's frames ('text_map', for the mask_fn).
-    __getitem__ returns a list of dicts (R of them; in 'test' mode one per view); see `collate`."""
+    """A list file (+ captions) -> clips with label, captions and crop; unreadable videos are skipped and reported.
+    mode: 'pretrain', 'finetune', 'val' (the centre view) or 'test' (every test view from one decode). repeat_aug R: R
+    differently cropped clips of one decode (VideoMAE's `num_sample`). randaug_n/m, reprob: 'finetune' only; off (0)
+    gives exactly the clips without them. text_maps (maps.TextMaps): a caption drawn per video rides with its map at
+    the clip's frames ('caption', 'text_map'). __getitem__ -> a list of R sample dicts ('test': one per view)."""
 
     def __init__(self, list_file, root="", captions=None, mode="pretrain", num_frames=16, sampling_rate=4,
                  input_size=224, repeat_aug=1, flip=True, tsn=False, motion=False, mask_fn=None, seed=0,
@@ -250,10 +223,9 @@ class VideoDataset(torch.utils.data.Dataset):
         if mode not in ("pretrain", "finetune", "val", "test"):
             raise ValueError(f"mode must be pretrain, finetune, val or test, not {mode!r}")
         self.list_file = list_file
-        self.items = read_list(list_file, root)
-        prefix = os.path.join(root, "") if root else ""
-        # captions are keyed by the path as written in the list, without --root
-        self.rel = [p[len(prefix):] if prefix and p.startswith(prefix) else p for p, _ in self.items]
+        listed = read_list(list_file)
+        self.rel = [p for p, _ in listed]  # the paths as written in the list, without --root: the captions' keys
+        self.items = [(os.path.join(root, p), y) for p, y in listed]
         self.captions = read_captions(captions) if isinstance(captions, (str, os.PathLike)) else (captions or {})
         self.mode, self.num_frames, self.sampling_rate = mode, num_frames, sampling_rate
         self.input_size, self.repeat_aug, self.flip, self.tsn = input_size, repeat_aug, flip, tsn
@@ -453,8 +425,7 @@ def _open(path):
     stream = container.streams.video[0]
     num_frames = stream.frames
     if num_frames <= 0:
-        # some containers (webm, mkv, avi) do not store a frame count: count packets, which is a
-        # demux without decoding (milliseconds), then come back to the start
+        # webm, mkv, avi may store no frame count: count packets (a demux, no decoding: milliseconds), then rewind
         try:
             num_frames = sum(1 for p in container.demux(stream) if p.size > 0)
             container.seek(0, stream=stream)
@@ -478,24 +449,21 @@ def probe_video(path):
 
 def _decode(container, stream, info, wanted, motion, short_side, seek):
     """Decode the frames whose indices are in the sorted array `wanted` -> {index: (frame, mvs)}. With seek, jump to
-    the keyframe before wanted[0] and number frames from their pts; without, decode from the start and count frames
-    (the reference the seek path is tested against; speeds: benchmarks/bench_decode.py)."""
+    the keyframe before wanted[0] and number frames from their pts; without, decode from the start and count them."""
     tb = stream.time_base
     rate = Fraction(stream.average_rate) if stream.average_rate else Fraction(info.fps)  # frames per second
     start = stream.start_time or 0
     lo, hi = int(wanted[0]), int(wanted[-1])
     if seek and lo > 0:
         container.seek(start + int(lo / (rate * tb)), backward=True, any_frame=False, stream=stream)
-    size = None
+    size = (None, None)  # (width, height); None: the coded size
     if short_side and min(info.height, info.width) > short_side:
-        # decode straight to the smaller size the crop needs: resizing in swscale is much cheaper than
-        # carrying full-size frames through the augmentation (the Crop is in fractions, so it still fits)
+        # decode straight to the size the crop needs, far cheaper in swscale than later (a Crop in fractions still fits)
         s = short_side / min(info.height, info.width)
         size = (max(1, round(info.width * s)), max(1, round(info.height * s)))
-    got, want, last, count = {}, set(wanted.tolist()), None, -1
+    got, want, last = {}, set(wanted.tolist()), None
     reformatter = VideoReformatter()
-    for frame in container.decode(stream):
-        count += 1
+    for count, frame in enumerate(container.decode(stream)):
         if seek:
             if frame.pts is None:
                 return None  # no timestamps to number frames by: the caller decodes from the start
@@ -510,21 +478,16 @@ def _decode(container, stream, info, wanted, motion, short_side, seek):
         if i in want:
             got[i] = _convert(frame, motion, size, reformatter)
     if last is not None and (not got or max(got) < hi):
-        # the header promised more frames than the file holds: the missing tail repeats the last
-        # decodable frame, like VideoMAE's short-video rule, instead of losing the sample
+        # the header promised more frames than the file holds: the tail repeats the last one (VideoMAE's short videos)
         got.setdefault(hi, _convert(last, motion, size, reformatter))
     return got
 
 
 def _convert(frame, motion, size, reformatter):
-    w, h = size if size else (None, None)
-    # gray / yuv444 / odd sizes all -> rgb24, through one scaler per video on one thread. frame.to_ndarray(format=...)
-    # makes a scaler per frame with a thread per core, alive (with motion vectors) until the garbage collector's next
-    # full pass: ten MGM clips left 160 idle threads, which forked DataLoader workers carried (one segfaulted in CI).
-    rgb = reformatter.reformat(frame, format="rgb24", width=w, height=h, threads=1).to_ndarray()
-    if not motion:
-        return rgb, None
-    mvs = frame.side_data.get("MOTION_VECTORS")  # None on I-frames
+    # any format -> rgb24 through one scaler per video, on one thread: frame.to_ndarray(format=...) makes a scaler per
+    # frame with a thread per core, alive until a full GC pass (160 idle threads in forked workers: a segfault in CI)
+    rgb = reformatter.reformat(frame, format="rgb24", width=size[0], height=size[1], threads=1).to_ndarray()
+    mvs = frame.side_data.get("MOTION_VECTORS") if motion else None  # None on I-frames too
     return rgb, (mvs.to_ndarray() if mvs is not None else None)
 
 
@@ -532,8 +495,7 @@ def read_clip(path, sample_indices, motion=False, short_side=None, seek=True):
     """Open once, choose indices from the frame count, decode only those. Raises VideoError.
     sample_indices: VideoInfo -> int array of frame indices (any order, repeats allowed); short_side: decode at this
     shorter side when the video is larger (None: full size). -> (frames uint8 (T, H, W, 3), motion, indices, info).
-    motion (None if not asked): T entries, each PyAV's MotionVectors.to_ndarray() (fields source, w, h, src_x, src_y,
-    dst_x, dst_y, flags, motion_x, motion_y, motion_scale) in coded-frame pixels, or None (e.g. an I-frame)."""
+    motion (None if not asked): T entries, each PyAV's MotionVectors.to_ndarray() in coded-frame pixels, or None."""
     container, stream, info = _open(path)
     try:
         indices = np.asarray(sample_indices(info), dtype=np.int64)  # outside the except: a bug is no bad video

@@ -1,16 +1,11 @@
-"""The built-in demo: what every stage runs on when no --data is given. Not a stage of the paper.
+"""The built-in demo: what every stage runs on when no --data is given. Not a stage of the paper (docs/demo.md).
 
-A synthetic video dataset (a shaded, patterned shape spinning or pulsing in place over a lit, panning background,
-with a small distractor: 8 classes, shape x motion; more unlabelled videos for pretraining than labelled ones for
-transfer; three captions per video that say what one frame shows, as BLIP-2's keyframe captions do; the actor's mask
-per frame), written once into $TGM_CACHE (default ~/.cache/tgm); a small CLIP trained on its frames and
-captions (the demo CLIP), which stands in for OpenAI's weights offline so the demo's text-guided masks follow the
-words; and demo-sized values for the flags a stage leaves unset, so that every stage runs in minutes on a CPU.
-
-The stages call one entry, `fill(args, stage)`, and only when no --data is given (or --clip-pretrained demo):
+A synthetic video dataset (8 classes, shape x motion; three captions per video that say what one frame shows, as
+BLIP-2's keyframe captions do), written once into $TGM_CACHE (default ~/.cache/tgm); a small CLIP trained on its
+frames and captions (the demo CLIP), which stands in for OpenAI's weights offline; and demo-sized flag values, so
+that every stage runs in minutes on a CPU. The stages call one entry, `fill(parser, argv, stage)`, when no --data
+is given (or --clip-pretrained demo):
     python pretrain.py --mask tgm --ratio 0.6 --contrastive        # the demo, end to end
-NOTE: a module of its own (docs/design.md "Layout"): the stages, data.py and masking.py then hold the paper and
-the plumbing a real run needs, and the demo, its renderer and its CLIP trainer are read (or skipped) in one place.
 Tests: python -m pytest -q tests/test_demo.py
 """
 import contextlib
@@ -37,23 +32,13 @@ import model as M
 # -----------------------------------------------------------------------------
 # The demo dataset
 # Shaded, patterned shapes over a lit background that drifts (the camera pans), with a small distractor. A class is
-# what the actor is (its shape) and how it moves in place (spinning or pulsing): the paper's classifiers mean-pool
-# every token, so a class must live in what the tokens show, not in where the actor goes (v4's classes were moving
-# up / down / sideways, and the mean over tokens threw them away). As in Kinetics, what one frame shows (the shape,
-# in its shape's own colours and pattern) goes a long way toward the class, and the motion settles the rest. Shading,
-# pattern and glow give the paper's normalised-pixel target something to predict inside a patch; flat colours left it
-# nothing beyond the mean (loss_mse stalled at 1.0), and so did high-contrast background textures. Size, background,
-# light and distractor are drawn independently of the class: they vary as a real scene does and the captions name them.
-# Both motions are periodic with a random phase, so no window of the video is special: in v4 every action was drawn
-# around the middle frame, where the val clip sits, so all val clips caught their actor at the same place and size.
-# A pulsing actor's light throbs as it grows and shrinks (v7): in v6, where only its size changed, a linear model on
-# the mean-pooled tokens of a random ViT told pulsing from spinning on 61 % of val clips (chance 50 %), and no
-# finetuning got far past the shape; with the light, on 88 % (benchmarks/bench_demo_classes.py).
+# what the actor is (its shape) and how it moves in place (spinning, or pulsing with a throbbing light): the paper's
+# classifiers mean-pool every token, so a class must live in what the tokens show, not in where the actor goes.
+# Shading, pattern and glow give the normalised-pixel target something to predict inside a patch. Size, background,
+# light and distractor are drawn independently of the class, and both motions are periodic with a random phase, so
+# no window of the video is special.
 
-DEMO_VERSION = 7  # 3: shading, patterns, the actor's glow, a lit drifting background, frame captions;
-                  # 4: the glow is white light; 5: classes = shape x motion in place, an unlabelled pretraining list
-                  # (never released); 6: each shape in its own colours and pattern, a larger actor; 7: a pulsing
-                  # actor's light throbs with it
+DEMO_VERSION = 7  # in the cache folder's name: a new version renders the dataset anew (history: docs/demo.md)
 DEMO_SHAPES = ["circle", "square", "triangle", "star"]  # no diamond: a spinning square is a spinning diamond
 DEMO_MOTIONS = [("spinning", "spins"), ("pulsing", "pulses")]  # (class word, the verb a caption would use)
 DEMO_ACTIONS = [(f"{m} {s}", f"{v}") for s in DEMO_SHAPES for m, v in DEMO_MOTIONS]  # label = 2 * shape + motion
@@ -61,21 +46,16 @@ DEMO_COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 2
                 "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (240, 240, 240), "pink": (240, 120, 190)}
 DEMO_BACKGROUNDS = {"dark blue": (20, 30, 80), "dark green": (20, 70, 35), "grey": (90, 90, 90), "brown": (90, 60, 30)}
 DEMO_TEXTURES = ["striped", "checkered", "dotted", "speckled"]
-# (H, W), T: 40 frames hold the demo's 8 x 4 clip; 72 x 96 is what the 64 px crops need. Small frames keep writing
-# the 1,400 videos to well under a minute (v4's 400 videos of 72 frames at 96 x 128 took 20-30 s)
-DEMO_SIZE, DEMO_FRAMES = (72, 96), 40
-# videos per class: the pretraining list (labels unused: the unlabelled videos plus the labelled train videos, as
-# K400's train split is pretrained on and then finetuned on), the labelled train list, the val list. More unlabelled
-# videos than labelled ones: the regime where self-supervised pretraining pays.
+DEMO_SIZE, DEMO_FRAMES = (72, 96), 40  # (H, W), T: room for the 8 x 4 clip's 64 px crops, and fast to write
+# videos per class: unlabelled (the pretraining list adds the train videos, as K400's train split is pretrained on,
+# then finetuned on), labelled train, val. More unlabelled than labelled: where self-supervised pretraining pays.
 DEMO_COUNTS = dict(pretrain=135, train=25, val=15)  # pretraining list: 8 x (135 + 25) = 1,280 = 80 steps of 16
-# the renderer's knobs: the actor's radius (px; a third of the frame's height: the class must reach many tokens to
-# survive their mean); spin (radians per frame); pulse depth (fraction of the radius) and period (frames); the
-# background's light (+- grey levels across the frame) and drift (px per frame); the objects' pattern contrast and
-# frequency (radians per radius); one-sided shading; the actor's white glow (grey levels at its centre) and its reach
-# (in radii); how much a pulsing actor's colour and glow brighten and dim with its size (fractions); patterns tied
-# to the shape; the share of actors in their shape's own colours. (In the actor's colour the
-# glow tinted a wide ring of background with the colour the caption names, and the demo CLIP's text-guided masks then
-# covered the actor no better than chance: v3)
+# the renderer's knobs: the actor's radius (px; a third of the frame's height, so the class reaches many tokens);
+# spin (radians per frame); pulse depth (fraction of the radius) and period (frames); the background's light (+- grey
+# levels) and drift (px per frame); the objects' pattern contrast and frequency (radians per radius); one-sided
+# shading; the actor's glow (grey levels at its centre; white: in the actor's colour it tints the background with the
+# colour the caption names) and reach (radii); how much a pulsing actor's colour and glow swing (fractions); patterns
+# tied to the shape; the share of actors in their shape's own colours
 DEMO_KNOBS = dict(radius=(22, 28), spin=(0.10, 0.16), pulse=0.25, period=(18, 28), light=35, bg_drift=0.25,
                   obj_tex=0.4, obj_f=(1.5, 2.5), shade=0.45, glow=60, glow_sigma=2.0, pulse_light=0.35, pulse_glow=0.8,
                   kind_texture=True, kind_colour=1.0)
@@ -116,9 +96,8 @@ def _render_demo(rng, label):
     K = DEMO_KNOBS
     (H, W), T = DEMO_SIZE, DEMO_FRAMES
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    # every draw comes before the class is looked at, in the same order for every class: the background, the light,
-    # the distractor, size, speed and phase of a video do not depend on its label, only the actor's shape, colour
-    # and pattern (what it is) and its motion do
+    # every draw comes before the class is looked at, in the same order for every class: only the actor's shape,
+    # colour, pattern and motion depend on the label
     bg_name = list(DEMO_BACKGROUNDS)[rng.integers(len(DEMO_BACKGROUNDS))]
     colours = list(DEMO_COLOURS)
     ci, di = rng.choice(len(colours), size=2, replace=False)
@@ -130,15 +109,14 @@ def _render_demo(rng, label):
     spin = rng.uniform(*K["spin"]) * rng.choice([-1, 1])
     period = rng.uniform(*K["period"])
     cx0, cy0 = W / 2 + rng.uniform(-10, 10), H / 2 + rng.uniform(-5, 5)
-    d0, dv, drad, dang = rng.uniform([12, 12], [W - 12, H - 12]), rng.normal(size=2) * 0.1, rng.uniform(5, 7), rng.uniform(0, 6)
+    d0, dv, drad, dang = (rng.uniform([12, 12], [W - 12, H - 12]), rng.normal(size=2) * 0.1, rng.uniform(5, 7),
+                          rng.uniform(0, 6))
     tp, dtp = _texture_params(rng, K["obj_f"]), _texture_params(rng, K["obj_f"])
     # the class: the actor's shape, and its motion in place
     shape, (motion, _) = DEMO_SHAPES[label // len(DEMO_MOTIONS)], DEMO_MOTIONS[label % len(DEMO_MOTIONS)]
     t = np.arange(T, dtype=np.float32)
     # what the actor is shows in every frame, as a Kinetics class's objects do: each shape comes in its own two colours
-    # (circles red or green, squares blue or yellow, ...) and wears its own pattern. With free colours and patterns a
-    # linear model on a random ViT's mean-pooled tokens told the 4 shapes apart on 32-39 % of val clips (chance 25 %);
-    # tied to the shape and with a larger actor, on 80 % (and the distractor keeps every colour and pattern in play)
+    # (circles red or green, ...) and wears its own pattern; the distractor keeps every colour and pattern in play
     if rng.random() < K["kind_colour"]:
         ci = 2 * DEMO_SHAPES.index(shape) + (ci % 2)
         di = di if di != ci else (ci + 3) % len(colours)
@@ -151,8 +129,7 @@ def _render_demo(rng, label):
         beat = np.sin(2 * np.pi * t / period + phase)
         r, light_of, glow_of = R * (1 + K["pulse"] * beat), 1 + K["pulse_light"] * beat, 1 + K["pulse_glow"] * beat
     x, y = np.full(T, cx0), np.full(T, cy0)
-    # the background: its colour, lit by a spot of light falling off across it, on a canvas larger than the frame
-    # that drifts in one direction (the camera pans)
+    # the background: its colour, lit by a spot of light, on a larger canvas that drifts (the camera pans)
     pad = int(np.ceil(np.abs(drift).max() * T)) + 1
     cy, cx = np.mgrid[0:H + 2 * pad, 0:W + 2 * pad].astype(np.float32)
     ly, lx = light_at * (H + 2 * pad, W + 2 * pad)
@@ -181,21 +158,21 @@ def _render_demo(rng, label):
             u, v = (c * dx + sn * dy) / rad[f], (-sn * dx + c * dy) / rad[f]
             inside = _shape_mask(shp, u, v)
             # lit from one side in the object's own frame (so spinning turns the shading), its pattern, a dark rim
-            shade = (1 - K["shade"] * (1 - u.clip(-1, 1)) / 2) * (1 + K["obj_tex"] * 0.5 * (_texture(tx, u, v, params) - 1))
+            shade = ((1 - K["shade"] * (1 - u.clip(-1, 1)) / 2)
+                     * (1 + K["obj_tex"] * 0.5 * (_texture(tx, u, v, params) - 1)))
             shade = np.where(_shape_mask(shp, u * 1.15, v * 1.15), shade, 0.35)
             box = video[f, ya:yb, xa:xb]
             if n == len(objects) - 1:
                 shade = shade * light_of[f]
                 main_mask[f, ya:yb, xa:xb] |= inside
             box[inside] = (col * shade[..., None])[inside]
-    words = dict(colour=colours[ci], shape=shape, texture=tex, action=DEMO_ACTIONS[label], verb=DEMO_MOTIONS[label % 2][1],
-                 bg=bg_name, dcolour=colours[di], dshape=dshape, dtexture=dtex)
+    words = dict(colour=colours[ci], shape=shape, texture=tex, action=DEMO_ACTIONS[label],
+                 verb=DEMO_MOTIONS[label % 2][1], bg=bg_name, dcolour=colours[di], dshape=dshape, dtexture=dtex)
     return np.clip(video, 0, 255).astype(np.uint8), main_mask, words
 
 
-# What one frame shows, the main object first, as BLIP-2 captions a keyframe: objects, colours, textures, the scene.
-# They name the actor's shape, half of its class, and never its motion but for the rare caption below: the captions
-# correlate with the class without naming it, as BLIP-2's keyframe captions of Kinetics do.
+# What one frame shows, the main object first, as BLIP-2 captions a keyframe: the actor's shape (half of its class),
+# never its motion but in the rare caption below, so they correlate with the class without naming it.
 DEMO_CAPTIONS = ["a {texture} {colour} {shape} and a small {dcolour} {dshape} on a {bg} background",
                  "a glowing {colour} {shape} with a {texture} pattern in front of a {bg} wall",
                  "a picture of a {colour} {texture} {shape} next to a small {dcolour} {dshape}",
@@ -207,8 +184,7 @@ DEMO_ACTION_RATE = 0.1  # the share of videos with one caption that names the mo
 
 
 def _demo_captions(w, rng):
-    """Three captions, as BLIP-2 gives for three keyframes: what one frame shows, and for about one video in ten
-    one caption that names the motion."""
+    """Three captions, as BLIP-2 gives for three keyframes; about one video in ten gets one that names the motion."""
     caps = [DEMO_CAPTIONS[i].format(**w) for i in rng.choice(len(DEMO_CAPTIONS), size=3, replace=False)]
     if rng.random() < DEMO_ACTION_RATE:
         caps[rng.integers(3)] = DEMO_ACTION_CAPTION.format(**w)
@@ -229,26 +205,22 @@ def write_video(path, frames, fps=25, gop=16):
 
 
 def _cache_dir():
-    """Where the demo is written once: $TGM_CACHE, default ~/.cache/tgm."""
     return os.environ.get("TGM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tgm")
 
 
 def demo_dataset(cache_dir=None, seed=0, pretrain_per_class=None, train_per_class=None, val_per_class=None):
     """The built-in demo dataset, generated on first use -> dict(root, pretrain, train, val, class_names, captions,
-    objects) of paths. pretrain: the pretraining list, the unlabelled videos and then the labelled train videos (its
-    labels are the true ones, but pretrain.py never reads them); train / val: the labelled lists for transfer.
-    objects: one .npz, key = a labelled (train or val) video's file stem, value = its main object's mask, bool (T, H, W)
-    as stored.
-    Counts are per class; None: DEMO_COUNTS."""
+    objects) of paths. pretrain: the unlabelled videos, then the train ones (pretrain.py reads no label); objects:
+    each labelled video's main-object mask, bool (T, H, W), by file stem. Counts per class; None: DEMO_COUNTS."""
     counts = dict(DEMO_COUNTS)
     counts.update({k: v for k, v in (("pretrain", pretrain_per_class), ("train", train_per_class),
                                      ("val", val_per_class)) if v is not None})
     cache_dir = cache_dir or _cache_dir()
-    name = f"demo-v{DEMO_VERSION}-seed{seed}" + ("" if counts == DEMO_COUNTS else "-{pretrain}x{train}x{val}".format(**counts))
+    name = f"demo-v{DEMO_VERSION}-seed{seed}"
+    name += "" if counts == DEMO_COUNTS else "-{pretrain}x{train}x{val}".format(**counts)
     root = os.path.join(cache_dir, name)
-    paths = {k: os.path.join(root, f) for k, f in
-             [("pretrain", "pretrain.txt"), ("train", "train.txt"), ("val", "val.txt"), ("class_names", "class_names.txt"),
-              ("captions", "captions.jsonl"), ("objects", "objects.npz")]}
+    paths = {k: os.path.join(root, k + ext) for k, ext in [("pretrain", ".txt"), ("train", ".txt"), ("val", ".txt"),
+             ("class_names", ".txt"), ("captions", ".jsonl"), ("objects", ".npz")]}
     paths["root"] = root
     if os.path.isdir(root):
         return paths
@@ -269,7 +241,7 @@ def demo_dataset(cache_dir=None, seed=0, pretrain_per_class=None, train_per_clas
                     frames, main_mask, words = _render_demo(rng, label)
                     stem = f"{split}_{k:05d}"
                     write_video(os.path.join(tmp, "videos", stem + ".mp4"), frames)
-                    if split != "unlabelled":  # the masks serve measurements on labelled videos; 1,080 more cost seconds
+                    if split != "unlabelled":  # the masks serve measurements on labelled videos
                         objects[stem] = main_mask
                     lists[split].append(f"videos/{stem}.mp4 {label}\n")
                     caps.append(json.dumps({"video": f"videos/{stem}.mp4", "captions": _demo_captions(words, rng),
@@ -296,20 +268,16 @@ def demo_dataset(cache_dir=None, seed=0, pretrain_per_class=None, train_per_clas
 # -----------------------------------------------------------------------------
 # The demo CLIP: a small open_clip model trained on the demo's own frames and captions
 #
-# NOTE: not in the paper. Offline (no OpenAI weights: CI, the tests, a machine without network) a random CLIP gives
-# text-guided masks that follow no word. This CLIP, trained in about a minute on the demo dataset's frames and
-# captions, knows the demo's colours, shapes and scenes, so the demo's TGM masks follow its captions; and it is
-# small, so a demo TGM step with the paper's per-patch features costs 1.4-1.8x a tube step (ViT-B/32's cheaper
-# 'dense' features cost 5-6x). It is open_clip's own CLIP class built from a config of its own, saved in
-# open_clip's weight format and loaded by load_clip like any other weights file.
+# NOTE: not in the paper. Offline a random CLIP gives text-guided masks that follow no word; this one, trained in about
+# a minute on the demo's frames and captions, knows its colours, shapes and scenes, and is small enough for the paper's
+# per-patch features in the step (1.4-1.8x a tube step). open_clip's own CLIP class, loaded like any weights file.
 
 DEMO_CLIP_NAME = "tgm-demo-clip-v1"  # its config file's stem, the name load_clip registers it under; bump to retrain
 DEMO_CLIP = {
     "embed_dim": 64,
-    # 32 px images in 8 px patches: a 4 x 4 token grid, the demo MAE's own (64 px clips in 16 px patches), so 'dense'
-    # features run this CLIP at its trained size and 'patch' features upsample each 16 px patch to 32 px. Pooling is
-    # CLIP's usual class token: with mean pooling ('avg') instead, the patch tokens that 'dense' reads scored the
-    # background above the object the caption names (in our trials; benchmarks/bench_demo_clip.py measures masks).
+    # 32 px images in 8 px patches: a 4 x 4 token grid, the demo MAE's own, so 'dense' features run this CLIP at its
+    # trained size and 'patch' features upsample each 16 px patch to 32 px. Pooling is CLIP's class token: with mean
+    # pooling the patch tokens that 'dense' reads scored the background above the object the caption names.
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 3, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
@@ -319,9 +287,8 @@ DEMO_CLIP_FRAMES = 8  # frames decoded per training video, spread over its lengt
 
 @contextlib.contextmanager
 def _one_thread():
-    """torch on one CPU thread inside the block. The demo CLIP trains so: the same weights for a seed whatever the
-    machine's thread count, and its matrices are too small to gain much from threads (on a busy 2-core machine,
-    two threads made its steps several times slower than one)."""
+    """torch on one CPU thread inside the block: the demo CLIP's weights for a seed are then the same on any machine,
+    and its small matrices gain little from threads (two made a busy 2-core machine's steps several times slower)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -332,12 +299,10 @@ def _one_thread():
 
 def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_CLIP_BATCH, lr=DEMO_CLIP_LR,
                     seed=0, crop_scale=(0.02, 1.0)):
-    """CLIP's contrastive training, from scratch, on frames and their captions -> the open_clip model, frozen, in
-    eval mode. videos: list of (frames uint8 (F, H, W, 3), captions list[str]); config_path: an open_clip config
-    (.json). Each step draws batch_size distinct videos and, for each, a frame, a random crop of it and one of its
-    captions, and takes an AdamW step on the symmetric InfoNCE with a learnt temperature (CLIP's loss). The crops
-    span crop_scale of the frame's area: small ones (about a 'patch' feature's 16 px of a demo clip) pair a part
-    of a frame with the words of its caption, large ones the whole scene. Deterministic for a seed (one thread)."""
+    """CLIP's contrastive training, from scratch, on frames and their captions -> the open_clip model, frozen, in eval
+    mode. videos: [(frames uint8 (F, H, W, 3), captions)]; config_path: an open_clip config (.json). A step takes
+    batch_size distinct videos, for each a random crop of a frame (crop_scale of its area: from about a 'patch'
+    feature's 16 px, a part and its words, to the whole scene) and one of its captions. Deterministic for a seed."""
     name = frozen_clip.register_config(config_path)
     tokenizer = open_clip.get_tokenizer(name)
     distinct = sorted({c for _, caps in videos for c in caps})
@@ -363,10 +328,9 @@ def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_
                                       lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
         clip.train()
         for step in tqdm(range(steps), desc="training the demo CLIP", leave=False, dynamic_ncols=True):
-            # linear warmup, then a cosine to 0
-            f = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * f
+            f = ((step + 1) / warmup if step < warmup  # linear warmup, then a cosine to 0
+                 else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup))))
+            M.set_lr(optimizer, lr * f)
             images, caption_ids = [], []
             for v in rng.choice(len(videos), size=B, replace=False):  # distinct videos: no row's twin is a negative
                 frames, captions = videos[v]
@@ -385,7 +349,7 @@ def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_
             same.fill_diagonal_(False)       # that pair leaves both denominators
             logits = logits.masked_fill(same, float("-inf"))
             labels = torch.arange(B)
-            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2  # image->text, text->image
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2  # both directions
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -404,8 +368,8 @@ def demo_clip_videos(list_file, root, captions_file, num_frames=DEMO_CLIP_FRAMES
             continue
         path = os.path.join(root, rel)
         try:
-            n = data.probe_video(path).num_frames
-            videos.append((data.read_frames(path, np.linspace(0, n - 1, num_frames).round().astype(int)), captions[rel]))
+            ids = np.linspace(0, data.probe_video(path).num_frames - 1, num_frames).round().astype(int)
+            videos.append((data.read_frames(path, ids), captions[rel]))
         except data.VideoError:
             continue
     return videos
@@ -428,9 +392,8 @@ def demo_clip(demo, seed=0, name=DEMO_CLIP_NAME, config=DEMO_CLIP, steps=DEMO_CL
 # -----------------------------------------------------------------------------
 # The one entry the stages call: fill what the user did not type
 
-# Demo-sized defaults of a stage's flags (typed flags still win), so that each stage runs in minutes on a CPU: ViT-tiny on
-# 8 frames of 64 px. The learning rates are higher than the paper's, as the demo's global batch is 16, not 512 or
-# more, and its runs are a few hundred steps, not tens of thousands.
+# Demo-sized values of a stage's flags (typed flags win), so that each stage runs in minutes on a CPU: ViT-tiny on 8
+# frames of 64 px; learning rates above the paper's, for a global batch of 16 and a few hundred steps (docs/demo.md).
 SHAPE = dict(model="vit_tiny", num_frames=8, sampling_rate=4, input_size=64)
 FLAGS = {
     "pretrain": dict(SHAPE, batch_size=16, epochs=1, warmup_epochs=0.25, blr=1e-2, save_every=1, log_interval=5,
@@ -438,8 +401,7 @@ FLAGS = {
     # finetuning: VideoMAE's optimiser and schedule without its augmentation and layer decay (docs/demo.md)
     "finetune": dict(SHAPE, epochs=15, batch_size=16, lr=2e-2, warmup_epochs=1, weight_decay=0.05, layer_decay=1.0,
                      mixup=0.0, cutmix=0.0, randaug_n=0, reprob=0.0),
-    # linear probe: MAE's SGD and schedule at base lr 1.6 (lr 0.1 at batch 16). MAE's base 0.1 scales to 0.006 here,
-    # where 240 steps leave the probe underfit (train loss 1.1-1.3); lr chosen by the probe's train loss (docs/demo.md)
+    # linear probe: MAE's SGD and schedule at base lr 1.6 (lr 0.1 at batch 16); MAE's 0.1 underfits (docs/demo.md)
     "linear": dict(SHAPE, epochs=20, batch_size=16, lr=1.6, warmup_epochs=2, weight_decay=0.0),
     "evaluate": {},
     "caption": {},
@@ -450,8 +412,7 @@ FLAGS = {
 
 @contextlib.contextmanager
 def _one_builder(cache_dir):
-    """Processes that start at once (torchrun's ranks) build the demo once: the first holds the lock while it writes
-    the data and trains the demo CLIP, the others wait for it and then find both in the cache."""
+    """Ranks that start at once build the demo once: the first holds the lock, the others then find it in the cache."""
     os.makedirs(cache_dir, exist_ok=True)
     with open(os.path.join(cache_dir, ".lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)                         # released when the file closes
@@ -459,14 +420,9 @@ def _one_builder(cache_dir):
 
 
 def fill(parser, argv, stage):
-    """Parse a stage's command line with the demo's values as the parser's defaults -> args; typed flags win.
-
-    stage: pretrain | maps | masking | finetune | linear | evaluate | caption. No --data: the demo's lists, captions and
-    class names, and the FLAGS above (those that change a value are printed once). CLIP (stages with --clip-pretrained):
-    `--clip-pretrained demo`, or on the demo OpenAI's weights neither cached nor reachable, gives the demo CLIP (its
-    config file and weights become --clip-model and --clip-pretrained, so a checkpoint records them); and on the demo
-    --tgm-features defaults to the per-patch features only the demo CLIP is small enough for on a CPU (a full-size
-    CLIP gets 'dense')."""
+    """Parse a stage's command line with the demo's values as the parser's defaults -> args; typed flags win. No --data:
+    the demo's lists, captions, class names and FLAGS[stage] (those that change a value are printed); the demo CLIP's
+    files for --clip-pretrained demo, or on the demo when OpenAI's CLIP is out of reach (docs/design.md "Plumbing")."""
     first = parser.parse_args(argv)
     cache_dir = _cache_dir()
     on_demo = getattr(first, "data", None) is None  # masking.py's picture has no --data: its caller asks when needed
@@ -509,14 +465,12 @@ def fill(parser, argv, stage):
 
 
 def clip_for(demo, name="ViT-B-32-quickgelu"):
-    """The CLIP a demo run takes when none is typed -> (--clip-model, --clip-pretrained): OpenAI's weights for `name`
-    where they are cached or can be downloaded, else the demo CLIP's config and weights files (trained on first use)."""
+    """-> (--clip-model, --clip-pretrained): OpenAI's weights for `name` where they can be had, else the demo CLIP's."""
     return (name, "openai") if _openai_clip_at_hand(name) else demo_clip(demo)
 
 
 def _openai_clip_at_hand(name):
-    """Whether OpenAI's weights for CLIP `name` are cached or can be downloaded; when not, say so: the demo CLIP
-    stands in for them."""
+    """Whether OpenAI's weights for CLIP `name` are cached or can be downloaded; when not, say so."""
     try:
         frozen_clip.clip_weights(name, "openai")
         return True

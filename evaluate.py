@@ -101,9 +101,8 @@ def load_classifier(ckpt):
 
 
 def load_pretrained(path, args):
-    """A pretrain.py checkpoint, or published VideoMAE weights (official .pth or a Hugging Face folder, sized by
-    --model) -> (VideoMAE in eval mode, the pretraining run's args, what trained its contrastive head: "contrastive",
-    "probe" or None)."""
+    """A pretrain.py checkpoint or published VideoMAE weights (sized by --model) -> (VideoMAE in eval mode, the
+    pretraining run's args, what trained its contrastive head: "contrastive", "probe" or None)."""
     ckpt = M.load_checkpoint(path) if os.path.isfile(path) else None
     if ckpt is not None and "num_classes" in ckpt:
         raise SystemExit(f"{path} is a finetune.py checkpoint; --retrieval and --visualize need the pretraining "
@@ -113,8 +112,7 @@ def load_pretrained(path, args):
         model.load_state_dict(ckpt["model"])
         pre_args = ckpt.get("args", {})
         return model.eval(), pre_args, ckpt.get("head", "contrastive" if pre_args.get("contrastive") else None)
-    cfg = M.make_config(args.model, num_frames=args.num_frames or 16, img_size=args.input_size or 224)
-    model = M.VideoMAE(cfg)
+    model = M.VideoMAE(M.make_config(args.model, num_frames=args.num_frames or 16, img_size=args.input_size or 224))
     try:
         missing, _ = weights.load_videomae_weights(model, path)
     except (M.CheckpointError, RuntimeError) as e:             # no such file, or shapes of another size
@@ -126,8 +124,7 @@ def load_pretrained(path, args):
 
 
 def load_clip(args, pre_args, device):
-    """The pretraining run's CLIP (unless --clip-model / --clip-pretrained say otherwise) -> (clip, tokenizer, name,
-    weights), with a sentence instead of a traceback when the weights cannot be had."""
+    """--clip-model / --clip-pretrained, else the pretraining run's CLIP -> (clip, tokenizer, name, weights)."""
     name = args.clip_model or pre_args.get("clip_model", "ViT-B-32-quickgelu")
     pretrained = args.clip_pretrained or pre_args.get("clip_pretrained") or "openai"
     torch.manual_seed(args.seed)                               # a random CLIP ('none') is then the same every run
@@ -136,18 +133,6 @@ def load_clip(args, pre_args, device):
 
 # -----------------------------------------------------------------------------
 # Distributed helpers: every rank evaluates a share; rows come together by video index
-
-def gather_rows(rows, bad, world):
-    """Every rank's rows (a dict of lists of numpy arrays, one row per clip) and bad videos ('path: reason') -> (the
-    rows concatenated, the bad videos sorted, each once), the same on every rank."""
-    rows = {k: np.concatenate(v) for k, v in rows.items()}
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, (rows, bad))
-        rows = {k: np.concatenate([p[0][k] for p in parts]) for k in rows}
-        bad = [b for p in parts for b in p[1]]
-    return rows, sorted(set(bad))
-
 
 def merge_views(index, view, probs):
     """Sec. 4.2 multi-view: rows (video index (n,), view id (n,), softmax probs (n, K)) from any ranks, in any order
@@ -234,20 +219,17 @@ def reconstruct(model, video, mask):
     True = masked. A norm-pixel prediction is shown with the hidden patch's TRUE mean and std per channel, as
     VideoMAE's run_videomae_vis.py does: the picture borrows those two numbers from the hidden pixels."""
     cfg = model.cfg
-    t, p = cfg.tubelet_size, cfg.patch_size
+    t, p, C = cfg.tubelet_size, cfg.patch_size, video.shape[1]
     _, pred, _ = model(video, mask)                            # (B, N_mask, P), hidden tokens in raster order
-    pixels = M.pixel_target(video, t, p, norm_pix_loss=False)  # (B, N, P) in [0, 1]
-    B, N, P = pixels.shape
-    C = video.shape[1]
-    x = pixels.view(B, N, P // C, C)                           # (B, N, t*p*p, C): channel fastest
-    pred = pred.float().view(B, -1, P // C, C)                 # (B, N_mask, t*p*p, C)
-    if cfg.norm_pix_loss:
-        mean = x.mean(dim=-2, keepdim=True)[mask].view_as(pred[:, :, :1])
-        std = x.var(dim=-2, unbiased=True, keepdim=True).sqrt()[mask].view_as(pred[:, :, :1])
-        pred = pred * (std + 1e-6) + mean                      # undo the target's per-token normalisation
+    x = M.pixel_target(video, t, p, norm_pix_loss=False).unflatten(-1, (-1, C))  # (B, N, t*p*p, C) in [0, 1]
+    pred = pred.float().flatten(0, 1).unflatten(-1, (-1, C))   # (B * N_mask, t*p*p, C), the rows of x[mask]
+    if cfg.norm_pix_loss:                                      # undo the target's per-token normalisation
+        hidden = x[mask]                                       # (B * N_mask, t*p*p, C): the hidden tokens' pixels
+        std = hidden.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+        pred = pred * (std + 1e-6) + hidden.mean(dim=-2, keepdim=True)
     out = x.clone()
-    out[mask] = pred.reshape(-1, P // C, C)                    # hidden tokens replaced, visible ones kept
-    return unpatchify(out.view(B, N, P), t, p, cfg.grid).clamp(0, 1)
+    out[mask] = pred                                           # hidden tokens replaced, visible ones kept
+    return unpatchify(out.flatten(-2), t, p, cfg.grid).clamp(0, 1)
 
 
 def centre_attention(model, video):
@@ -331,23 +313,28 @@ def class_names_of(path):
         raise SystemExit(f"evaluate.py: --class-names {path}: {e.strerror}")
 
 
-def embed_clips(embed, ds, args, device, amp, rank, world, desc):
-    """embed: video (B, C, T, H, W) -> (B, F), over every clip of ds, shared among the ranks -> (dataset indices (V,),
-    features (V, F) float32, bad videos), the same on every rank."""
+def run_views(fn, ds, batch_size, args, device, amp, rank, world, desc):
+    """fn: video (B, C, T, H, W) -> (B, F) over every view of ds, the ranks sharing the videos -> ((video index (n,),
+    view id (n,), fn's rows (n, F) float32), bad videos 'path: reason'), all ranks' rows on every rank.
+    DistributedSampler pads the last ranks with repeats of the first videos: merge_views counts them once."""
     sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if world > 1 else None
-    loader = torch.utils.data.DataLoader(ds, args.batch_size * 4, sampler=sampler, num_workers=args.num_workers,
+    loader = torch.utils.data.DataLoader(ds, batch_size, sampler=sampler, num_workers=args.num_workers,
                                          collate_fn=data.collate)
-    rows, bad = {"index": [], "feat": []}, []
+    rows, bad = [], []
     with torch.no_grad():
         for batch in tqdm(loader, desc=desc, disable=rank != 0):
             with amp:
-                feat = embed(batch["video"].to(device))
-            rows["index"].append(batch["index"].numpy())
-            rows["feat"].append(feat.float().cpu().numpy())
+                out = fn(batch["video"].to(device))            # (B * views, F)
+            views = batch.get("view", [(0, 0)] * len(out))     # (window, crop) of each row; 'val': one view
+            view = np.array([w * ds.test_num_crop + c for w, c in views])  # window-major view id
+            rows.append((batch["index"].numpy(), view, out.float().cpu().numpy()))
             bad += [f"{p}: {r}" for p, r in batch["bad"]]
-    rows, bad = gather_rows(rows, bad, world)
-    index, first = np.unique(rows["index"], return_index=True)  # DistributedSampler's padding repeats count once
-    return index, rows["feat"][first], bad
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (rows, bad))
+        rows = [r for p in parts for r in p[0]]
+        bad = [b for p in parts for b in p[1]]
+    return tuple(np.concatenate(col) for col in zip(*rows)), sorted(set(bad))
 
 
 def labels_of(ds, index):
@@ -364,10 +351,12 @@ def run_retrieval(args, model, pre_args, device, amp, rank, world, report):
     queries = open_list(args.val_data, args, model.cfg, pre_args)
     # Table 3's features (our reading): the frozen encoder over all tokens, its final LayerNorm, mean-pooled, L2
     embed = lambda video: F.normalize(model.encoder(video).float().mean(dim=1), dim=-1)  # (B, D)
-    g_index, g_feat, g_bad = embed_clips(embed, gallery, args, device, amp, rank, world, "embed gallery (--data)")
-    q_index, q_feat, q_bad = embed_clips(embed, queries, args, device, amp, rank, world, "embed queries (--val-data)")
+    g_rows, g_bad = run_views(embed, gallery, 4 * args.batch_size, args, device, amp, rank, world, "embed gallery")
+    q_rows, q_bad = run_views(embed, queries, 4 * args.batch_size, args, device, amp, rank, world, "embed queries")
     if rank != 0:
         return
+    g_index, g_feat, _ = merge_views(*g_rows)                 # one view per video, each once
+    q_index, q_feat, _ = merge_views(*q_rows)
     r = video_recall(q_feat, labels_of(queries, q_index), g_feat, labels_of(gallery, g_index))
     res = dict(checkpoint=args.checkpoint, gallery=args.data, queries=args.val_data, num_gallery=len(g_index),
                num_queries=len(q_index), views="1 per video: centre clip, centre crop", features=
@@ -383,25 +372,24 @@ def run_retrieval(args, model, pre_args, device, amp, rank, world, report):
 
 
 def run_text_retrieval(args, model, pre_args, head, device, amp, rank, world, report):
-    """Video -> text retrieval through the contrastive head (Sec. 3.4), an extra beside Table 3: the --val-data
-    videos (one centre view each) rank CLIP's embeddings of the class names or of the captions; a video's positives
-    are its class's name or its own captions."""
+    """Video -> text retrieval through the contrastive head (Sec. 3.4), an extra beside Table 3: --val-data's videos
+    (one centre view each) rank CLIP's embeddings of the class names (right: its class's) or captions (its own)."""
     if head is None:
         raise SystemExit(f"evaluate.py: {args.checkpoint} has no trained contrastive head (published VideoMAE weights, "
                          "or a run without captions): --text needs one; leave --text out for video->video retrieval")
-    if args.text == "classes" and not args.class_names:
-        raise SystemExit("evaluate.py: --text classes needs --class-names FILE")
-    if args.text == "captions" and not args.captions:
-        raise SystemExit("evaluate.py: --text captions needs --captions FILE")
+    flag, given = ("--class-names", args.class_names) if args.text == "classes" else ("--captions", args.captions)
+    if not given:
+        raise SystemExit(f"evaluate.py: --text {args.text} needs {flag} FILE")
     videos = args.val_data or args.data
     ds = open_list(videos, args, model.cfg, pre_args, captions=args.captions)
     class_names = class_names_of(args.class_names) if args.text == "classes" else None
     if class_names is not None and max(lbl for _, lbl in ds.items) >= len(class_names):
         raise SystemExit(f"{videos} has labels beyond the {len(class_names)} names of {args.class_names}: wrong file?")
     embed = lambda video: model.video_embedding(model.encoder(video))  # (B, E): all tokens, no mask, the head
-    index, emb, bad = embed_clips(embed, ds, args, device, amp, rank, world, "embed videos")
+    rows, bad = run_views(embed, ds, 4 * args.batch_size, args, device, amp, rank, world, "embed videos")
     if rank != 0:
         return
+    index, emb, _ = merge_views(*rows)                         # one view per video
     texts, positives = text_gallery(labels_of(ds, index), [ds.captions.get(ds.rel[i], []) for i in index], class_names)
     clip, tok, clip_model, clip_pretrained = load_clip(args, pre_args, device)
     if clip_pretrained == "none":
@@ -470,28 +458,17 @@ def run_test(args, device, amp, rank, world, report):
     n_seg, n_crop = ds.test_num_segment, ds.test_num_crop
     if max(lbl for _, lbl in ds.items) >= ckpt["num_classes"]:
         raise SystemExit(f"{args.data} has labels beyond the checkpoint's {ckpt['num_classes']} classes: wrong list?")
-    # DistributedSampler pads the last ranks with repeats of the first videos; merge_views counts them once
-    sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if world > 1 else None
-    loader = torch.utils.data.DataLoader(ds, args.batch_size, sampler=sampler, num_workers=args.num_workers,
-                                         collate_fn=data.collate)
     M.print0(f"multi-view test: {len(ds)} videos x {n_seg} {'TSN samplings' if tsn else 'windows'} x {n_crop} crops, "
              f"{mode} checkpoint {args.checkpoint}, {world} process(es)")
-    rows, bad, t0 = {"index": [], "view": [], "probs": []}, [], time.time()
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="test", disable=rank != 0):
-            with amp:
-                logits = model(batch["video"].to(device))     # (B * views, K)
-            rows["probs"].append(F.softmax(logits.float(), dim=-1).cpu().numpy())  # softmax per view
-            rows["index"].append(batch["index"].numpy())
-            rows["view"].append(np.array([tw * n_crop + c for tw, c in batch["view"]]))  # window-major view id
-            bad += [f"{p}: {r}" for p, r in batch["bad"]]
-    rows, bad = gather_rows(rows, bad, world)
+    t0 = time.time()
+    softmax = lambda video: F.softmax(model(video).float(), dim=-1)  # (B * views, K): softmax per view
+    (index, view, view_probs), bad = run_views(softmax, ds, args.batch_size, args, device, amp, rank, world, "test")
     if rank != 0:
         return
-    videos, probs, counts = merge_views(rows["index"], rows["view"], rows["probs"])
+    videos, probs, counts = merge_views(index, view, view_probs)
     labels = labels_of(ds, videos)
     acc = topk_accuracy(probs, labels)
-    one = topk_accuracy(rows["probs"], labels_of(ds, rows["index"]))  # each view alone
+    one = topk_accuracy(view_probs, labels_of(ds, index))     # each view alone
     top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
     per_video = [dict(video=ds.rel[v], label=int(labels[j]), top5=top[j].tolist(),
                       top5_prob=probs[j, top[j]].round(6).tolist()) for j, v in enumerate(videos)]

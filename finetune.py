@@ -25,8 +25,7 @@ import model as M
 import weights
 
 # -----------------------------------------------------------------------------
-# Flags: the defaults are the paper's finetuning recipe (VideoMAE); --mode linear takes MAE's probe recipe (LINEAR),
-# the demo its own, each set before the final parse (typed flags win). The shape defaults to the checkpoint's.
+# Flags: the defaults are the paper's finetuning recipe (VideoMAE's); --mode linear takes MAE's probe recipe, LINEAR
 
 def get_parser():
     p = argparse.ArgumentParser(description="Finetuning and linear probe (Sec. 4.2)",
@@ -126,11 +125,6 @@ def mixup_cutmix(x, y, num_classes, mixup=0.8, cutmix=1.0, switch_prob=0.5, smoo
     return x, lam * t + (1 - lam) * t.flip(0)
 
 
-def soft_cross_entropy(logits, target):
-    """Cross entropy against (B, K) soft targets (timm's SoftTargetCrossEntropy)."""
-    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-
-
 # -----------------------------------------------------------------------------
 # Validation, and the draws of an epoch
 
@@ -138,7 +132,7 @@ def soft_cross_entropy(logits, target):
 def validate(model, loader, device, amp):
     """One-view top-1 / top-5 over this process's share of the val list -> (correct1, correct5, count) sums."""
     model.eval()
-    c1 = c5 = n = 0
+    c1 = c5 = 0
     for batch in loader:
         video, y = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
         with amp:
@@ -146,13 +140,11 @@ def validate(model, loader, device, amp):
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
         c1 += (top[:, 0] == y).sum().item()
         c5 += (top == y[:, None]).any(1).sum().item()
-        n += y.shape[0]
-    return c1, c5, n
+    return c1, c5, len(loader.dataset)                         # no drop_last: every video of the share counted
 
 
 def seed_epoch(seed, rank, epoch):
-    """(seed, rank, epoch) alone -> the mixup / cutmix generator; torch's seeded too (drop path, the loader's shuffle
-    and workers): a run resumed at an epoch's start draws what the uninterrupted run drew."""
+    """(seed, rank, epoch) -> the mixup / cutmix rng; torch seeded too (drop path, shuffle, workers): exact resume."""
     torch.manual_seed(hash((seed, rank, epoch)) % 2**63)
     return np.random.default_rng([seed, rank, epoch])
 
@@ -162,11 +154,10 @@ def main(args):
     state, enc_sd, cfg = starting_point(args)                  # fills args' None defaults
     train_ds, train_loader, val_loader, K = make_loaders(args, state, rank, world, device)
 
-    # the classifier, built under one seed on every rank so that every rank starts from the same weights (the linear
-    # probe's frozen encoder too); then a seed per rank for the draws that must differ between ranks (drop path)
+    # one seed on every rank: every rank starts from the same weights (the linear probe's frozen encoder too)
     torch.manual_seed(args.seed)
     model = build_model(args, cfg, K).to(device)
-    torch.manual_seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)                        # then the draws that must differ (drop path) per rank
     if enc_sd is not None:
         missing = load_encoder(model.encoder, enc_sd, args.checkpoint)
         if args.mode == "linear" and missing:
@@ -207,7 +198,7 @@ def main(args):
     # the loop: Sec. 4.2, VideoMAE's finetuning (mixup / cutmix, soft targets) or MAE's linear probe
     bad_total, t_start = 0, time.time()
     for epoch in range(start_epoch, args.epochs):
-        train_ds.set_epoch(epoch)  # new crops, flips and temporal offsets every epoch (data.py seeds per epoch)
+        train_ds.set_epoch(epoch)  # new crops, flips, offsets (data.py seeds per epoch; workers are not persistent)
         mix_rng = seed_epoch(args.seed, rank, epoch)
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
@@ -221,12 +212,12 @@ def main(args):
             M.set_lr(optimizer, M.lr_at(step, total_steps, warmup_steps, lr, min_lr))
             video, y = batch["video"].to(device, non_blocking=True), batch["label"].to(device)
             bad_epoch += len(batch["bad"])
-            if args.mode == "finetune":                        # soft targets of mixed clips, smoothed labels
-                video, target = mixup_cutmix(video, y, K, args.mixup, args.cutmix, args.mixup_switch_prob,
-                                             args.smoothing, mix_rng)
+            if args.mode == "finetune":                        # y becomes (B, K) soft targets: mixed clips, smoothed
+                video, y = mixup_cutmix(video, y, K, args.mixup, args.cutmix, args.mixup_switch_prob, args.smoothing,
+                                        mix_rng)
             with amp:
                 logits = trained(video)                        # (B, K)
-            loss = soft_cross_entropy(logits, target) if args.mode == "finetune" else F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y)          # labels (LP) or soft targets (FT: timm's soft CE)
             if not torch.isfinite(loss):
                 raise SystemExit(f"non-finite loss {loss.item()} at epoch {epoch} step {i}; the last good checkpoint "
                                  f"is {args.output_dir}/ckpt.pt (try a lower --lr)")
@@ -241,13 +232,11 @@ def main(args):
                       tqdm.write)
 
         # end of epoch: validation summed over ranks, then an atomic checkpoint
-        stats = torch.tensor([loss_sum, n_seen, bad_epoch, 0, 0, 0], dtype=torch.float64)
+        stats = torch.tensor([loss_sum, n_seen, bad_epoch, 0, 0, 0], dtype=torch.float64, device=device)
         if val_loader is not None:
             stats[3:] = torch.tensor(validate(model, val_loader, device, amp), dtype=torch.float64)
         if world > 1:
-            stats = stats.to(device)
             dist.all_reduce(stats)
-            stats = stats.cpu()
         bad_total += int(stats[2])
         record = dict(epoch=epoch + 1, train_loss=(stats[0] / stats[1]).item(), bad_videos=int(stats[2]),
                       epoch_s=time.time() - t0)
@@ -261,10 +250,9 @@ def main(args):
                 "model": model.state_dict(), "model_cfg": M.model_config_dict(cfg), "num_classes": K, "mode": args.mode,
                 "args": vars(args), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "best_top1": best})
 
-    summary = dict(done=True, mode=args.mode, epochs=args.epochs,
-                   best_val_top1=best if val_loader is not None else None, bad_videos=bad_total,
-                   train_s=time.time() - t_start)
-    M.log(log_path, summary)
+    M.log(log_path, dict(done=True, mode=args.mode, epochs=args.epochs,
+                         best_val_top1=best if val_loader is not None else None, bad_videos=bad_total,
+                         train_s=time.time() - t_start))
     M.print0(f"multi-view test: python evaluate.py --checkpoint {args.output_dir}/ckpt.pt")
     if world > 1:
         dist.destroy_process_group()
@@ -275,7 +263,7 @@ def main(args):
 
 def starting_point(args):
     """Where the run starts -> (resume state or None, pretrained encoder state dict or None, the ModelConfig); fills
-    args' None defaults (resolve_args). The config comes from the checkpoint when it stores one."""
+    args' None defaults (the checkpoint's shape when it stores one, else the paper's) and stops on flags that clash."""
     resume = M.resume_path(args.resume, args.output_dir)
     state = M.load_checkpoint(resume) if resume else None
     if state is not None and "num_classes" not in state:
@@ -292,7 +280,23 @@ def starting_point(args):
                          "VideoMAE weights (.pth or a Hugging Face folder), or 'none' for a random encoder")
     elif args.checkpoint != "none":
         _, enc_sd, pretrained_cfg = read_pretrained(args.checkpoint)
-    resolve_args(args, pretrained_cfg)
+    if pretrained_cfg is not None:
+        M.check_shape_flags(pretrained_cfg, args.num_frames, args.input_size)
+        args.num_frames, args.input_size = pretrained_cfg.num_frames, pretrained_cfg.img_size
+        if args.model is not None:
+            M.print0(f"--model {args.model} is ignored: the checkpoint stores its own model config")
+    for k, v in dict(model="vit_base", num_frames=16, input_size=224).items():  # the paper's, where nothing says
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.data is not None and args.val_data is None:
+        M.print0("no --val-data: training without per-epoch validation")
+    if not 0 <= args.randaug_m <= 10:
+        raise SystemExit(f"--randaug-m {args.randaug_m}: RandAugment's magnitude runs from 0 to 10 (VideoMAE: 7)")
+    if args.mode == "linear" and args.batch_size * args.repeat_aug < 2:
+        raise SystemExit("--mode linear needs at least 2 clips per step (its BatchNorm normalises over the batch); "
+                         "raise --batch-size")
+    if args.epochs <= args.warmup_epochs and args.epochs > 0:
+        M.print0(f"note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr never reaches its peak")
     if args.checkpoint == "none" and state is None:
         M.print0(f"--checkpoint none: the encoder starts from random weights ({args.model}), the from-scratch baseline")
     cfg = pretrained_cfg or M.make_config(args.model, num_frames=args.num_frames, img_size=args.input_size)
@@ -333,31 +337,8 @@ def build_model(args, cfg, num_classes):
     return M.ProbeClassifier(cfg, num_classes)
 
 
-def resolve_args(args, pretrained_cfg=None):
-    """The shape: the checkpoint's when it stores one, else the flags' (the paper's where untyped); flag combinations
-    that cannot work stop with one sentence."""
-    if pretrained_cfg is not None:
-        M.check_shape_flags(pretrained_cfg, args.num_frames, args.input_size)
-        args.num_frames, args.input_size = pretrained_cfg.num_frames, pretrained_cfg.img_size
-        if args.model is not None:
-            M.print0(f"--model {args.model} is ignored: the checkpoint stores its own model config")
-    for k, v in dict(model="vit_base", num_frames=16, input_size=224).items():  # the paper's, where nothing says
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.data is not None and args.val_data is None:
-        M.print0("no --val-data: training without per-epoch validation")
-    if not 0 <= args.randaug_m <= 10:
-        raise SystemExit(f"--randaug-m {args.randaug_m}: RandAugment's magnitude runs from 0 to 10 (VideoMAE: 7)")
-    if args.mode == "linear" and args.batch_size * args.repeat_aug < 2:
-        raise SystemExit("--mode linear needs at least 2 clips per step (its BatchNorm normalises over the batch); "
-                         "raise --batch-size")
-    if args.epochs <= args.warmup_epochs and args.epochs > 0:
-        M.print0(f"note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr never reaches its peak")
-
-
 def make_loaders(args, state, rank, world, device):
-    """Random-resized-crop clips to train (finetuning: with RandAugment and random erasing), one centre view per
-    video to validate -> (train dataset, train loader, val loader or None, K classes)."""
+    """Random-resized crops to train, the centre view to validate -> (train set, its loader, val loader or None, K)."""
     try:  # a missing list, or a malformed line (file:line: reason), stops here and not mid-run
         clip = {k: getattr(args, k) for k in ("num_frames", "sampling_rate", "input_size", "tsn")}  # both lists
         # RandAugment and random erasing only when finetuning: MAE's linear probe trains on plain crops
@@ -376,8 +357,7 @@ def make_loaders(args, state, rank, world, device):
         raise SystemExit(f"{args.data} has {len(train_ds)} videos, fewer than one global batch of "
                          f"{args.batch_size * world}; lower --batch-size")
     sampler = DistributedSampler(train_ds, world, rank, seed=args.seed) if world > 1 else None
-    loader_kw = dict(num_workers=args.num_workers, collate_fn=data.collate, pin_memory=device.type == "cuda",
-                     persistent_workers=False)  # workers must see each epoch's train_ds.set_epoch
+    loader_kw = dict(num_workers=args.num_workers, collate_fn=data.collate, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_ds, args.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
                               **loader_kw)
     val_loader = None

@@ -1,7 +1,6 @@
 """Sec. 3.3, 3.4: the frozen CLIP (open_clip ViT-B-32-quickgelu, the paper's ViT-B/32) of the text-guided mask and of
-the text targets: loaded with its weights checked up front (a file, a cached or reachable tag, or random), and the
-caption embeddings. A module of its own because masking.py, maps.py, pretrain.py, evaluate.py and the demo (which
-must not import a stage) all share it. Tests: python -m pytest -q tests/test_masking.py"""
+the text targets, loaded with its weights checked up front, and the caption embeddings. Shared by the stages and the
+demo, which must not import a stage (docs/design.md "Layout"). Tests: python -m pytest -q tests/test_masking.py"""
 import contextlib
 import logging
 import os
@@ -9,7 +8,6 @@ import socket
 
 import open_clip
 import torch
-import torch.nn.functional as F
 
 from model import print0
 
@@ -19,8 +17,7 @@ class ClipWeightsError(RuntimeError):
 
 
 def _cached_or_reachable(name, tag, cache_dir):
-    """Where open_clip would find `tag`'s weights: a cached file path, or the tag itself when the Hugging Face hub can
-    be reached. Offline and not cached: ClipWeightsError at once (open_clip's own download retries for a minute)."""
+    """A cached weights file, or `tag` if huggingface.co answers; else ClipWeightsError, not a minute of retries."""
     import huggingface_hub
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
     cfg = open_clip.get_pretrained_cfg(name, tag)
@@ -38,8 +35,7 @@ def _cached_or_reachable(name, tag, cache_dir):
             offline = True
     if offline:
         raise ClipWeightsError(f"CLIP weights '{tag}' for {name} are not cached and huggingface.co cannot be reached; "
-                               f"pass a local weights file (--clip-pretrained /path/to/open_clip_model.safetensors) "
-                               f"or --clip-pretrained none (random weights, only to test the code)")
+                               f"pass a local weights file (--clip-pretrained FILE) or none (random, to test code)")
     return tag
 
 
@@ -53,8 +49,7 @@ def register_config(name):
 
 @contextlib.contextmanager
 def random_weights_meant():
-    """open_clip warns (root logger, on every rank) when it builds a CLIP without weights: held back where that is
-    what was asked for, and said once by our own sentence."""
+    """open_clip's warning (every rank) on a CLIP without weights, held back where that is what was asked for."""
     level = logging.root.manager.disable
     logging.disable(max(level, logging.WARNING))
     try:
@@ -64,8 +59,7 @@ def random_weights_meant():
 
 
 def clip_weights(name, pretrained, cache_dir=None):
-    """Where CLIP `name`'s weights come from -> None (random: 'none'), a file, or an open_clip tag that is cached or
-    can be downloaded; ClipWeightsError (a sentence saying what to pass instead) when they cannot be had."""
+    """-> None ('none': random), a weights file, or an open_clip tag cached or reachable; else ClipWeightsError."""
     name = register_config(name)
     if pretrained == "none":
         return None
@@ -83,9 +77,7 @@ def clip_weights(name, pretrained, cache_dir=None):
 
 
 def load_clip(name="ViT-B-32-quickgelu", pretrained="openai", device="cpu", cache_dir=None):
-    """-> (clip, tokenizer): a frozen open_clip model in eval mode and its tokenizer. pretrained: an open_clip tag
-    ('openai': download or cache), a local weights file, or 'none' (random weights). name may also be the path of
-    an open_clip model config (.json), for a CLIP open_clip does not list."""
+    """-> (clip, tokenizer), frozen. pretrained: a tag, a weights file or 'none'; name: a model or a config .json."""
     source = clip_weights(name, pretrained, cache_dir)
     name = register_config(name)
     if source is None:
@@ -105,9 +97,7 @@ def load_clip_or_exit(prog, name, pretrained, device):
 
 
 def encode_text(clip, tokens):
-    """CLIP's encode_text on the first L positions only, L = 1 + the last [EOS] of the batch: the causal tower's [EOS]
-    never attends to the padding after it, so the embedding is the same for ~5x less work (a 15-token caption). Other
-    text towers fall back to open_clip's own encode_text."""
+    """CLIP's encode_text up to the batch's last [EOS], which never attends to the padding after it: ~5x less work."""
     if not (isinstance(clip, open_clip.CLIP) and clip.text_pool_type == "argmax" and clip.attn_mask is not None):
         return clip.encode_text(tokens)
     L = int(tokens.argmax(dim=-1).max()) + 1           # [EOS] has the highest id, as text_global_pool assumes
@@ -120,9 +110,7 @@ def encode_text(clip, tokens):
 
 
 class TextEmbedder:
-    """captions list[str] -> (n, E) L2-normalised CLIP text embeddings (encode_text: the [EOS] token's activation,
-    projected; Sec. 3.3). Each distinct caption is embedded once: a caption serves as the TGM query and the
-    contrastive target every epoch. The cache lives on the CPU (E floats per caption)."""
+    """captions list[str] -> (n, E) L2-normalised text embeddings (Sec. 3.3), each computed once (CPU cache)."""
 
     def __init__(self, clip, tokenizer):
         self.clip, self.tokenizer, self.cache = clip, tokenizer, {}
@@ -133,5 +121,5 @@ class TextEmbedder:
         new = [c for c in dict.fromkeys(captions) if c not in self.cache]  # distinct and not yet embedded
         if new:
             emb = encode_text(self.clip, self.tokenizer(new).to(device)).float()  # (n_new, E)
-            self.cache.update(zip(new, F.normalize(emb, dim=-1).cpu()))
+            self.cache.update(zip(new, torch.nn.functional.normalize(emb, dim=-1).cpu()))
         return torch.stack([self.cache[c] for c in captions]).to(device)  # (n, E)

@@ -1,13 +1,9 @@
 """TGM maps, not in the paper: the CLIP side of the text-guided masks (Sec. 3.3) made once per video, offline, so that
-pretrain.py --tgm-maps DIR makes TGM masks in the loader workers, as MGM's. A pre-pass of its own, like caption.py;
-the loader reads the maps back through TextMaps and TextMapMasker below.
+pretrain.py --tgm-maps DIR makes TGM masks in the loader workers (TextMaps, TextMapMasker below), as MGM's.
 NOTE: differs from the paper (Sec. 5 says only that TGM cost 15 % over MGM): CLIP in the step costs 2.7x (dense) to
-80x (patch) a tube step on an H100. Each stored frame goes through CLIP once and its similarity to each caption is
-kept as a small grid; the loader carries the drawn caption's map through the clip's crop and flip, as MGM's motion,
-and takes the top-k (docs/design.md "TGM maps": what it gives up; benchmarks/bench_tgm_maps.py measures it).
-Rerunning resumes; --shard i/n splits a list over GPUs; no --data: the built-in demo's pretraining list.
+80x (patch) a tube step on an H100 (docs/design.md "TGM maps": what the maps give up; benchmarks/bench_tgm_maps.py).
     python maps.py --out-dir maps/k400 --data k400/train.txt --root k400/ --captions k400_captions.jsonl
-Tests: python -m pytest -q tests/test_maps.py
+Rerunning resumes; --shard i/n splits a list over GPUs. Tests: python -m pytest -q tests/test_maps.py
 """
 import argparse
 import hashlib
@@ -24,57 +20,12 @@ import frozen_clip
 import masking
 from model import write_whole
 
-# ----------------------------------------------------------------------------------------------------------------
-# Flags
-
-def get_parser():
-    parser = argparse.ArgumentParser(description="TGM maps: each video's CLIP similarity to its captions, made once",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # data
-    parser.add_argument("--out-dir", required=True, help="folder the maps go into (pretrain.py --tgm-maps DIR)")
-    parser.add_argument("--data", help="list file 'path label' per line; none: the built-in demo's pretraining list")
-    parser.add_argument("--root", default="", help="folder prefixed to every path of the list")
-    parser.add_argument("--captions", help="captions JSONL from caption.py")
-    parser.add_argument("--shard", default="0/1", help="i/n: every n-th video of the list from the i-th, to split a "
-                        "list over GPUs or machines (all shards may write into one --out-dir)")
-    # maps
-    parser.add_argument("--input-size", type=int, default=224, help="the MAE's H = W in pixels")
-    parser.add_argument("--patch-size", type=int, default=16, help="p pixels per token side; paper: 16")
-    parser.add_argument("--cells", type=int, help="map cells along a frame's short side; none: one "
-                        "per token of a full-frame crop (input size / patch size: 14 at 224 px)")
-    parser.add_argument("--map-features", default="patch", choices=["patch", "dense"], help="patch: each cell "
-                        "through CLIP alone (the paper's recipe); dense: each frame once (cheaper, agrees less)")
-    parser.add_argument("--frame-stride", type=int, default=4, help="map every n-th frame (a clip frame takes the "
-                        "nearest); paper's clips: every 4th frame (K400), 2nd (SSv2)")
-    # CLIP
-    parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model; paper: ViT-B/32")
-    parser.add_argument("--clip-pretrained", default="openai",
-                        help="CLIP weights: openai (download or cache) | a weights file | demo (a small CLIP "
-                             "trained on the demo's data, its stand-in offline) | none (random)")
-    parser.add_argument("--chunk-size", type=int, default=256, help="CLIP images per forward")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where CLIP runs")
-    return parser
-
-
-def parse_args(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    if args.data is None or args.clip_pretrained == "demo":
-        import demo  # no --data: the built-in demo's pretraining list, captions and CLIP; typed flags win
-        args = demo.fill(parser, argv, "maps")
-    return args
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Making the maps
-
-MAPS_VERSION = 1
 MAPS_UPSAMPLE = 8  # each map cell becomes 8 x 8 pixels before the crop: the crop's edges then cut cells finely
 
 
 def maps_identity(clip_model, clip_pretrained, captions, rels):
-    """What a maps folder is made from -> a dict (in its meta.json; a run compares it with its own at start-up):
-    the CLIP (a weights file named by path, size and mtime) and a digest of the list's videos and their captions."""
+    """What a maps folder is made from (its meta.json): the CLIP (a weights file by path, size and mtime), a digest of
+    the list's videos and their captions, and the format's version (bump it when the format changes)."""
     digest = hashlib.sha256()
     for rel in sorted(rels):
         digest.update(json.dumps([rel, captions.get(rel, [])]).encode())
@@ -84,25 +35,21 @@ def maps_identity(clip_model, clip_pretrained, captions, rels):
     if os.path.isfile(clip_pretrained):
         st = os.stat(clip_pretrained)
         weights = f"{os.path.abspath(clip_pretrained)} ({st.st_size} bytes, mtime {int(st.st_mtime)})"
-    return {"version": MAPS_VERSION, "clip_model": clip_model, "clip_pretrained": weights,
+    return {"version": 1, "clip_model": clip_model, "clip_pretrained": weights,
             "captions_sha256": digest.hexdigest()}
 
 
 def map_path(folder, rel):
-    """A video's map file: its list path under the folder, plus .npz."""
     return os.path.join(folder, rel + ".npz")
 
 
 def frame_maps(clip, tokenizer, frames, captions, cells, features="patch", patch_size=16, chunk_size=256):
-    """uint8 frames (F, H, W, 3) -> float16 (n_captions, F, g_h, g_w): each frame's grid of `cells` along its short
-    side, each cell's cosine similarity to each caption. features 'patch' (the paper's recipe, Sec. 3.3): the frame
-    resized to g_h x g_w patches of patch_size pixels (the scale of a full-frame crop at the MAE's input size), each
-    patch through CLIP alone; 'dense': each frame once through CLIP at that grid (TextGuidedMasker's two ways)."""
+    """uint8 frames (F, H, W, 3) -> float16 (n_captions, F, g_h, g_w): each frame resized to `cells` patches along its
+    short side (a full-frame crop's scale), each patch's cosine similarity to each caption by TextGuidedMasker."""
     F_, H, W, _ = frames.shape
     g_h, g_w = (cells, max(1, round(cells * W / H))) if H <= W else (max(1, round(cells * H / W)), cells)
     masker = masking.TextGuidedMasker(clip, features, patch_size=patch_size, chunk_size=chunk_size)
     device = next(clip.parameters()).device
-    # the whole frame at the patches' scale, as a full-frame crop would show it: g_h x g_w patches
     x = data.apply_crop(torch.from_numpy(frames).permute(0, 3, 1, 2), data.Crop(0, 0, 1, 1),
                         (g_h * patch_size, g_w * patch_size), torch.float32)  # (F, C, H', W')
     video = data.normalize(x.permute(0, 2, 3, 1))[None].to(device)  # (1, C, F, H', W')
@@ -115,9 +62,8 @@ def frame_maps(clip, tokenizer, frames, captions, cells, features="patch", patch
 
 def make_maps(clip, tokenizer, items, captions, folder, identity, cells=14, frame_stride=4, features="patch",
               chunk_size=256):
-    """items [(path, rel)] -> (made, already there, failed): one .npz per video (maps float16 (n_captions, F, g_h,
-    g_w), frames (F,) the stored frame indices, captions), written whole (temp file, then rename). Videos with a map
-    are skipped, so a rerun resumes, and shards of one list (items[i::n]) can run at once into one folder."""
+    """items [(path, rel)] -> (made, already there, failed): one .npz per video (maps, frames: the stored frame indices,
+    captions), written whole. Videos with a map are skipped: a rerun resumes, and shards of a list share a folder."""
     os.makedirs(folder, exist_ok=True)
     meta_path = os.path.join(folder, "meta.json")
     meta = {**identity, "cells": cells, "frame_stride": frame_stride, "features": features}
@@ -149,13 +95,9 @@ def make_maps(clip, tokenizer, items, captions, folder, identity, cells=14, fram
     return made, done, failed
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Checking and reading them: pretrain.py --tgm-maps DIR, the loader workers
-
 def check_maps(folder, identity, rels):
-    """Refuse maps made from other captions, another CLIP or other settings, and a folder not finished yet ->
-    None, or the sentence that says what differs. Videos the maker could not read (its failed.jsonl) have no map:
-    the loader skips them as bad videos, as it would anyway."""
+    """pretrain.py's start-up check: maps from other captions, another CLIP or other settings, or a folder not finished
+    -> the sentence that says so, else None. Videos the maker could not read (failed.jsonl) are bad, not missing."""
     meta_path = os.path.join(folder, "meta.json")
     if not os.path.isfile(meta_path):
         return f"{folder} holds no maps (no meta.json): make them with maps.py --out-dir {folder}"
@@ -179,9 +121,8 @@ def check_maps(folder, identity, rels):
 
 
 class TextMaps:
-    """A maps folder, read in the loader workers: (rel, the run's captions of the video) -> (maps float32
-    (n_captions, F, g_h, g_w), stored frame indices (F,)). Raises data.VideoError (the loader then skips the video
-    as bad, logged and counted) when the video has no map or its map was made from other captions."""
+    """A maps folder, read in the loader workers: load(rel, captions) -> (maps float32 (n_captions, F, g_h, g_w), the
+    stored frame indices (F,)); data.VideoError (the loader skips the video) without a map or from other captions."""
 
     def __init__(self, folder):
         self.folder = folder
@@ -199,16 +140,13 @@ class TextMaps:
 
 
 def map_scores(text_map, crop, grid, size):
-    """One caption's map at the clip's frames (T, g_h, g_w) -> (T', h, w): carried through the clip's crop and flip
-    as a per-pixel map (each cell MAPS_UPSAMPLE pixels wide), summed over each token's pixels and tubelet frames."""
+    """One caption's map at the clip's frames (T, g_h, g_w) -> (T', h, w), as MGM's motion (masking.token_sums)."""
     r = MAPS_UPSAMPLE
     return masking.token_sums(text_map.repeat_interleave(r, -2).repeat_interleave(r, -1), crop, grid, size)
 
 
 class TextMapMasker:
-    """mask_fn for data.VideoDataset(text_maps=TextMaps(...)): (sample, generator=None) -> (mask (N,) bool, True =
-    masked; False): TGM's top-k (or bottom-k) tokens of every time slice, from the sample's caption's map, for a token
-    grid (T', h, w); the generator as in masking.LoaderMasker."""
+    """mask_fn for data.VideoDataset(text_maps=...), as masking.LoaderMasker (True = masked): TGM's top-k by the map."""
 
     def __init__(self, grid, ratio, order="top"):
         self.grid, self.ratio, self.order = tuple(grid), ratio, order
@@ -222,6 +160,35 @@ class TextMapMasker:
 # ----------------------------------------------------------------------------------------------------------------
 # The command line
 
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="TGM maps: each video's CLIP similarity to its captions, made once",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # data
+    parser.add_argument("--out-dir", required=True, help="folder the maps go into (pretrain.py --tgm-maps DIR)")
+    parser.add_argument("--data", help="list file 'path label' per line; none: the built-in demo's pretraining list")
+    parser.add_argument("--root", default="", help="folder prefixed to every path of the list")
+    parser.add_argument("--captions", help="captions JSONL from caption.py")
+    parser.add_argument("--shard", default="0/1", help="i/n: every n-th video from the i-th; one --out-dir for all")
+    # maps
+    parser.add_argument("--input-size", type=int, default=224, help="the MAE's H = W in pixels")
+    parser.add_argument("--patch-size", type=int, default=16, help="p pixels per token side; paper: 16")
+    parser.add_argument("--cells", type=int, help="map cells along a frame's short side; none: input size / patch size")
+    parser.add_argument("--map-features", default="patch", choices=["patch", "dense"], help="patch: each cell "
+                        "through CLIP alone (the paper's recipe); dense: each frame once (cheaper, agrees less)")
+    parser.add_argument("--frame-stride", type=int, default=4, help="map every n-th frame; paper: 4 (K400), 2 (SSv2)")
+    # CLIP
+    parser.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model; paper: ViT-B/32")
+    parser.add_argument("--clip-pretrained", default="openai", help="CLIP weights: openai (download or cache) | a "
+                        "weights file | demo (a small CLIP trained on the demo's data) | none (random)")
+    parser.add_argument("--chunk-size", type=int, default=256, help="CLIP images per forward")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where CLIP runs")
+    args = parser.parse_args(argv)
+    if args.data is None or args.clip_pretrained == "demo":
+        import demo  # no --data: the built-in demo's pretraining list, captions and CLIP; typed flags win
+        args = demo.fill(parser, argv, "maps")
+    return args
+
+
 def main(args):
     if not args.captions:
         sys.exit("error: maps.py needs --captions FILE (make one with caption.py)")
@@ -233,18 +200,15 @@ def main(args):
     rels = [rel for rel, _ in data.read_list(args.data)]  # as written in the list: the captions' and maps' keys
     items = [(os.path.join(args.root, rel), rel) for rel in rels][i::n]  # this shard's (path, rel)
     captions = data.read_captions(args.captions)
-    name, pretrained = args.clip_model, args.clip_pretrained
-    clip, tokenizer = frozen_clip.load_clip_or_exit("maps.py", name, pretrained, args.device)
+    clip, tokenizer = frozen_clip.load_clip_or_exit("maps.py", args.clip_model, args.clip_pretrained, args.device)
     cells = args.cells or args.input_size // args.patch_size
     try:
         made, done, failed = make_maps(clip, tokenizer, items, captions, args.out_dir,
-                                       maps_identity(name, pretrained, captions, rels), cells, args.frame_stride,
-                                       args.map_features, args.chunk_size)
+                                       maps_identity(args.clip_model, args.clip_pretrained, captions, rels), cells,
+                                       args.frame_stride, args.map_features, args.chunk_size)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    print(f"{args.out_dir}: {made} maps made, {done} already there, {failed} videos failed (failed.jsonl); "
-          f"CLIP {name} ({pretrained}), {args.map_features} features, {cells} cells along the short side, every "
-          f"{args.frame_stride}th frame")
+    print(f"{args.out_dir}: {made} maps made, {done} already there, {failed} videos failed (failed.jsonl)")
 
 
 if __name__ == "__main__":

@@ -3,17 +3,15 @@ codec's motion vectors) and text-guided (TGM, the paper's: CLIP similarity of ea
 rule: the k highest scores of every time slice (topk_mask).
 
 Mask convention, everywhere in this file: mask (B, N) bool, True = masked (hidden from the encoder), tokens in
-(t, h, w) raster order, N = T' * h * w. Tube, MGM and TGM hide exactly k = int(ratio * h * w) tokens in every
-time slice; random hides int(ratio * N) over the whole volume; every row hides the same number.
+(t, h, w) raster order. Tube, MGM and TGM hide exactly k = int(ratio * h * w) tokens in every time slice; random
+hides int(ratio * N) over the whole volume; every row hides the same number.
 
 Look at a mask (one CPU process; no --video: the built-in demo's first val video and its first caption):
     python masking.py --video V.mp4 --caption "a man is surfing" --mask tgm --ratio 0.6 --out mask.png
-    python masking.py --mask mgm --ratio 0.75 --out mgm.png
-pretrain.py makes these masks in the loader workers (data.VideoDataset(mask_fn=...)), but TGM's in the training step
-(TextGuidedMasker) unless maps.py made its maps offline. Tests: python -m pytest -q tests/test_masking.py
+pretrain.py makes these masks in the loader workers, TGM's in the training step (TextGuidedMasker) unless maps.py
+made its maps offline. Tests: python -m pytest -q tests/test_masking.py
 """
 import argparse
-import contextlib
 import dataclasses
 import functools
 import math
@@ -23,13 +21,13 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 import data
 import frozen_clip
-from model import ModelConfig, denormalize, patchify, write_whole
+from model import ModelConfig, autocast, denormalize, patchify, write_whole
 
-# Notation: B clips, C channels, T frames of H x W pixels, tubelet t, patch p, grid (T', h, w) = (T/t, H/p, W/p),
-# N = T' * h * w tokens, k tokens masked per time slice, E the CLIP embedding width.
+# Notation: model.py's (B, C, T, H, W, tubelet t, patch p, grid (T', h, w), N = T' * h * w tokens, CLIP width E).
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -60,16 +58,13 @@ def topk_mask(scores, ratio, order="top", generator=None):
 # Random (ST-MAE) and tube (VideoMAE) masks: both are the top-k of uniform noise
 
 def random_mask(batch, grid, ratio, generator=None):
-    """(B, N) bool, True = masked: int(ratio * N) tokens at random over the whole volume (ST-MAE), as MAE's
-    random_masking: sort uniform noise, hide the first ones."""
-    N = math.prod(grid)
-    noise = _uniform((batch, 1, N), generator)
+    """(B, N) bool, True = masked: int(ratio * N) random tokens of the whole volume (ST-MAE; MAE's random_masking)."""
+    noise = _uniform((batch, 1, math.prod(grid)), generator)  # (B, 1, N)
     return topk_mask(noise, ratio, generator=generator)  # the whole volume as one "slice": k = int(ratio * N)
 
 
 def tube_mask(batch, grid, ratio, generator=None):
-    """(B, N) bool, True = masked: one random spatial mask of k = int(ratio * h*w) tokens per sample, the same
-    in every time slice (VideoMAE's tube masking: a masked patch stays hidden for the whole clip)."""
+    """(B, N) bool, True = masked: one random spatial mask of k = int(ratio * h*w) tokens per sample (VideoMAE)."""
     T_, h, w = grid
     noise = _uniform((batch, 1, h * w), generator)
     mask = topk_mask(noise, ratio, generator=generator)  # (B, h*w) one spatial mask per sample
@@ -77,9 +72,8 @@ def tube_mask(batch, grid, ratio, generator=None):
 
 
 class LoaderMasker:
-    """A mask_fn for data.VideoDataset (sample, generator=None) -> (mask (N,) bool, True = masked; fell_back False):
-    one row of make = random_mask | tube_mask for a token grid (T', h, w). Without a generator it draws from torch's,
-    which data.VideoDataset seeds per (seed, epoch, video): a mask does not depend on the loader worker."""
+    """A mask_fn for data.VideoDataset: (sample, generator=None) -> (mask (N,) bool, True = masked; fell_back False).
+    No generator: torch's, which data.VideoDataset seeds per (seed, epoch, video), so no mask depends on the worker."""
 
     def __init__(self, make, grid, ratio):
         self.make, self.grid, self.ratio = make, tuple(grid), ratio
@@ -119,9 +113,8 @@ def paint_motion(vectors, frame_size):
 
 
 def motion_scores(motion, frame_size, crop, grid, num_frames, size):
-    """The clip's motion per token -> (T', h, w), or None when no frame of the clip carries vectors.
-    motion: num_frames entries (PyAV structured array or None) as data.read_frames returns them; frame_size (H, W)
-    of the coded frames; crop: the clip's data.Crop; size (H_out, W_out): the clip's pixel size."""
+    """The clip's motion per token -> (T', h, w), or None when no frame of the clip carries vectors. motion: num_frames
+    entries (PyAV structured array or None) as data.read_frames returns them; frame_size (H, W) of the coded frames."""
     assert len(motion) == num_frames, f"{len(motion)} motion entries for a {num_frames}-frame clip"
     has = [i for i, v in enumerate(motion) if v is not None and len(v) > 0]
     if not has:
@@ -133,14 +126,12 @@ def motion_scores(motion, frame_size, crop, grid, num_frames, size):
 
 
 def token_sums(x, crop, grid, size):
-    """A per-pixel map of the clip's source frames (T, H, W) -> (T', h, w): carried through the clip's own
-    crop/resize/flip (so it lands where the clip shows it), then summed over each token's pixels and its
-    tubelet's frames. crop: the clip's data.Crop; size (H_out, W_out): the clip's pixel size."""
+    """A per-pixel map of the clip's source frames (T, H, W) -> (T', h, w): through the clip's own crop (a data.Crop)
+    to its size (H_out, W_out), so it lands where the clip shows it, then summed over each token's pixels and frames."""
     x = data.apply_crop(x.float(), crop, size)  # (T, H_out, W_out)
     T_, h, w = grid
     t, p_h, p_w = x.shape[0] // T_, size[0] // h, size[1] // w
-    # (T', t, h, p, w, p) -> (T', h, w)
-    return x.view(T_, t, h, p_h, w, p_w).sum(dim=(1, 3, 5))
+    return x.view(T_, t, h, p_h, w, p_w).sum(dim=(1, 3, 5))  # (T', t, h, p, w, p) -> (T', h, w)
 
 
 def object_coverage(mask, object_pixels):
@@ -151,10 +142,8 @@ def object_coverage(mask, object_pixels):
 
 
 class MotionMasker:
-    """mask_fn for data.VideoDataset(motion=True): (sample, generator=None) -> (mask (N,) bool, True = masked;
-    fell_back): the top-k tokens of every time slice by codec motion (MGM), for a token grid (T', h, w), the
-    generator as in LoaderMasker. A video without motion vectors gets a tube mask and fell_back = True, which the
-    dataset keeps with the sample so the training loop can count it."""
+    """mask_fn for data.VideoDataset(motion=True), as LoaderMasker: the top-k tokens of every time slice by codec motion
+    (MGM), mask (N,) bool, True = masked. No motion vectors: a tube mask and fell_back = True, which the loop counts."""
 
     def __init__(self, grid, ratio):
         self.grid, self.ratio = tuple(grid), ratio
@@ -172,17 +161,15 @@ class MotionMasker:
 # TGM: text-guided masking (Sec. 3.3); the frozen CLIP and the caption embeddings come from frozen_clip.py
 
 def _autocast(device):
-    """bf16 (else fp16) autocast on a GPU; CPUs run CLIP fastest in fp32."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    """CLIP's precision: bf16 (else fp16) on a GPU; none on a CPU, where CLIP runs fastest in fp32."""
+    gpu = device.type == "cuda"
+    return autocast(device, ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "fp32")
 
 
 class TextGuidedMasker:
     """(video (B, C, T, H, W) ImageNet-normalised, text_emb (B, E) L2-normalised) -> mask (B, N) bool, True =
-    masked: the k tokens of each time slice most (order 'top') or least ('bottom', Table 5b) similar to the
-    caption. features 'patch' is the paper's: every p x p patch of every frame resized to CLIP's input and
-    embedded alone; 'dense' (our addition) embeds each frame once and reads CLIP's patch tokens."""
+    masked: the k tokens of each time slice most (order 'top') or least ('bottom', Table 5b) similar to the caption.
+    features: 'patch', the paper's (_patch_features), or 'dense', our faster variant (_dense_features)."""
 
     def __init__(self, clip, features="patch", ratio=0.6, order="top", patch_size=16, tubelet_size=2,
                  chunk_size=512):
@@ -210,8 +197,7 @@ class TextGuidedMasker:
 
     @torch.no_grad()
     def scores(self, video, text_emb):
-        """Cosine similarity of every token to its clip's caption -> (B, T', h*w): per frame, then the mean over
-        the token's tubelet frames (docs/design.md "Masking")."""
+        """Cosine similarity of each token to its clip's caption -> (B, T', h*w): per frame, then the tubelet's mean."""
         device = next(self.clip.parameters()).device
         B, C, T, H, W = video.shape
         p, t = self.patch_size, self.tubelet_size
@@ -224,8 +210,7 @@ class TextGuidedMasker:
         return sim.view(B, T // t, t, h * w).mean(2)  # (B, T', h*w): mean over the tubelet's frames
 
     def token_features(self, video):
-        """video (B, C, T, H, W) ImageNet-normalised, H and W multiples of p -> (B*T*h*w, E) L2-normalised, one
-        CLIP feature per p x p patch of every frame, (t, h, w) order, by this masker's features."""
+        """video (B, C, T, H, W) ImageNet-normalised -> (B*T*h*w, E) L2-normalised, one per p x p patch, (t, h, w)."""
         if self.features == "patch":
             return self._patch_features(video)
         H, W = video.shape[-2:]
@@ -246,9 +231,8 @@ class TextGuidedMasker:
         return F.normalize(torch.cat(feats), dim=-1)
 
     def _dense_features(self, video, grid_hw):
-        """Our fast variant: each frame once, at the size whose CLIP token grid is the MAE grid h x w (448 x 448
-        for 224 x 224 and ViT-B/32), and CLIP's patch tokens after ln_post projected into the text space by
-        visual.proj (the map the CLS token takes) -> (B*T*h*w, E) L2-normalised, (t, h, w) order.
+        """Our fast variant: each frame once, at the size whose CLIP token grid is the MAE grid h x w (448 x 448 for
+        224 x 224 and ViT-B/32); CLIP's patch tokens after ln_post, projected by visual.proj as its CLS token is.
         NOTE: differs from the paper: a patch token sees its neighbours through attention, the paper's patch
         embedding sees only its own pixels; benchmarks/bench_masking.py measures how often they agree."""
         v = self.clip.visual
@@ -257,8 +241,7 @@ class TextGuidedMasker:
         B, C, T, H, W = video.shape
         frames = video.transpose(1, 2).reshape(B * T, C, H, W)  # (B*T, C, H, W)
         # CLIP's positional embedding is learnt for its own grid (7 x 7): resized to h x w as open_clip's
-        # resize_pos_embed does for force_image_size (tests check the same tokens), so one frozen CLIP serves text,
-        # patch and dense features at any grid, without a second model.
+        # resize_pos_embed does (tests check the same tokens), so one frozen CLIP serves every grid.
         pos_cls, pos = v.positional_embedding[:1], v.positional_embedding[1:]  # (1, D), (g*g, D)
         g = math.isqrt(pos.shape[0])
         pos = F.interpolate(pos.T.reshape(1, -1, g, g), size=(h, w), mode="bicubic", antialias=True,
@@ -281,10 +264,7 @@ class TextGuidedMasker:
 # A picture of a mask, and the command line
 
 def draw_mask(frames, mask, grid, title=""):
-    """frames uint8 (T, H, W, 3), mask (N,) bool (True = masked), grid (T', h, w) -> PIL image: the frames in rows
-    of up to 8, masked tokens shaded grey, a title line on top."""
-    from PIL import Image, ImageDraw
-
+    """frames uint8 (T, H, W, 3), mask (N,) bool (True = masked), grid (T', h, w) -> PIL image, masked tokens grey."""
     T, H, W, _ = frames.shape
     T_, h, w = grid
     m = torch.as_tensor(mask).view(T_, 1, h, 1, w, 1).expand(T_, T // T_, h, H // h, w, W // w)
@@ -303,11 +283,8 @@ def draw_mask(frames, mask, grid, title=""):
 
 
 def save_mask_picture(video, mask, cfg, path, titles=(), max_clips=4):
-    """video (B, C, T, H, W) ImageNet-normalised, mask (B, N) bool (True = masked), cfg a model.ModelConfig (its
-    tubelet and patch size) -> a PNG at `path` of the first max_clips clips, one draw_mask block per clip, each
-    under its title (e.g. its caption)."""
-    from PIL import Image
-
+    """video (B, C, T, H, W) ImageNet-normalised, mask (B, N) bool (True = masked), cfg a model.ModelConfig -> a PNG
+    at `path`: the first max_clips clips, one draw_mask block each, under its title (e.g. its caption)."""
     B, C, T, H, W = video.shape
     grid = (T // cfg.tubelet_size, H // cfg.patch_size, W // cfg.patch_size)
     blocks = []
@@ -336,14 +313,13 @@ def get_parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of the random, tube and tie-breaking draws")
     # mask
     parser.add_argument("--mask", default="tgm", choices=["random", "tube", "mgm", "tgm"], help="masking strategy")
-    parser.add_argument("--ratio", type=float,
-                        help="mask ratio gamma; none: the paper's for --mask, 0.9 random/tube, 0.75 mgm, "
-                             "0.6 tgm (Table 5a)")
+    parser.add_argument("--ratio", type=float, help="mask ratio gamma; none: the paper's for --mask, 0.9 random/tube, "
+                        "0.75 mgm, 0.6 tgm (Table 5a)")
     parser.add_argument("--tubelet-size", type=int, default=2, help="t frames per token; paper: 2")
     parser.add_argument("--patch-size", type=int, default=16, help="p pixels per token side; paper: 16")
     parser.add_argument("--tgm-features", choices=["patch", "dense"],
-                        help="patch: each 16x16 patch through CLIP (the paper, Sec. 3.3; none: patch, or dense for a "
-                             "full-size CLIP on the demo); dense: CLIP's patch tokens (~50x faster on a CPU)")
+                        help="patch: each p x p patch through CLIP (the paper, Sec. 3.3); dense: CLIP's patch tokens "
+                             "(~50x faster on a CPU); none: patch (the demo: dense for a full-size CLIP)")
     parser.add_argument("--tgm-order", default="top", choices=["top", "bottom"],
                         help="mask the top-k or bottom-k tokens by text similarity; paper: top (Table 5b)")
     # CLIP
@@ -375,8 +351,7 @@ def main(args):
     t, p = args.tubelet_size, args.patch_size
     if T % t or S % p:
         sys.exit(f"error: --num-frames {T} and --input-size {S} must be multiples of {t} and {p}")
-    cfg = ModelConfig(img_size=S, num_frames=T, tubelet_size=t, patch_size=p)
-    grid = cfg.grid  # (T', h, w)
+    cfg = ModelConfig(img_size=S, num_frames=T, tubelet_size=t, patch_size=p)  # cfg.grid: (T', h, w)
 
     # the clip as the validation loader cuts it: the centre window, the centre square, optionally flipped
     try:
@@ -397,16 +372,15 @@ def main(args):
         masker = TextGuidedMasker(clip, features, ratio, args.tgm_order, p, t, args.chunk_size)
         mask = masker(video[None], text, g)[0]
     else:  # the loader's own maskers, given the sample the loader would give them
-        masker = {"random": RandomMasker, "tube": TubeMasker, "mgm": MotionMasker}[args.mask](grid, ratio)
+        masker = {"random": RandomMasker, "tube": TubeMasker, "mgm": MotionMasker}[args.mask](cfg.grid, ratio)
         sample = {"video": video, "motion": motion, "frame_size": (info.height, info.width), "crop": crop}
         mask, fell_back = masker(sample, g)
         if fell_back:
             print(f"{args.video} carries no motion vectors: fell back to a tube mask")
 
-    k = int(ratio * grid[1] * grid[2])
     name = f"tgm {features} {args.tgm_order}" if args.mask == "tgm" else args.mask
     title = f"{name}, ratio {ratio}: {int(mask.sum())} of {mask.numel()} tokens masked"
-    title += f" ({k} per time slice)" if args.mask != "random" else ""
+    title += f" ({int(ratio * cfg.grid[1] * cfg.grid[2])} per time slice)" if args.mask != "random" else ""
     title += f' | "{args.caption}"' if args.mask == "tgm" else ""
     save_mask_picture(video[None], mask[None], cfg, args.out, [title])
     print(f"{title}\nwrote {args.out}")

@@ -1,10 +1,7 @@
-"""
-Sec. 3.1, 3.4 and 4.2: the video masked autoencoder, the video-text contrastive head and InfoNCE, the classifiers.
+"""Sec. 3.1, 3.4 and 4.2: the video masked autoencoder, the video-text contrastive head and InfoNCE, the classifiers.
 
-Every stage imports this module; it needs only torch, so it can be copied alone (VideoMAE weights in and out of the
-official and Hugging Face formats: weights.py). With the same weights, `VideoMAE.forward(video, mask) -> (loss,
-pred, latent)` gives the loss of transformers' VideoMAEForPreTraining (tests/test_model.py, to 1e-5). After the
-model, the plumbing every script shares: parameter groups, atomic checkpoints, distributed set-up, print0, autocast.
+Needs only torch, so it can be copied alone (weights in and out: weights.py). With the same weights,
+`VideoMAE.forward(video, mask) -> (loss, pred, latent)` gives transformers' VideoMAEForPreTraining's loss to 1e-5.
 
 Notation (the paper's symbols, used in every shape comment):
   B  clips in a batch            C  colour channels (3)
@@ -57,14 +54,12 @@ class ModelConfig:
 
     @property
     def grid(self):
-        """The token grid (T', h, w)."""
         h = self.img_size // self.patch_size                   # H = W, so h = w
-        return (self.num_frames // self.tubelet_size, h, h)
+        return (self.num_frames // self.tubelet_size, h, h)    # (T', h, w)
 
     @property
     def num_patches(self):
-        """N = T' * h * w."""
-        return math.prod(self.grid)
+        return math.prod(self.grid)                            # N = T' * h * w
 
 
 # VideoMAE's sizes (modeling_pretrain.py); vit_tiny is timm's ViT-Ti, used by the tests and the demo.
@@ -77,7 +72,6 @@ MODEL_SIZES = {
 
 
 def make_config(name="vit_base", **overrides):
-    """A ModelConfig from a named size plus any field overrides (e.g. img_size=112, num_frames=8)."""
     if name not in MODEL_SIZES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SIZES)}")
     return ModelConfig(**{**MODEL_SIZES[name], **overrides})
@@ -104,22 +98,18 @@ def denormalize(video):
 
 
 def pixel_target(video, tubelet, patch, norm_pix_loss=True):
-    """What the decoder regresses, for every token. video: ImageNet-normalised (B, C, T, H, W) -> (B, N, P).
-    VideoMAE's order: undo the ImageNet normalisation to [0, 1], cut into tokens, then normalise each token per
-    channel over its t*p*p pixels with the unbiased std (the "norm pixel" target of MAE, Sec. 3.1)."""
+    """What the decoder regresses: ImageNet-normalised video (B, C, T, H, W) -> (B, N, P). As VideoMAE: back to
+    [0, 1], cut into tokens, each normalised per channel over its t*p*p pixels, unbiased std (MAE's norm pixels)."""
     x = patchify(denormalize(video), tubelet, patch)           # (B, N, P), pixels in [0, 1]
     if not norm_pix_loss:
         return x
-    B, N, P = x.shape
-    C = video.shape[1]
-    x = x.view(B, N, P // C, C)                                # (B, N, t*p*p, C): channel fastest
+    x = x.unflatten(-1, (-1, video.shape[1]))                  # (B, N, t*p*p, C): channel fastest
     x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
-    return x.view(B, N, P)
+    return x.flatten(-2)                                       # (B, N, P)
 
 
 def sinusoid_table(n_position, dim):
-    """The fixed 1-D sine-cosine position table of VideoMAE (Transformer-style), (1, n_position, dim).
-    Built in float64 as VideoMAE's numpy code does, then cast, so it matches theirs bit for bit."""
+    """VideoMAE's fixed sine-cosine positions (1, n_position, dim), in float64 as its numpy code: bit for bit."""
     pos = torch.arange(n_position, dtype=torch.float64)[:, None]
     freq = torch.pow(10000.0, 2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim)
     table = pos / freq                                         # (n_position, dim)
@@ -143,15 +133,13 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        # VideoMAE: one qkv matrix without bias, plus learned q and v biases; k has none (its bias would
-        # only add a constant per query to the logits, which the softmax ignores).
+        # VideoMAE: a bias-free qkv matrix plus learned q and v biases (a k bias would shift a softmax row: a no-op)
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
         self.proj = nn.Linear(dim, dim)
 
     def qkv_heads(self, x):
-        """(B, N, D) -> q, k, v, each (B, nh, N, hs)."""
         B, N, D = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias)               # (B, N, 3D)
@@ -162,8 +150,7 @@ class Attention(nn.Module):
         B, N, D = x.shape
         q, k, v = self.qkv_heads(x)
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-            # NOTE: torch's CPU flash kernel is slow in bf16: written out in chunks, fwd + bwd is 1.4x (decoder) to
-            # 2x (encoder) faster (benchmarks/README.md). In fp32 and on GPUs the fused kernel wins.
+            # NOTE: torch's CPU kernel is slow in bf16: chunked, fwd + bwd run 1.4-2x faster (benchmarks/README.md)
             x = chunked_attention(q, k, v)                     # (B, nh, N, hs)
         else:
             x = F.scaled_dot_product_attention(q, k, v)        # (B, nh, N, hs); scale hs^-0.5 as VideoMAE
@@ -213,11 +200,6 @@ def split_ids(mask):
     return ids[:, :n_vis], ids[:, n_vis:]
 
 
-def take_tokens(x, ids):
-    """x (B, N, K), ids (B, n) -> x's rows ids, (B, n, K)."""
-    return x.gather(1, ids[..., None].expand(-1, -1, x.shape[-1]))
-
-
 class PatchEmbed(nn.Module):
     """Eq. (1): V_p = P(V), a Conv3d whose kernel and stride are the tubelet (t, p, p)."""
 
@@ -234,7 +216,7 @@ class PatchEmbed(nn.Module):
         # and over all N as fast as the conv (bench_pretrain.py). The weight keeps the conv's shape (D, C, t, p, p).
         x = patchify(video, self.tubelet_size, self.patch_size)   # (B, N, P), values (t, p, p, C)
         if ids is not None:
-            x = take_tokens(x, ids)                                # (B, n, P)
+            x = torch.take_along_dim(x, ids[..., None], dim=1)    # (B, n, P)
         w = self.proj.weight.permute(0, 2, 3, 4, 1).flatten(1)    # (D, C, t, p, p) -> (D, P) in patchify's order
         return F.linear(x, w, self.proj.bias)                      # (B, n, D)
 
@@ -244,7 +226,6 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, drop_path: float = 0.0, final_norm: bool = True):
         super().__init__()
-        self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg)
         # fixed, not learned and not saved: rebuilt from the config on load
         self.register_buffer("pos_embed", sinusoid_table(cfg.num_patches, cfg.embed_dim), persistent=False)
@@ -256,12 +237,10 @@ class Encoder(nn.Module):
 
     def tokens(self, video, mask=None):
         """Embedded tokens with positions, the masked ones removed: (B, N_vis, D). mask: True = masked."""
-        if mask is None:
-            x = self.patch_embed(video)                        # (B, N, D)
-            return x + self.pos_embed.to(x.dtype)
-        ids_vis, _ = split_ids(mask)                           # (B, N_vis)
+        ids_vis = None if mask is None else split_ids(mask)[0]  # (B, N_vis)
         x = self.patch_embed(video, ids_vis)                   # (B, N_vis, D): only the visible tubelets
-        return x + self.pos_embed[0, ids_vis].to(x.dtype)      # each token keeps its own position
+        pos = self.pos_embed if mask is None else self.pos_embed[0, ids_vis]  # each token keeps its own position
+        return x + pos.to(x.dtype)
 
     def forward(self, video, mask=None):
         """video (B, C, T, H, W), mask (B, N) bool, True = masked (None: all tokens) -> (B, N_vis, D)."""
@@ -324,7 +303,8 @@ class VideoMAE(nn.Module):
         """L_MSE over the masked tokens only (Sec. 3.1). pred (B, N_mask, P); mask (B, N), True = masked."""
         with torch.no_grad():
             target = pixel_target(video, self.cfg.tubelet_size, self.cfg.patch_size, self.cfg.norm_pix_loss)
-            target = take_tokens(target, split_ids(mask)[1])   # (B, N_mask, P), same order as pred
+            ids_mask = split_ids(mask)[1]                      # (B, N_mask)
+            target = torch.take_along_dim(target, ids_mask[..., None], dim=1)  # (B, N_mask, P), same order as pred
         return F.mse_loss(pred.float(), target)
 
     def forward(self, video, mask):
@@ -344,17 +324,10 @@ class VideoMAE(nn.Module):
 # -----------------------------------------------------------------------------
 # Sec. 3.4: the prediction head "with global batch norm", and Eq. (4), the symmetric InfoNCE over the global batch
 
-class ContrastiveHead(nn.Module):
-    """Sec. 3.4: the prediction head on the pooled video embedding, "with global batch norm" (SimCLR)."""
-
-    def __init__(self, dim: int, hidden: int, out: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.bn = GlobalBatchNorm1d(hidden)
-        self.fc2 = nn.Linear(hidden, out)
-
-    def forward(self, x):
-        return self.fc2(F.relu(self.bn(self.fc1(x))))          # (B, D) -> (B, E)
+class ContrastiveHead(nn.Sequential):
+    def __init__(self, dim: int, hidden: int, out: int):      # (B, D) -> (B, E), SimCLR's
+        super().__init__(OrderedDict(
+            fc1=nn.Linear(dim, hidden), bn=GlobalBatchNorm1d(hidden), act=nn.ReLU(), fc2=nn.Linear(hidden, out)))
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -365,11 +338,10 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         x = x.float()
-        C = x.shape[1]
         stats = AllReduceSum.apply(torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])]))  # differentiable
-        n = stats[-1]
-        mean = stats[:C] / n                                   # (C,) over the global batch
-        var = stats[C:2 * C] / n - mean * mean                 # biased, as BatchNorm normalises with
+        s, ss, n = stats.split([x.shape[1], x.shape[1], 1])    # sums of x and x * x over the global batch, its size
+        mean = s / n                                           # (C,) over the global batch
+        var = ss / n - mean * mean                             # biased, as BatchNorm normalises with
         with torch.no_grad():                                  # running stats keep the unbiased variance, as BatchNorm
             self.num_batches_tracked += 1
             self.running_mean.lerp_(mean, self.momentum)
@@ -404,10 +376,8 @@ def info_nce(v, t, tau=0.07, text_ids=None, grad_sync="mean"):
     each rank computes the one-process value, but its graph reaches only its own clips: the ranks' gradients must
     be *summed*. grad_sync says what the caller does with them: 'mean' (DDP, FSDP's default, average them): the
     gradient is scaled by the world size so the average comes out right; 'sum' (the caller sums them): as it is.
-    text_ids (B,) int, optional: row i's caption id, -1 for none. A clip without a caption takes no part, and two
-    clips with the same caption are neither positive nor negative for each other: the pair leaves both denominators
-    (NOTE: the paper does not say; docs/design.md "Same-caption pairs" says why).
-    """
+    text_ids (B,) int, optional: row i's caption id, -1 for none. A clip without a caption takes no part; two clips
+    of one caption leave each other's denominators (NOTE: not in the paper; docs/design.md "Same-caption pairs")."""
     if grad_sync not in ("mean", "sum"):
         raise ValueError(f"grad_sync must be 'mean' or 'sum', not {grad_sync!r}")
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -443,7 +413,6 @@ class VideoClassifier(nn.Module):
 
     def __init__(self, cfg: ModelConfig, num_classes: int, drop_path: float = 0.1, head_init_scale: float = 1e-3):
         super().__init__()
-        self.cfg = cfg
         self.encoder = Encoder(cfg, drop_path=drop_path, final_norm=False)
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.embed_dim, num_classes)
@@ -461,23 +430,17 @@ class VideoClassifier(nn.Module):
         return self.head(self.fc_norm(self.features(video)))  # (B, K)
 
 
-class LinearProbe(nn.Module):
-    """MAE's linear probe: BatchNorm without affine (a per-feature whitening) then Linear (std .01)."""
+class LinearProbe(nn.Sequential):
+    """MAE's linear probe, (B, D) -> (B, K): BatchNorm without affine (a per-feature whitening), then Linear."""
 
     def __init__(self, dim: int, num_classes: int):
-        super().__init__()
-        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
-        self.head = nn.Linear(dim, num_classes)
+        super().__init__(OrderedDict(bn=nn.BatchNorm1d(dim, affine=False, eps=1e-6), head=nn.Linear(dim, num_classes)))
         nn.init.trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x):
-        return self.head(self.bn(x))                           # (B, D) -> (B, K)
-
 
 class ProbeClassifier(nn.Module):
-    """The linear-probe classifier (MAE's protocol): the encoder, frozen (its final LayerNorm kept), mean-pooled
-    features, then a LinearProbe; only the probe trains. Keep the encoder in eval mode (no drop path)."""
+    """MAE's linear-probe protocol: the frozen encoder (its final LayerNorm kept), mean-pooled, then a LinearProbe."""
 
     def __init__(self, cfg: ModelConfig, num_classes: int):
         super().__init__()
@@ -495,7 +458,7 @@ class ProbeClassifier(nn.Module):
 def param_groups(model, weight_decay, layer_decay=None):
     """AdamW groups: no weight decay on biases, norms and mask_token (VideoMAE's rule). With layer_decay
     (finetuning), lr_scale = layer_decay ** (depth + 1 - layer): the patch embedding is layer 0, block i layer i + 1,
-    all after the encoder depth + 1. The video-text head has groups of its own: without --contrastive, a probe's."""
+    all after the encoder depth + 1."""
     depth = len(model.encoder.blocks)
     groups = {}
     for name, param in model.named_parameters():
@@ -524,13 +487,12 @@ def lr_at(step, total_steps, warmup_steps, lr, min_lr):
 
 
 def set_lr(optimizer, lr):
-    """Every group at lr * its lr_scale (param_groups' layer-wise decay; 1 where absent)."""
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints: one plain dict, written atomically
+# Plumbing: checkpoints (one plain dict, written whole), the CPU bf16 attention, DDP, print0, log, autocast
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used, said in one sentence."""
@@ -553,7 +515,6 @@ def write_whole(path, write):
 
 
 def save_checkpoint(path, obj):
-    """torch.save, written whole (write_whole)."""
     write_whole(path, lambda f: torch.save(obj, f))
 
 
@@ -570,8 +531,7 @@ def load_checkpoint(path):
 
 
 def check_shape_flags(cfg, num_frames=None, input_size=None):
-    """A checkpoint's model fixes the clip's shape (its position table is laid out for its token grid): the
-    --num-frames and --input-size flags may only repeat it. Anything else stops with one sentence."""
+    """--num-frames and --input-size may only repeat the checkpoint's clip shape, else one sentence stops the run."""
     for flag, want, have in (("--num-frames", num_frames, cfg.num_frames), ("--input-size", input_size, cfg.img_size)):
         if want is not None and want != have:
             raise SystemExit(f"{flag} {want} differs from the checkpoint's {have}: its fixed position table is laid "
@@ -579,7 +539,6 @@ def check_shape_flags(cfg, num_frames=None, input_size=None):
 
 
 def config_from_checkpoint(ckpt):
-    """Rebuild the ModelConfig stored in a checkpoint written by this project."""
     if "model_cfg" not in ckpt:
         raise CheckpointError("checkpoint has no 'model_cfg': it was not written by this project's scripts "
                               "(for published VideoMAE weights use weights.load_videomae_weights)")
@@ -589,9 +548,6 @@ def config_from_checkpoint(ckpt):
 def model_config_dict(cfg):
     return asdict(cfg)
 
-
-# -----------------------------------------------------------------------------
-# Plumbing: the CPU bf16 attention path; then, spelled once for every script, distributed set-up, print0, autocast
 
 def attention_weights(q, k):
     """softmax(q k^T / sqrt(hs)): q (B, nh, N_q, hs), k (B, nh, N, hs) -> (B, nh, N_q, N)."""
@@ -619,7 +575,7 @@ def setup_distributed(device=None):
     # NOTE: torchrun's static rendezvous keeps one store for the whole job: after a restart a rank would read the
     # addresses its dead predecessors wrote there, so each attempt sees it under a prefix (docs/pretraining.md "Faults")
     store, rank, world = next(dist.rendezvous("env://"))
-    store = dist.PrefixStore(f"attempt{elastic_restarts()}/", store)
+    store = dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/", store)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -627,51 +583,42 @@ def setup_distributed(device=None):
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def elastic_restarts():
-    """How many times torchrun restarted this group after a rank died (0: the first attempt, or no torchrun)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-
-
 def resume_path(resume, output_dir):
     """--resume auto | PATH | None -> the checkpoint to load, or None: 'auto' is output_dir/ckpt.pt where it exists.
-    After torchrun restarted the group (--max-restarts) the run goes on from output_dir/ckpt.pt, its newest
-    checkpoint, whatever --resume said at the first launch (a typed path would redo every step since)."""
+    After a torchrun restart (--max-restarts) always output_dir/ckpt.pt, the newest: a typed path would redo steps."""
     last = os.path.join(output_dir, "ckpt.pt")
-    if elastic_restarts() > 0 and os.path.isfile(last):
-        print0(f"torchrun restart {elastic_restarts()}: resuming from the run's last checkpoint, {last}")
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))  # times torchrun restarted the group after a death
+    if restarts > 0 and os.path.isfile(last):
+        print0(f"torchrun restart {restarts}: resuming from the run's last checkpoint, {last}")
         return last
     return (last if os.path.isfile(last) else None) if resume == "auto" else resume
 
 
 @contextlib.contextmanager
 def stop_together(world):
-    """Start-up work that may fail on some rank (CLIP weights, a list or captions file, the maps): when any rank
-    failed, all stop at the block's end, not at the job's timeout. The lowest failed rank raises its own error; the
-    others exit 1."""
-    def failed_ranks(failed):                                  # one all_gather: the ranks that failed, in order
-        flags = [failed] * world
-        if world > 1:
-            dist.all_gather_object(flags, failed)
-        return [r for r, f in enumerate(flags) if f]
+    """Start-up work that may fail on some rank (CLIP weights, a list or captions file, the maps): when one fails, all
+    stop at the block's end, not at the job's timeout. The lowest failed rank raises its error, the others exit 1."""
+    error = None
     try:
         yield
-    except BaseException:
-        if failed_ranks(True)[0] == (dist.get_rank() if world > 1 else 0):
-            raise
-        raise SystemExit(1) from None
-    if failed_ranks(False):
+    except BaseException as e:
+        error = e
+    failed = [error is not None] * world
+    if world > 1:
+        dist.all_gather_object(failed, error is not None)      # one all_gather: which ranks failed
+    if error is not None and failed.index(True) == (dist.get_rank() if world > 1 else 0):
+        raise error
+    if any(failed):
         raise SystemExit(1)
 
 
 def print0(*args, **kwargs):
-    """print on rank 0 only, so that N ranks do not say everything N times."""
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kwargs, flush=True)
 
 
 def log(path, record, write=print):
-    """One `|`-separated line of record's fields (write: tqdm.write above a progress bar) and the same fields appended
-    to path as a JSON line; rank 0 only."""
+    """Rank 0: record as one `|`-separated line (write: tqdm.write above a progress bar) and as a JSON line in path."""
     if int(os.environ.get("RANK", 0)) == 0:
         write(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         with open(path, "a") as f:

@@ -44,11 +44,9 @@ def get_parser():
     add("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="loader processes per rank")
     # masking
     add("--mask", choices=["random", "tube", "mgm", "tgm"], default="tgm", help="mask generator eta (Sec. 3.1, 3.3)")
-    add("--ratio", type=float, help="mask ratio gamma; none: the paper's for --mask, 0.9 tube/random, 0.75 mgm, "
-                                    "0.6 tgm (Table 5a)")
+    add("--ratio", type=float, help="mask ratio gamma; none: paper's, 0.6 tgm (Table 5a), 0.75 mgm, 0.9 tube/random")
     add("--tgm-order", choices=["top", "bottom"], default="top", help="mask the top-k or bottom-k (Table 5b)")
-    add("--tgm-maps", help="folder of CLIP similarity maps made once by maps.py: TGM masks made in the loader workers "
-                           "(real data's way; docs/design.md \"TGM maps\")")
+    add("--tgm-maps", help="folder of CLIP similarity maps made once by maps.py: TGM masks made in the loader workers")
     add("--tgm-features", choices=["patch", "dense"], help="CLIP in the step instead of --tgm-maps: patch, CLIP per "
                                                            "16x16 patch (the paper's); dense, one CLIP pass per frame")
     add("--clip-model", default="ViT-B-32-quickgelu", help="open_clip model of the mask and the text tower")
@@ -75,11 +73,9 @@ def get_parser():
     add("--output-dir", default="runs/pretrain", help="ckpt.pt, log.jsonl and masks.png go here")
     add("--resume", help="a checkpoint path, or 'auto': output-dir/ckpt.pt if it exists")
     add("--save-every", type=int, default=20, help="epochs between checkpoints (and one at the end)")
-    add("--max-steps", type=int, help="stop (with a checkpoint) after this many steps; the schedule still spans "
-                                      "--epochs, so --resume continues the same run")
+    add("--max-steps", type=int, help="stop with a checkpoint after this many steps; the schedule still spans --epochs")
     add("--log-interval", type=int, default=20, help="steps between log lines")
-    add("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="autocast dtype (bf16: fp32 where "
-                                                                               "the GPU has none)")
+    add("--precision", choices=["bf16", "fp16", "fp32"], default="bf16", help="autocast dtype; bf16 falls back to fp32")
     add("--compile", action="store_true", help="torch.compile the model")
     add("--seed", type=int, default=0)
     add("--device", help="cuda | cpu; none: cuda when available")
@@ -129,17 +125,15 @@ def parse_args(argv=None):
 
 
 def pick_captions(captions, indices, seed, step):
-    """Sec. 3.2: one of the video's captions at random, per sample; it serves the mask and the loss alike.
-    Seeded by (seed, step, video index), so a resumed run draws the same captions."""
-    # a video without captions (None) only arrives here when nothing but the NCE probe needs its text
+    """Sec. 3.2: one of the video's captions at random, per sample; it serves the mask and the loss alike. Seeded by
+    (seed, step, video index): a resumed run draws the same. None: no caption (only where just the probe needs text)."""
     return [caps[random.Random(hash((seed, step, i))).randrange(len(caps))] if caps else None
             for caps, i in zip(captions, indices.tolist())]
 
 
 def text_targets(embed_text, captions, caption_ids, dim, device):
-    """The text side of Eq. (4) for one batch: captions (B,), str or None -> (t (B, E) L2-normalised CLIP text
-    embeddings, ids (B,) each caption's index in the run's caption list). A clip without a caption gets a zero row
-    and id -1, which info_nce leaves out: every rank still runs the loss's collectives (docs/design.md)."""
+    """The text side of Eq. (4): captions (B,), str or None -> (t (B, E) L2-normalised CLIP embeddings, ids (B,) in the
+    run's caption list); no caption: a zero row and id -1, which info_nce leaves out (each rank still runs it)."""
     t = torch.zeros(len(captions), dim, device=device)
     have = [i for i, c in enumerate(captions) if c is not None]
     if have:
@@ -151,8 +145,7 @@ def pretraining_loss(mae, video, mask, t=None, text_ids=None, tau=0.07, mse_weig
                      grad_sync="mean"):
     """Sec. 3.5: L = mse_weight * L_MSE + lambda * L_NCE -> (L, L_MSE, L_NCE or None in a run without text).
     mae: the VideoMAE as trained (bare, or wrapped by DDP / torch.compile); video (B, C, T, H, W); mask (B, N) bool,
-    True = masked; t (B, E) and text_ids (B,): the captions' CLIP embeddings and ids (text_targets); lambda:
-    nce_weight.
+    True = masked; t (B, E) and text_ids (B,): the captions' CLIP embeddings and ids (text_targets); lambda: nce_weight.
     probe: the head is Fig. 4's online probe: it learns from a stop-gradient copy of the latent, so L_NCE is measured
     as the encoder learns (Sec. 5) but none of its gradient reaches the encoder (docs/design.md "Fig. 4").
     grad_sync: how the loop's ranks combine gradients, 'mean' (DDP's average, the default) or 'sum' (see info_nce)."""
@@ -185,11 +178,9 @@ def main(args):
         cfg.head_out_dim = embed_text(["a video"]).shape[1]   # CLIP's joint width: video and text meet in one space
 
     raw_model = M.VideoMAE(cfg).to(device)
-    # what trains the video-text head: L_NCE, the Fig. 4 probe, or nothing (no captions: frozen, so that DDP does
-    # not wait for gradients that never come)
+    # what trains the video-text head: L_NCE, the Fig. 4 probe, or nothing (frozen: DDP waits for no gradient)
     head = "contrastive" if args.contrastive else ("probe" if embed_text is not None else None)
-    # --mse-weight 0 without --contrastive is Fig. 4's control: no loss reaches the MAE, so it stays as initialised
-    # (frozen, so that not even weight decay moves it) while the probe learns on its output, as it does in pure MAE
+    # Fig. 4's control (--mse-weight 0, no --contrastive): the probe on the initial MAE, frozen: weight decay spares it
     raw_model.requires_grad_(not (args.mse_weight == 0 and head == "probe"))
     raw_model.projector.requires_grad_(head is not None)
     mae = torch.compile(raw_model) if args.compile else raw_model
@@ -294,8 +285,7 @@ def main(args):
 # The set-up of main, in the order it runs
 
 def make_data(args, grid, rank, world):
-    """The clips (and, for random/tube/mgm, their masks, made in the loader workers) -> (dataset, the rank's
-    DistributedSampler, steps per epoch)."""
+    """The clips, with the masks made in the loader workers (all but in-step tgm) -> (dataset, sampler, steps/epoch)."""
     mask_fn = {"random": masking.RandomMasker, "tube": masking.TubeMasker, "mgm": masking.MotionMasker}.get(args.mask)
     mask_fn = mask_fn(grid, args.ratio) if mask_fn else None
     if args.tgm_maps:  # TGM from maps made offline: in the loader, as MGM
@@ -321,9 +311,8 @@ def make_data(args, grid, rank, world):
 
 def frozen_text(args, dataset, cfg, device, world):
     """The frozen CLIP of the text-guided mask (Sec. 3.3) and of L_NCE's text side (Sec. 3.4) -> (embed_text, {caption:
-    id}, the in-step TextGuidedMasker or None). Every distinct caption is embedded once, up front, in a fixed order and
-    fixed chunks: a text target never depends on which captions shared its CLIP batch (bit for bit, so --resume is
-    exact). The ids tell info_nce which pairs share a caption. K400, 3 captions per video: about 1.5 GB on the CPU."""
+    id}, the in-step TextGuidedMasker or None). Every distinct caption is embedded once, up front, in fixed chunks: a
+    text target never depends on its CLIP batch (bit for bit: --resume is exact). K400: about 1.5 GB on the CPU."""
     with M.stop_together(world):  # a rank that cannot load CLIP or use the maps stops every rank, with its sentence
         clip, tokenizer = frozen_clip.load_clip_or_exit("pretrain.py", args.clip_model, args.clip_pretrained, device)
         if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions, all made
@@ -348,8 +337,7 @@ def frozen_text(args, dataset, cfg, device, world):
 
 
 def resume(args, raw_model, optimizer, scaler, rank, steps_per_epoch):
-    """--resume (model.resume_path): model, optimizer, scaler, step and this rank's RNG states -> the step to go on
-    from."""
+    """--resume (model.resume_path): model, optimizer, scaler and this rank's RNG states -> the step to go on from."""
     os.makedirs(args.output_dir, exist_ok=True)
     path = M.resume_path(args.resume, args.output_dir)
     if not path:
@@ -358,14 +346,23 @@ def resume(args, raw_model, optimizer, scaler, rank, steps_per_epoch):
     raw_model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
-    set_rng_states(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
+    rng = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0]  # more ranks than saved: rank 0's
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
     M.print0(f"resumed from {path} at step {ckpt['step']} (epoch {ckpt['step'] // steps_per_epoch})")
     return ckpt["step"]
 
 
 def save(ckpt_path, args, cfg, raw_model, optimizer, scaler, step, steps_per_epoch, head, world, rank):
-    """One atomic checkpoint, with every rank's RNG states (a resumed run draws what the stopped one would have)."""
-    states = [rng_states()] * world
+    """One atomic checkpoint, with every rank's RNG states as tensors and numbers (weights_only-safe): exact resume."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = [{"torch": torch.get_rng_state(), "python": random.getstate(),
+               "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}] * world
     if world > 1:
         dist.all_gather_object(states, states[0])
     if rank == 0:
@@ -397,23 +394,6 @@ def backward_and_clip(loss, probe_loss, raw_model, optimizer, scaler, clip_grad)
         torch.nn.utils.clip_grad_norm_([p for p in raw_model.parameters() if id(p) not in ids], clip_grad)
         torch.nn.utils.clip_grad_norm_(head, clip_grad)      # no gradients (dropped, or no probe): nothing to do
     return dropped
-
-
-def rng_states():
-    """Every generator this process draws from, as tensors and plain numbers (a weights_only checkpoint)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_states(s):
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    keys, pos, has_gauss, gauss = s["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if s["cuda"]:
-        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 if __name__ == "__main__":

@@ -1,11 +1,6 @@
-"""
-VideoMAE weights in and out. In: the official repo's checkpoints (.pth) and Hugging Face's (a save_pretrained folder,
-.bin or .safetensors), renamed to ours (= the official repo's names). Out: a checkpoint of ours as a folder that
-transformers' VideoMAEForPreTraining / VideoMAEForVideoClassification.from_pretrained loads (evaluate.py --export).
-
-Not a stage of the paper, so not in model.py: that file stays the model and what every script shares. This one needs
-torch and model.py; safetensors is imported inside the two functions that read or write it.
-"""
+"""VideoMAE weights in and out, not a stage of the paper (docs/design.md "Layout"). In: the official repo's checkpoints
+(.pth) and Hugging Face's (a save_pretrained folder, .bin or .safetensors), renamed to ours (= the official repo's).
+Out: a checkpoint of ours as a folder that transformers' from_pretrained loads (evaluate.py --export)."""
 import json
 import os
 import shutil
@@ -24,8 +19,7 @@ HF_PREFIXES = (
     ("decoder.blocks.", "decoder.decoder_layers."),
     ("head.", "classifier."),                                  # the finetuning classifier's Linear
 )
-# Inside one Block (encoder or decoder): our name -> transformers'.
-HF_BLOCK_NAMES = (
+HF_BLOCK_NAMES = (                                             # inside one Block (encoder or decoder): ours -> theirs
     ("norm1.", "layernorm_before."), ("attn.q_bias", "attention.attention.query.bias"),
     ("attn.v_bias", "attention.attention.value.bias"), ("attn.proj.", "attention.output.dense."),
     ("norm2.", "layernorm_after."), ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."),
@@ -51,9 +45,8 @@ def _rename_key(key, to_hf):
 # In: published VideoMAE weights
 
 def videomae_state_dict(path):
-    """Published VideoMAE weights (.pth, .bin, .safetensors or a save_pretrained folder) -> a state dict in our
-    names: Hugging Face's q, k, v Linears fused into one qkv matrix plus q_bias and v_bias, as the official
-    checkpoints store them."""
+    """Published VideoMAE weights (.pth, .bin, .safetensors or a save_pretrained folder) -> a state dict in our names:
+    Hugging Face's q, k, v Linears fused into one qkv matrix plus q_bias and v_bias, as the official ones store them."""
     path = os.fspath(path)
     if os.path.isdir(path):
         files = [os.path.join(path, n) for n in ("model.safetensors", "pytorch_model.bin")]
@@ -101,9 +94,8 @@ def load_videomae_weights(module, path):
 # Out: a transformers VideoMAE folder (evaluate.py --export)
 
 def hf_state_dict(sd):
-    """A VideoMAE or VideoClassifier state dict -> transformers' names and layout (the inverse of
-    videomae_state_dict): the fused (3D, D) qkv matrix cut into query, key, value Linears; `projector.*`
-    (Sec. 3.4) has no slot: left out."""
+    """A VideoMAE or VideoClassifier state dict -> transformers' (the inverse of videomae_state_dict): the fused
+    (3D, D) qkv matrix cut into query, key, value Linears; `projector.*` (Sec. 3.4) has no slot there: left out."""
     out = {}
     for k, v in sd.items():
         if k.startswith("projector."):
@@ -119,9 +111,7 @@ def hf_state_dict(sd):
 
 
 def hf_config(cfg, class_names=None, num_classes=None):
-    """transformers' VideoMAEConfig for our ModelConfig, as the dict of config.json: every field its forward reads.
-    num_classes None: VideoMAEForPreTraining; else VideoMAEForVideoClassification, labelled by class_names if
-    given."""
+    """config.json (every field the forward reads) of a VideoMAEForPreTraining, or a classifier with num_classes."""
     out = dict(
         model_type="videomae", image_size=cfg.img_size, patch_size=cfg.patch_size, num_channels=cfg.in_chans,
         num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size, hidden_size=cfg.embed_dim,
@@ -144,29 +134,26 @@ def export_info(ckpt, source=None):
     """What transformers has no slot for, read from a checkpoint and its run's saved args -> a dict for tgm.json."""
     args = ckpt.get("args") or {}
     finetuned = "num_classes" in ckpt
-    info = dict(exported_from=source,
-                architecture="VideoMAEForVideoClassification" if finetuned else "VideoMAEForPreTraining",
-                epoch=ckpt.get("epoch"), epochs=args.get("epochs"))
+    info = dict(exported_from=source, epochs=args.get("epochs"), epoch=ckpt.get("epoch"))
     if finetuned:
         info.update(mode=ckpt.get("mode", "finetune"), num_classes=ckpt["num_classes"],
                     class_names=args.get("class_names"), pretrained_from=args.get("checkpoint"))
     else:
-        # what trained the video-text head (Sec. 3.4): "contrastive" (L_NCE, into the encoder), "probe" (Fig. 4's
-        # online probe, stop-gradient) or None (untrained); its weights stay in the checkpoint
+        # what trained the head of Sec. 3.4: "contrastive", "probe" (Fig. 4's online probe) or None (untrained)
         head = ckpt.get("head", "contrastive" if args.get("contrastive") else None)
-        info.update(step=ckpt.get("step"), mask=args.get("mask"), ratio=args.get("ratio"),
-                    tgm_order=args.get("tgm_order"), captions=args.get("captions"), contrastive_head=head,
-                    clip_model=args.get("clip_model"), clip_pretrained=args.get("clip_pretrained"))
-    return dict(info, model_cfg=ckpt["model_cfg"], args=args)
+        info.update(mask=args.get("mask"), ratio=args.get("ratio"), tgm_order=args.get("tgm_order"),
+                    captions=args.get("captions"), contrastive_head=head, clip_model=args.get("clip_model"),
+                    clip_pretrained=args.get("clip_pretrained"), step=ckpt.get("step"))
+    arch = "VideoMAEForVideoClassification" if finetuned else "VideoMAEForPreTraining"
+    return dict(info, architecture=arch, model_cfg=ckpt["model_cfg"], args=args)
 
 
 def model_card(info):
     """The README.md of an exported folder: what it holds, how it was trained, how to load it, where it differs."""
     cfg, arch = M.ModelConfig(**info["model_cfg"]), info["architecture"]
     finetuned = arch == "VideoMAEForVideoClassification"
-    trained = ["mode", "num_classes", "class_names", "pretrained_from"] if finetuned else [
-        "mask", "ratio", "tgm_order", "captions", "contrastive_head", "clip_model", "clip_pretrained", "step"]
-    rows = [f"| {k} | {'-' if info[k] is None else info[k]} |" for k in ["exported_from", "epochs", "epoch"] + trained]
+    rows = [f"| {k} | {'-' if v is None else v} |" for k, v in info.items()
+            if k not in ("architecture", "model_cfg", "args")]     # the run's fields, as export_info lists them
     T, H, N = cfg.num_frames, cfg.img_size, cfg.num_patches
     use = ("print(model.config.id2label[model(video).logits.argmax(-1).item()])" if finetuned else
            f"mask = torch.randperm({N})[None] < {int(0.9 * N)}  # (B, N) bool, True = masked: a random 0.9\n"
@@ -176,10 +163,9 @@ def model_card(info):
         "---", "library_name: transformers", "tags: [video, videomae, masked-autoencoder, tgm]",
         *(["pipeline_tag: video-classification"] if finetuned else []), "---", "",
         f"# TGM VideoMAE ({'finetuned' if finetuned else 'pretrained'}), as transformers' `{arch}`", "",
-        "Weights of a Text-Guided Video Masked Autoencoder run (TGM, ECCV 2024), "
-        "exported from this project's checkpoint",
-        f"with `evaluate.py --export`. Input: {T} frames of {H}x{H} pixels, ImageNet-normalised, cut into",
-        f"{cfg.tubelet_size}x{cfg.patch_size}x{cfg.patch_size} tubelets (N = {cfg.num_patches} tokens); encoder width "
+        "Weights of a Text-Guided Video Masked Autoencoder run (TGM, ECCV 2024), exported from this project's",
+        f"checkpoint with `evaluate.py --export`. Input: {T} frames of {H}x{H} pixels, ImageNet-normalised, cut",
+        f"into {cfg.tubelet_size}x{cfg.patch_size}x{cfg.patch_size} tubelets (N = {N} tokens); encoder width "
         f"{cfg.embed_dim}, {cfg.depth} blocks, {cfg.num_heads} heads.", "",
         "## How it was trained", "", "| | |", "|---|---|", *rows, "",
         f"`{EXPORT_INFO}` holds the same, the model config and the run's full arguments.", "",
@@ -187,22 +173,18 @@ def model_card(info):
         f'model = {arch}.from_pretrained("path/to/this/folder").eval()',
         f"video = torch.randn(1, {T}, 3, {H}, {H})  # (B, T, C, H, W), ImageNet-normalised", use, "```", "",
         "## Where it differs from the trained model", "",
-        f"- transformers builds `{norms}` with LayerNorm eps 1e-5 whatever `layer_norm_eps` says; "
-        "the model was trained",
-        f"  with {cfg.norm_eps}, which the other LayerNorms get. "
-        "Outputs differ by a few 1e-6 relative (features of unit",
-        f"  variance); `model.{norms}.eps = {cfg.norm_eps}` makes them equal to float rounding.",
+        f"- transformers builds `{norms}` with LayerNorm eps 1e-5 whatever `layer_norm_eps` says; the model was",
+        f"  trained with {cfg.norm_eps}, which the other LayerNorms get. Outputs differ by a few 1e-6 relative",
+        f"  (features of unit variance); `model.{norms}.eps = {cfg.norm_eps}` makes them equal to float rounding.",
         *([] if finetuned else [
             "- The video-text head of Sec. 3.4 (`projector.*`, trained as `contrastive_head` says) has no",
             "  slot in transformers: it is not in this folder (it stays in the checkpoint)."]), ""])
 
 
 def export_videomae(ckpt, out_dir, class_names=None, source=None):
-    """A pretrain.py or finetune.py (--mode finetune) checkpoint dict -> a folder out_dir that transformers'
-    from_pretrained loads, equal to ours to float precision: model.safetensors, config.json, a README.md model card
-    and tgm.json. class_names: label i's name at i (id2label); source: the checkpoint's path, for the card. Returns
-    out_dir, written whole (a temporary folder, then renamed). One sentence for an existing out_dir
-    (FileExistsError) and a checkpoint not ours or a probe's (CheckpointError)."""
+    """A pretrain.py or finetune.py (--mode finetune) checkpoint dict -> out_dir, a new folder, written whole, that
+    transformers' from_pretrained loads equal to ours to float precision: model.safetensors, config.json, a README.md
+    model card and tgm.json. class_names: label i's name at i (id2label); source: its path, for the card."""
     from safetensors.torch import save                         # transformers' own format; needed only here
     out_dir = os.path.abspath(out_dir)
     name = source or "the checkpoint"
@@ -211,8 +193,7 @@ def export_videomae(ckpt, out_dir, class_names=None, source=None):
                               "remove it or name another")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "model_cfg" not in ckpt:
         raise M.CheckpointError(f"{name} is not a pretrain.py or finetune.py checkpoint of this project (no 'model' "
-                                "and 'model_cfg'); published VideoMAE weights are loaded with load_videomae_weights "
-                                "instead")
+                                "and 'model_cfg'); published VideoMAE weights load with load_videomae_weights instead")
     if ckpt.get("mode") == "linear":
         raise M.CheckpointError(f"{name} is a linear probe (finetune.py --mode linear): transformers' classifier "
                                 "cannot hold it (the probe pools after the encoder's final LayerNorm and normalises "

@@ -1,8 +1,8 @@
 """
 Table 2 (Sec. 4.4) and Fig. 4 (Sec. 5) at demo scale, on a CPU: does the masked video-text contrastive loss
 raise the linear probe, for tube, motion-guided and text-guided masking alike? And, before that: does
-pretraining help at all here (the transfer comparison: the paper's TGM + V->T, or VideoMAE's tube 0.9, against no
-pretraining)?
+pretraining help at all here (the transfer comparison: the paper's TGM + V->T, the same TGM without L_NCE, or
+VideoMAE's tube 0.9, against no pretraining)?
 
 For every row (mask x {MAE, MAE + V->T, V->T only}, plus the two reference rows) and seed, it runs the project's
 own scripts, as a user would: pretrain.py on the demo dataset, then finetune.py --mode linear and --mode finetune
@@ -10,14 +10,15 @@ from that checkpoint (from `--checkpoint none` for the no-pretraining row), then
 5 temporal x 3 spatial views) on each. It writes
     OUT/table2_demo.md    mean and spread over seeds of finetune and linear-probe top-1, per row
     OUT/table2_demo.json  every number of every run
+    OUT/fig4_demo.md      loss_nce in the first and last quarter of pretraining, per mask and curve
     OUT/fig4_demo.png     loss_nce over pretraining, optimised (solid) and only measured (dashed), per mask
     OUT/transfer_demo.png probe and finetuning curves, the transfer comparison's pretrainings against none
 
     python benchmarks/table2_demo.py --jobs 2              # every row x 3 seeds, two pipelines at a time
     python benchmarks/table2_demo.py --seeds 0 --rows tube # a quick look
-    python benchmarks/table2_demo.py --rows tgm-vt none --pretrain-epochs 20 --jobs 2   # the transfer comparison
-It stops and resumes: finished pipelines are kept in table2_demo.json. The plot needs matplotlib
-(pip install matplotlib), which the stages themselves never import.
+    python benchmarks/table2_demo.py --rows tgm-vt tgm-mae tube0.9 none --pretrain-epochs 20 --jobs 2  # transfer
+It stops and resumes: finished pipelines are kept in table2_demo.json. The two plots need matplotlib, which is not
+in requirements.txt: without it they are skipped (pip install matplotlib, then --report-only, draws them).
 """
 import argparse
 import json
@@ -176,17 +177,26 @@ with open(os.path.join(args.output_dir, "table2_demo.md"), "w") as f:
 print("\n".join(lines) + note)
 
 # -----------------------------------------------------------------------------
+# the plots: matplotlib is imported here only, so the driver and its --help need requirements.txt alone
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+    print("no matplotlib: fig4_demo.png and transfer_demo.png not drawn (pip install matplotlib, then --report-only, "
+          "draws them)", flush=True)
+
+# -----------------------------------------------------------------------------
 # Fig. 4: the contrastive loss over pretraining, optimised (MAE + V->T) and only measured (MAE), seed-averaged
 
 
 def plot_fig4(path):
     """loss_nce per pretraining step, mean over seeds: solid where L_NCE is optimised (MAE + V->T), dashed where the
     head is only an online probe on the detached encoder output (MAE), dotted for the same probe on an encoder that
-    never trains (the control: what the probe's own fitting of the captions gives), one colour per mask. Prints each
-    curve's first- and last-quarter means."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    never trains (the control: what the probe's own fitting of the captions gives), one colour per mask. Prints and
+    writes each curve's first- and last-quarter means (fig4_demo.md) with or without matplotlib -> the files written."""
     curves = {}
     for r in runs_done:
         if r["components"] not in ("MAE", "MAE + V->T", CONTROL) or r["ratio"] == 0.9:  # Table 2's ratios only
@@ -195,21 +205,27 @@ def plot_fig4(path):
             if rec.get("loss_nce") is not None:
                 curves.setdefault((r["mask"], r["components"]), {}).setdefault(rec["step"], []).append(rec["loss_nce"])
     if not curves:
-        return
-    colours = {"tube": "tab:blue", "mgm": "tab:green", "tgm": "tab:red"}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    styles = {"MAE": ("--", " (probe: measured, not optimised)"), "MAE + V->T": ("-", " (optimised)"), CONTROL: (":", "")}
+        return []
+    means = {}  # (mask, label) -> (steps, mean loss_nce over seeds at each step)
     quarters = ["| mask | curve | seeds | first quarter | last quarter |", "| --- | --- | --- | --- | --- |"]
     for (mask, label), c in sorted(curves.items()):
         steps = sorted(c)
-        mean = [statistics.mean(c[s]) for s in steps]
-        ax.plot(steps, mean, color=colours[mask], linestyle=styles[label][0], label=f"{mask}, {label}{styles[label][1]}")
-        q = max(1, len(mean) // 4)
+        means[mask, label] = steps, [statistics.mean(c[s]) for s in steps]
+        mean, q = means[mask, label][1], max(1, len(steps) // 4)
         quarters.append(f"| {mask} | {label} | {len(c[steps[0]])} | {statistics.mean(mean[:q]):.3f} | "
                         f"{statistics.mean(mean[-q:]):.3f} |")
     print("Fig. 4, loss_nce (mean over seeds) in the first and last quarter of the logged steps:\n" + "\n".join(quarters))
     with open(os.path.join(args.output_dir, "fig4_demo.md"), "w") as f:
         f.write("\n".join(quarters) + "\n")
+    if plt is None:
+        return ["fig4_demo.md"]
+    colours = {"tube": "tab:blue", "mgm": "tab:green", "tgm": "tab:red"}
+    styles = {"MAE": ("--", " (probe: measured, not optimised)"), "MAE + V->T": ("-", " (optimised)"),
+              CONTROL: (":", "")}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for (mask, label), (steps, mean) in means.items():
+        ax.plot(steps, mean, color=colours[mask], linestyle=styles[label][0],
+                label=f"{mask}, {label}{styles[label][1]}")
     ax.set_xlabel("pretraining step")
     ax.set_ylabel("contrastive loss L_NCE (mean over seeds)")
     ax.set_title("Fig. 4 at demo scale")
@@ -218,23 +234,21 @@ def plot_fig4(path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
+    return ["fig4_demo.md", os.path.basename(path)]
 
 
 def plot_transfer(path):
-    """Does pretraining help? Per epoch of the linear probe and of finetuning: the training loss and the one-view val
-    top-1 (finetune.py's log), mean over seeds, each pretraining of the transfer comparison (tube 0.9, TGM, TGM +
-    V->T) against none."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Per epoch of the linear probe (left) and of finetuning (right): the training loss (top row) and the one-view
+    val top-1 (bottom row) from finetune.py's log, mean over seeds, for each pretraining of the transfer comparison
+    (tube 0.9, TGM, TGM + V->T) and for none -> the files written."""
+    if plt is None:
+        return []
     names = {"tube0.9": "tube 0.9 pretraining", "tgm-mae": "TGM 0.6 pretraining (MAE)",
              "tgm-vt": "TGM 0.6 + V->T pretraining", "none": "no pretraining"}
     runs = {label: [r for k, r in results.items() if k.startswith(name + "|") and "linear" in r] for name, label in names.items()}
     runs = {label: rows for label, rows in runs.items() if rows}
     if "no pretraining" not in runs or len(runs) < 2:
-        return
+        return []
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex="col")
     for col, mode in enumerate(("linear", "finetune")):
         for (name, rows), colour in zip(runs.items(), ("tab:blue", "tab:orange", "tab:red", "tab:grey")):
@@ -255,13 +269,13 @@ def plot_transfer(path):
     axes[0, 0].legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle("Does pretraining help on the demo? (mean over seeds)")
+    fig.suptitle("Linear probe and finetuning per epoch: each pretraining and none (mean over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return [os.path.basename(path)]
 
 
-plot_fig4(os.path.join(args.output_dir, "fig4_demo.png"))
-plot_transfer(os.path.join(args.output_dir, "transfer_demo.png"))
-print(f"wrote {args.output_dir}/table2_demo.md, table2_demo.json, fig4_demo.png, transfer_demo.png in "
-      f"{time.time() - t0:.0f} s")
+written = (["table2_demo.md", "table2_demo.json"] + plot_fig4(os.path.join(args.output_dir, "fig4_demo.png"))
+           + plot_transfer(os.path.join(args.output_dir, "transfer_demo.png")))
+print(f"wrote {args.output_dir}/{', '.join(written)} in {time.time() - t0:.0f} s")

@@ -51,7 +51,7 @@ def get_parser():
     add("--llm-max-new-tokens", type=int, default=60, help="length limit of each vision-free caption in tokens")
     # system
     add("--batch-size", type=int, default=32, help="videos per BLIP-2 call (x --frames images); prompts per LM call")
-    add("--device", help="cuda | cpu (default: cuda when available)")
+    add("--device", help="cuda | cpu; none: cuda when available")
     add("--precision", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
         help="weights dtype; auto: fp16 on a GPU (as BLIP-2 is run), fp32 on a CPU")
     return parser
@@ -61,12 +61,13 @@ def parse_args(argv=None):
     """The flags; combinations that cannot work stop here, with one sentence saying how to fix them."""
     parser = get_parser()
     args = parser.parse_args(argv)
+    data.check_flags("caption.py", args)  # what was typed, before the demo is built
     if args.data is None:
         import demo  # the built-in demo's train list and class names; typed flags win
         args = demo.fill(parser, argv, "caption")
 
     def fail(msg):
-        raise SystemExit(f"caption.py: {msg}")
+        raise data.UsageError(f"caption.py: {msg}")
     try:
         i, n = (int(x) for x in args.shard.split("/"))
     except ValueError:
@@ -76,16 +77,10 @@ def parse_args(argv=None):
     args.shard_index, args.num_shards = i, n
     if args.frames < 1:
         fail(f"--frames {args.frames}: caption at least one keyframe (paper: 3)")
-    if args.batch_size < 1:
-        fail(f"--batch-size {args.batch_size}: must be at least 1")
     if "llm" in args.source and not args.llm:
         fail(f"--source {args.source} needs a local causal language model: pass --llm ID_OR_FOLDER")
     if args.source != "blip2" and not args.class_names:
         fail(f"--source {args.source} turns labels into text: pass --class-names FILE (line i = name of label i)")
-    for flag in ("data", "class_names"):
-        path = getattr(args, flag)
-        if path is not None and not os.path.isfile(path):
-            fail(f"--{flag.replace('_', '-')} {path}: no such file")
     return args
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -346,6 +347,36 @@ def collate(batch):
         if key in flat[0]:
             out[key] = [s[key] for s in flat]
     return out
+
+
+# ----------------------------------------------------------------------------- a command line's mistakes
+
+class UsageError(SystemExit):
+    """A command line that cannot work: its one sentence goes to stderr (rank 0), the exit code is 2 (argparse's)."""
+
+    def __init__(self, msg):
+        super().__init__(2)
+        self.msg = msg
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(msg, file=sys.stderr, flush=True)
+
+    def __str__(self):
+        return self.msg
+
+
+def check_flags(prog, args):
+    """What every script's flags must hold, checked before any work: counts of at least 1, a mask ratio in (0, 1),
+    files and folders that exist (the flags a script has of these)."""
+    for k in ("batch_size", "epochs"):
+        if getattr(args, k, 1) < 1:
+            raise UsageError(f"{prog}: --{k.replace('_', '-')} {getattr(args, k)}: it must be at least 1")
+    if getattr(args, "ratio", None) is not None and not 0 < args.ratio < 1:
+        raise UsageError(f"{prog}: --ratio {args.ratio}: the share of tokens hidden lies strictly between 0 and 1 "
+                         "(paper: 0.6 tgm, 0.75 mgm, 0.9 tube and random)")
+    for k in ("data", "val_data", "captions", "class_names", "checkpoint", "resume", "video"):
+        path = getattr(args, k, None)
+        if path not in (None, "auto", "none") and not os.path.exists(path):
+            raise UsageError(f"{prog}: --{k.replace('_', '-')} {path}: no such file or folder")
 
 
 # ----------------------------------------------------------------------------- list and caption files

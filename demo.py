@@ -231,7 +231,7 @@ def demo_dataset(cache_dir=None, seed=0, pretrain_per_class=None, train_per_clas
     try:
         os.makedirs(os.path.join(tmp, "videos"))
         lists, caps, objects = {"unlabelled": [], "train": [], "val": []}, [], {}
-        k = 0
+        k, bar = 0, tqdm(total=sum(counts.values()) * len(DEMO_ACTIONS), desc=f"writing the demo once into {root}")
         for split in lists:
             per_class = counts["pretrain" if split == "unlabelled" else split]
             for label in range(len(DEMO_ACTIONS)):
@@ -241,12 +241,14 @@ def demo_dataset(cache_dir=None, seed=0, pretrain_per_class=None, train_per_clas
                     frames, main_mask, words = _render_demo(rng, label)
                     stem = f"{split}_{k:05d}"
                     write_video(os.path.join(tmp, "videos", stem + ".mp4"), frames)
+                    bar.update()
                     if split != "unlabelled":  # the masks serve measurements on labelled videos
                         objects[stem] = main_mask
                     lists[split].append(f"videos/{stem}.mp4 {label}\n")
                     caps.append(json.dumps({"video": f"videos/{stem}.mp4", "captions": _demo_captions(words, rng),
                                             "source": "demo"}) + "\n")
                     k += 1
+        bar.close()
         lists["pretrain"] = lists.pop("unlabelled") + lists["train"]
         for split in ("pretrain", "train", "val"):
             with open(os.path.join(tmp, f"{split}.txt"), "w") as f:
@@ -399,10 +401,10 @@ FLAGS = {
     "pretrain": dict(SHAPE, batch_size=16, epochs=1, warmup_epochs=0.25, blr=1e-2, save_every=1, log_interval=5,
                      num_workers=1),
     # finetuning: VideoMAE's optimiser and schedule without its augmentation and layer decay (docs/demo.md)
-    "finetune": dict(SHAPE, epochs=15, batch_size=16, lr=2e-2, warmup_epochs=1, weight_decay=0.05, layer_decay=1.0,
+    "finetune": dict(SHAPE, epochs=15, batch_size=16, blr=2e-2, warmup_epochs=1, weight_decay=0.05, layer_decay=1.0,
                      mixup=0.0, cutmix=0.0, randaug_n=0, reprob=0.0),
     # linear probe: MAE's SGD and schedule at base lr 1.6 (lr 0.1 at batch 16); MAE's 0.1 underfits (docs/demo.md)
-    "linear": dict(SHAPE, epochs=20, batch_size=16, lr=1.6, warmup_epochs=2, weight_decay=0.0),
+    "linear": dict(SHAPE, epochs=20, batch_size=16, blr=1.6, warmup_epochs=2, weight_decay=0.0),
     "evaluate": {},
     "caption": {},
     "masking": dict(num_frames=8, input_size=64),
@@ -474,7 +476,7 @@ def _openai_clip_at_hand(name):
     try:
         frozen_clip.clip_weights(name, "openai")
         return True
-    except frozen_clip.ClipWeightsError as e:
-        M.print0(f"the demo uses the demo CLIP, a small CLIP trained on the demo's frames and captions "
-                 f"(--clip-pretrained demo), instead of {name} 'openai': {e}")
+    except frozen_clip.ClipWeightsError:
+        M.print0(f"the demo uses the demo CLIP (--clip-pretrained demo), a small CLIP trained on the demo's own frames and "
+                 f"captions, as OpenAI's weights for {name} are neither cached nor downloadable here")
         return False

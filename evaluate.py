@@ -78,8 +78,9 @@ def parse_args(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
     if args.checkpoint is None:
-        raise SystemExit("evaluate.py needs --checkpoint: a finetune.py checkpoint for the multi-view test, or a "
-                         "pretrain.py checkpoint (or published VideoMAE weights) with --retrieval or --visualize")
+        raise data.UsageError("evaluate.py needs --checkpoint: a finetune.py checkpoint for the multi-view test, or "
+                              "a pretrain.py checkpoint (or VideoMAE weights) with --retrieval or --visualize")
+    data.check_flags("evaluate.py", args)  # what was typed, before the demo is built
     if (args.data is None or args.clip_pretrained == "demo") and not args.export:
         import demo  # the demo's lists (retrieval: val queries, train gallery) and CLIP; typed flags win
         args = demo.fill(parser, argv, "evaluate")
@@ -441,8 +442,8 @@ def run_pictures(args, model, pre_args, device, out_dir):
         with torch.no_grad():
             img = visualize(model, sample, mask, f"{os.path.basename(ds.items[i][0])}: {caption}", mask_name, ratio)
         path = os.path.join(out_dir, f"vis_{j:02d}_{mask_name}.png")
+        print(f"{'overwrote' if os.path.exists(path) else 'wrote'} {path}")
         img.save(path)
-        print(f"wrote {path}")
 
 
 def run_test(args, device, amp, rank, world, report):
@@ -468,15 +469,15 @@ def run_test(args, device, amp, rank, world, report):
     videos, probs, counts = merge_views(index, view, view_probs)
     labels = labels_of(ds, videos)
     acc = topk_accuracy(probs, labels)
-    one = topk_accuracy(view_probs, labels_of(ds, index))     # each view alone
+    one = topk_accuracy(view_probs, labels_of(ds, index))     # each view alone, the mean over views (not the centre)
     top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
     per_video = [dict(video=ds.rel[v], label=int(labels[j]), top5=top[j].tolist(),
                       top5_prob=probs[j, top[j]].round(6).tolist()) for j, v in enumerate(videos)]
     res = dict(checkpoint=args.checkpoint, mode=mode, data=args.data, num_videos=len(videos), num_listed=len(ds),
-               views=f"{n_seg}x{n_crop}", tsn=tsn, top1=acc[1], top5=acc[5], single_view_top1=one[1],
+               views=f"{n_seg}x{n_crop}", tsn=tsn, top1=acc[1], top5=acc[5], mean_view_top1=one[1],
                incomplete_videos=int((counts != n_seg * n_crop).sum()), bad_videos=bad, test_s=time.time() - t0,
                per_video=per_video)
-    report("results.json", res, ["checkpoint", "mode", "videos", "views", "top-1", "top-5", "one view top-1"],
+    report("results.json", res, ["checkpoint", "mode", "videos", "views", "top-1", "top-5", "mean per-view top-1"],
            [args.checkpoint, mode, f"{len(videos)}/{len(ds)}", f"{n_seg}x{n_crop}", f"{acc[1]:.2f}", f"{acc[5]:.2f}",
             f"{one[1]:.2f}"])
 

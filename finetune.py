@@ -52,9 +52,9 @@ def get_parser():
     # optimisation
     add("--epochs", type=int, default=100, help="VideoMAE: 100 K400, 50 SSv2, 100 UCF101, 50 HMDB51; LP: 90 (MAE)")
     add("--batch-size", type=int, default=8, help="videos per process per step; paper: 8 x 64 GPUs; LP: 128")
-    add("--lr", type=float, default=1e-3, help="base lr per 256 videos (lr = base * global batch / 256); VideoMAE: "
+    add("--blr", type=float, default=1e-3, help="base lr; lr = blr * global batch / 256; VideoMAE: "
                                                "1e-3 (ViT-B K400; 5e-4 SSv2, UCF101); LP: 0.1 (MAE)")
-    add("--min-lr", type=float, default=1e-6, help="base lr at the cosine's end (FT); LP goes to 0, as MAE")
+    add("--min-blr", type=float, default=1e-6, help="base lr at the cosine's end (FT); LP goes to 0, as MAE")
     add("--warmup-epochs", type=int, default=5, help="linear warmup from 0; LP: 10 (MAE)")
     add("--weight-decay", type=float, default=0.05, help="AdamW's (FT); LP: 0 (MAE)")
     add("--layer-decay", type=float, default=0.75, help="block i gets lr * decay^(depth+1-i) (FT); 0.7 UCF/HMDB")
@@ -76,12 +76,13 @@ def get_parser():
     return p
 
 
-LINEAR = dict(epochs=90, batch_size=128, lr=0.1, warmup_epochs=10, weight_decay=0.0)  # MAE's linear probe
+LINEAR = dict(epochs=90, batch_size=128, blr=0.1, warmup_epochs=10, weight_decay=0.0)  # MAE's linear probe
 
 
 def parse_args(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
+    data.check_flags("finetune.py", args)  # what was typed, before the demo is built
     if args.mode == "linear":
         parser.set_defaults(**LINEAR)
         args = parser.parse_args(argv)
@@ -171,7 +172,7 @@ def main(args):
 
     # optimizer and schedule: the lr scales with the global batch (VideoMAE's linear scaling rule)
     global_batch = args.batch_size * world
-    lr, min_lr = args.lr * global_batch / 256, args.min_lr * global_batch / 256
+    lr, min_lr = args.blr * global_batch / 256, args.min_blr * global_batch / 256
     if args.mode == "finetune":
         optimizer = torch.optim.AdamW(M.param_groups(model, args.weight_decay, args.layer_decay), lr=lr,
                                       betas=tuple(args.betas))
@@ -240,7 +241,7 @@ def main(args):
         bad_total += int(stats[2])
         record = dict(epoch=epoch + 1, train_loss=(stats[0] / stats[1]).item(), bad_videos=int(stats[2]),
                       epoch_s=time.time() - t0)
-        if val_loader is not None:  # one view: the centre clip of each video
+        if val_loader is not None:  # val_top1: the centre view of each video (evaluate.py: every view)
             top1, top5 = (100.0 * stats[3] / stats[5]).item(), (100.0 * stats[4] / stats[5]).item()
             best = max(best, top1)
             record.update(val_top1=top1, val_top5=top5, val_videos=int(stats[5]))
@@ -265,37 +266,45 @@ def starting_point(args):
     """Where the run starts -> (resume state or None, pretrained encoder state dict or None, the ModelConfig); fills
     args' None defaults (the checkpoint's shape when it stores one, else the paper's) and stops on flags that clash."""
     resume = M.resume_path(args.resume, args.output_dir)
-    state = M.load_checkpoint(resume) if resume else None
+    def fail(msg):
+        raise data.UsageError(f"finetune.py: {msg}")
+    try:
+        state = M.load_checkpoint(resume) if resume else None
+        enc_sd = pretrained_cfg = None
+        if state is not None:
+            pretrained_cfg = M.config_from_checkpoint(state)
+        elif args.checkpoint not in (None, "none"):
+            _, enc_sd, pretrained_cfg = read_pretrained(args.checkpoint)
+    except M.CheckpointError as e:
+        raise SystemExit(f"finetune.py: {e}")
     if state is not None and "num_classes" not in state:
-        raise SystemExit(f"--resume {resume}: not a finetune.py checkpoint (no 'num_classes'); pass it as --checkpoint")
-    enc_sd = pretrained_cfg = None
-    if state is not None:
-        if state["mode"] != args.mode:
-            raise SystemExit(f"finetune.py: --resume {resume} is a --mode {state['mode']} run: add --mode "
-                             f"{state['mode']}, or start a new run in another --output-dir")
-        M.print0(f"resuming from {resume}")
-        pretrained_cfg = M.config_from_checkpoint(state)
-    elif args.checkpoint is None:
-        raise SystemExit("finetune.py needs --checkpoint: a pretrain.py checkpoint (e.g. runs/pretrain/ckpt.pt), "
-                         "VideoMAE weights (.pth or a Hugging Face folder), or 'none' for a random encoder")
-    elif args.checkpoint != "none":
-        _, enc_sd, pretrained_cfg = read_pretrained(args.checkpoint)
+        fail(f"--resume {resume}: not a finetune.py checkpoint (no 'num_classes'); pass it as --checkpoint")
+    if state is not None and state["mode"] != args.mode:
+        fail(f"--resume {resume} is a --mode {state['mode']} run: add --mode {state['mode']}, or start a new run in "
+             "another --output-dir")
+    if state is None and args.checkpoint is None:
+        fail("needs --checkpoint: a pretrain.py checkpoint (e.g. runs/pretrain/ckpt.pt), VideoMAE weights (.pth or a "
+             "Hugging Face folder), or 'none' for a random encoder")
     if pretrained_cfg is not None:
         M.check_shape_flags(pretrained_cfg, args.num_frames, args.input_size)
         args.num_frames, args.input_size = pretrained_cfg.num_frames, pretrained_cfg.img_size
-        if args.model is not None:
-            M.print0(f"--model {args.model} is ignored: the checkpoint stores its own model config")
+        size = M.MODEL_SIZES.get(args.model, {})
+        if any(size[k] != getattr(pretrained_cfg, k) for k in ("embed_dim", "depth") if k in size):
+            fail(f"--model {args.model} does not fit {resume or args.checkpoint}, a {pretrained_cfg.embed_dim}-wide, "
+                 f"{pretrained_cfg.depth}-block encoder: drop --model (the checkpoint stores its own config)")
+    if state is not None:
+        M.print0(f"resuming from {resume}")
     for k, v in dict(model="vit_base", num_frames=16, input_size=224).items():  # the paper's, where nothing says
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.data is not None and args.val_data is None:
         M.print0("no --val-data: training without per-epoch validation")
     if not 0 <= args.randaug_m <= 10:
-        raise SystemExit(f"--randaug-m {args.randaug_m}: RandAugment's magnitude runs from 0 to 10 (VideoMAE: 7)")
+        fail(f"--randaug-m {args.randaug_m}: RandAugment's magnitude runs from 0 to 10 (VideoMAE: 7)")
     if args.mode == "linear" and args.batch_size * args.repeat_aug < 2:
-        raise SystemExit("--mode linear needs at least 2 clips per step (its BatchNorm normalises over the batch); "
-                         "raise --batch-size")
-    if args.epochs <= args.warmup_epochs and args.epochs > 0:
+        fail("--mode linear needs at least 2 clips per step (its BatchNorm normalises over the batch); raise "
+             "--batch-size")
+    if args.epochs <= args.warmup_epochs:
         M.print0(f"note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr never reaches its peak")
     if args.checkpoint == "none" and state is None:
         M.print0(f"--checkpoint none: the encoder starts from random weights ({args.model}), the from-scratch baseline")

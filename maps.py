@@ -183,20 +183,24 @@ def parse_args(argv=None):
     parser.add_argument("--chunk-size", type=int, default=256, help="CLIP images per forward")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where CLIP runs")
     args = parser.parse_args(argv)
+    data.check_flags("maps.py", args)  # what was typed, before the demo is built
     if args.data is None or args.clip_pretrained == "demo":
         import demo  # no --data: the built-in demo's pretraining list, captions and CLIP; typed flags win
         args = demo.fill(parser, argv, "maps")
+    if not args.captions:
+        raise data.UsageError("maps.py needs --captions FILE (make one with caption.py)")
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        i = n = 0
+    if not 0 <= i < n:
+        raise data.UsageError(f"maps.py: --shard {args.shard}: expected i/n with 0 <= i < n, e.g. 0/8")
+    args.shard = (i, n)
     return args
 
 
 def main(args):
-    if not args.captions:
-        sys.exit("error: maps.py needs --captions FILE (make one with caption.py)")
-    try:
-        i, n = (int(x) for x in args.shard.split("/"))
-        assert 0 <= i < n
-    except (ValueError, AssertionError):
-        sys.exit(f"error: --shard {args.shard!r}: expected i/n with 0 <= i < n, e.g. 0/8")
+    i, n = args.shard
     rels = [rel for rel, _ in data.read_list(args.data)]  # as written in the list: the captions' and maps' keys
     items = [(os.path.join(args.root, rel), rel) for rel in rels][i::n]  # this shard's (path, rel)
     captions = data.read_captions(args.captions)

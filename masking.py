@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import functools
 import math
+import os
 import sys
 
 import numpy as np
@@ -337,15 +338,16 @@ def get_parser():
 def parse_args(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
+    data.check_flags("masking.py", args)  # what was typed, before the demo is built
     if args.video is None or args.clip_pretrained == "demo":
         import demo  # no --video: the demo's first val video, its caption and sizes (and --clip-pretrained demo)
         args = demo.fill(parser, argv, "masking")
+    if args.mask == "tgm" and not args.caption:
+        raise data.UsageError('masking.py: --mask tgm needs --caption "..." (the text the mask follows)')
     return args
 
 
 def main(args):
-    if args.mask == "tgm" and not args.caption:
-        sys.exit("error: --mask tgm needs --caption \"...\" (the text the mask follows)")
     ratio = PAPER_RATIO[args.mask] if args.ratio is None else args.ratio
     T, S = args.num_frames, args.input_size
     t, p = args.tubelet_size, args.patch_size
@@ -382,8 +384,8 @@ def main(args):
     title = f"{name}, ratio {ratio}: {int(mask.sum())} of {mask.numel()} tokens masked"
     title += f" ({int(ratio * cfg.grid[1] * cfg.grid[2])} per time slice)" if args.mask != "random" else ""
     title += f' | "{args.caption}"' if args.mask == "tgm" else ""
+    print(f"{title}\n{'overwrote' if os.path.exists(args.out) else 'wrote'} {args.out}")
     save_mask_picture(video[None], mask[None], cfg, args.out, [title])
-    print(f"{title}\nwrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def parse_args(argv=None):
     """The flags; combinations that cannot work stop here, before any work, with one sentence."""
     parser = get_parser()
     args = parser.parse_args(argv)
+    data.check_flags("pretrain.py", args)  # what was typed, before the demo is built: a mistake costs seconds
     if args.data is None or args.clip_pretrained == "demo":
         import demo  # the built-in demo: its data, CLIP and sizes become the defaults; typed flags win
         args = demo.fill(parser, argv, "pretrain")
@@ -93,9 +94,7 @@ def parse_args(argv=None):
         args.ratio = masking.PAPER_RATIO[args.mask]
 
     def fail(msg):
-        raise SystemExit(f"pretrain.py: {msg}")
-    if not 0 < args.ratio < 1:
-        fail(f"--ratio {args.ratio} must lie strictly between 0 and 1 (paper: 0.6 for tgm, 0.75 mgm, 0.9 tube)")
+        raise data.UsageError(f"pretrain.py: {msg}")
     cfg = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames)
     if args.num_frames % cfg.tubelet_size:
         fail(f"--num-frames {args.num_frames} must be a multiple of the tubelet size {cfg.tubelet_size}")
@@ -106,10 +105,6 @@ def parse_args(argv=None):
         fail(f"{what} needs a caption per video: pass --captions FILE (make one with caption.py)")
     if args.tgm_maps and (args.mask != "tgm" or args.tgm_features):
         fail("--tgm-maps gives --mask tgm its masks from maps made offline: drop --tgm-features, or --tgm-maps")
-    if not os.path.isfile(args.data):
-        fail(f"--data {args.data}: no such list file")
-    if args.captions and not os.path.isfile(args.captions):
-        fail(f"--captions {args.captions}: no such file (make one with caption.py)")
     if args.mse_weight == 0 and not (args.contrastive or args.captions):
         fail("--mse-weight 0 leaves no loss: add --contrastive for pure contrastive pretraining (or --captions for "
              "Fig. 4's control: the probe alone, on an encoder that never trains)")
@@ -121,6 +116,17 @@ def parse_args(argv=None):
              "pass --tgm-maps DIR; or pass --tgm-features patch|dense to run CLIP in the step")
     if args.precision == "fp16" and (args.device == "cpu" or not torch.cuda.is_available()):
         fail("--precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    path = os.path.join(args.output_dir, "ckpt.pt") if args.resume == "auto" else args.resume
+    try:
+        saved = M.load_checkpoint(path).get("args", {}) if path and os.path.isfile(path) else {}
+    except M.CheckpointError as e:
+        fail(e)
+    for k in ("model", "num_frames", "input_size", "no_norm_pix_loss", "mask", "ratio", "contrastive", "batch_size"):
+        if k in saved and saved[k] != getattr(args, k):  # a resumed run goes on as it began, or says why it cannot
+            fail(f"--{k.replace('_', '-')} is {getattr(args, k)}, but {path} was made with {saved[k]}: resume with the "
+                 "checkpoint's value, or start a new run in another --output-dir")
+    if args.warmup_epochs >= args.epochs:
+        M.print0(f"note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr never reaches its peak")
     return args
 
 
@@ -215,8 +221,6 @@ def main(args):
             data_ms, t_step = (time.perf_counter() - t_data) * 1e3, time.perf_counter()
             M.set_lr(optimizer, M.lr_at(step, total_steps, warmup_steps, lr, min_lr))
             counts["bad_videos"] += len(batch["bad"])
-            for path, reason in batch["bad"]:
-                M.print0(f"skipped bad video {path}: {reason}")
             video = batch["video"].to(device, non_blocking=True)                      # (B, C, T, H, W)
             text = text_ids = captions = None
             if embed_text is not None:  # Sec. 3.2; --tgm-maps: the loader drew the caption, with the map of its mask

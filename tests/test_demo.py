@@ -206,8 +206,11 @@ def test_demo_clip_learns_its_captions_saves_and_loads_through_load_clip(colour_
 
 
 def test_fill_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, tiny_clip_config, monkeypatch,
-                                                  capsys):
+                                                  capsys, tmp_path):
     # the full-size demo CLIP trains for a minute: the tiny one stands in; the dataset is the colour demo
+    monkeypatch.chdir(tmp_path)
+    for name in ("ckpt.pt", "ft.pt", "pre.pt"):                       # the checkpoints named must exist; fill never reads them
+        open(name, "w").close()
     monkeypatch.setattr(D, "demo_dataset", lambda cache_dir: colour_demo)
     monkeypatch.setattr(D, "demo_clip", lambda demo: tiny_demo_clip)
     monkeypatch.setattr(D, "_openai_clip_at_hand", lambda name: False)  # offline, nothing cached
@@ -228,7 +231,7 @@ def test_fill_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, 
     assert (args.data, args.model, args.epochs) == ("x.txt", "vit_base", 200) and args.clip_pretrained == tiny_demo_clip[1]
     # finetuning from a checkpoint keeps the checkpoint's shape; from none the demo's; evaluate's test reads val
     args = finetune.parse_args(["--checkpoint", "ckpt.pt", "--mode", "linear"])
-    assert args.model is None and args.val_data == colour_demo["val"] and args.lr == D.FLAGS["linear"]["lr"]
+    assert args.model is None and args.val_data == colour_demo["val"] and args.blr == D.FLAGS["linear"]["blr"]
     args = finetune.parse_args(["--checkpoint", "none"])
     assert (args.model, args.num_frames, args.input_size) == ("vit_tiny", 8, 64)
     args = evaluate.parse_args(["--checkpoint", "ft.pt"])
@@ -239,18 +242,20 @@ def test_fill_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, 
     assert (args.data, args.class_names) == (colour_demo["train"], colour_demo["class_names"])
 
 
-def test_paper_values_are_the_defaults_help_shows():
+def test_paper_values_are_the_defaults_help_shows(tmp_path, monkeypatch):
     # --help shows the paper's recipe; the demo sets its own only when it runs, and typed flags win over both
     parser = pretrain.get_parser()
     assert [parser.get_default(k) for k in ("epochs", "blr", "warmup_epochs", "model", "batch_size", "clip_pretrained")
             ] == [200, 1.5e-4, 40, "vit_base", 32, "openai"]
     assert "(default: 200)" in " ".join(parser.format_help().split())
+    monkeypatch.chdir(tmp_path)
+    open("x.txt", "w").close()
     ft = finetune.parse_args(["--data", "x.txt", "--mode", "linear"])  # MAE's probe recipe where --mode linear
-    assert (ft.epochs, ft.batch_size, ft.lr, ft.warmup_epochs, ft.weight_decay) == (90, 128, 0.1, 10, 0.0)
+    assert (ft.epochs, ft.batch_size, ft.blr, ft.warmup_epochs, ft.weight_decay) == (90, 128, 0.1, 10, 0.0)
     ft = finetune.parse_args(["--data", "x.txt", "--mode", "linear", "--epochs", "3"])
-    assert ft.epochs == 3 and ft.lr == 0.1
+    assert ft.epochs == 3 and ft.blr == 0.1
     ft = finetune.parse_args(["--data", "x.txt"])
-    assert (ft.epochs, ft.lr, ft.layer_decay, ft.mixup, ft.reprob) == (100, 1e-3, 0.75, 0.8, 0.25)
+    assert (ft.epochs, ft.blr, ft.layer_decay, ft.mixup, ft.reprob) == (100, 1e-3, 0.75, 0.8, 0.25)
 
 
 def test_stages_hold_no_demo_code():

@@ -237,7 +237,7 @@ def test_two_ranks_give_the_one_process_result(tmp_path):
     one, two = (json.load(open(tmp_path / d / "results.json")) for d in ("one", "two"))
     assert one["num_videos"] == two["num_videos"] == 3 and one["views"] == "2x2"
     assert one["incomplete_videos"] == two["incomplete_videos"] == 0
-    for k in ("top1", "top5", "single_view_top1"):
+    for k in ("top1", "top5", "mean_view_top1"):
         assert one[k] == pytest.approx(two[k]), k
     assert [v["video"] for v in one["per_video"]] == [v["video"] for v in two["per_video"]]
     for a, b in zip(one["per_video"], two["per_video"]):

@@ -256,7 +256,7 @@ def test_linear_probe_learns_above_chance_and_the_encoder_stays_frozen(colour_da
     mae = save_pretrain_checkpoint(tmp_path / "pre.pt")
     out = tmp_path / "lp"
     FT.main(run_args(colour_data, out, "--checkpoint", str(tmp_path / "pre.pt"), "--mode", "linear", "--epochs", "3",
-                     "--batch-size", "8", "--lr", "16", "--warmup-epochs", "1"))
+                     "--batch-size", "8", "--blr", "16", "--warmup-epochs", "1"))
     log = read_log(out)
     epochs = [r for r in log if "val_top1" in r]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]   # one validation line per epoch
@@ -346,13 +346,13 @@ def test_linear_probe_from_scratch_probes_one_encoder_on_two_ranks(colour_data, 
         port = s.getsockname()[1]
     argv = ["--data", colour_data["train"], "--root", colour_data["root"], "--sampling-rate", "2", "--num-workers", "0",
             "--mode", "linear", "--checkpoint", "none", "--model", "vit_tiny", "--num-frames", "4", "--input-size", "32",
-            "--batch-size", "2", "--epochs", "0", "--output-dir", str(tmp_path / "lp")]
+            "--batch-size", "2", "--epochs", "1", "--output-dir", str(tmp_path / "lp")]
     # fork: the ranks inherit the imports
     torch.multiprocessing.start_processes(_rank_worker, args=(2, port, argv, str(tmp_path)), nprocs=2, start_method="fork")
     one, two = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert set(one) == set(two) and any(k.startswith("encoder.") for k in one)
-    for k in one:
-        assert torch.equal(one[k], two[k]), k
+    for k in one:  # after an epoch: the frozen encoder and the DDP-synced probe; BatchNorm's running stats are per rank
+        assert "running_" in k or "num_batches" in k or torch.equal(one[k], two[k]), k
 
 
 @pytest.mark.parametrize("mode", ["finetune", "linear"])
@@ -367,7 +367,7 @@ def test_augmentation_only_when_finetuning(colour_data, tmp_path, monkeypatch, m
             made.append(self)
     monkeypatch.setattr(FT.data, "VideoDataset", Recorded)
     FT.main(run_args(colour_data, tmp_path, "--checkpoint", "none", "--model", "vit_tiny", "--num-frames", "4",
-                     "--input-size", "32", "--mode", mode, "--batch-size", "2", "--epochs", "0"))
+                     "--input-size", "32", "--mode", mode, "--batch-size", "2", "--epochs", "1"))
     train, val = made
     assert val.randaug is None and val.erase is None
     if mode == "linear":
@@ -394,11 +394,11 @@ def test_bad_flag_combinations_stop_with_a_sentence(colour_data, tmp_path):
             FT.main(run_args(colour_data, tmp_path / "bad", *extra))
     # list files: a malformed line names the file and line; a missing file says so
     (tmp_path / "malformed.txt").write_text("v1_0_0.mp4 0\nv1_0_1.mp4\n")
-    for val, message in ((tmp_path / "malformed.txt", "malformed.txt:2: expected"), (tmp_path / "missing.txt", "No such file")):
+    for val, message in ((tmp_path / "malformed.txt", "malformed.txt:2: expected"), (tmp_path / "missing.txt", "no such file")):
         with pytest.raises(SystemExit, match=message):
             FT.main(run_args(colour_data, tmp_path / "bad", "--checkpoint", str(tmp_path / "pre.pt"), "--val-data", str(val)))
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(M.CheckpointError, match="cannot be read"):
+    with pytest.raises(SystemExit, match="finetune.py: .*broken.pt: cannot be read"):  # a sentence, not a traceback
         FT.main(run_args(colour_data, tmp_path / "bad", "--checkpoint", str(tmp_path / "broken.pt")))
 
 

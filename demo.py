@@ -477,6 +477,6 @@ def _openai_clip_at_hand(name):
         frozen_clip.clip_weights(name, "openai")
         return True
     except frozen_clip.ClipWeightsError:
-        M.print0(f"the demo uses the demo CLIP (--clip-pretrained demo), a small CLIP trained on the demo's own frames and "
-                 f"captions, as OpenAI's weights for {name} are neither cached nor downloadable here")
+        M.print0(f"the demo uses the demo CLIP (--clip-pretrained demo), a small CLIP trained on the demo's own frames "
+                 f"and captions, as OpenAI's weights for {name} are neither cached nor downloadable here")
         return False

@@ -363,9 +363,15 @@ class AllReduceSum(torch.autograd.Function):
 
 
 def gather_with_local_grad(x):
-    """All ranks' x concatenated along dim 0; this rank's slice is x itself, so its gradient is kept."""
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
+    """All ranks' x concatenated along dim 0, in rank order; this rank's slice is x itself, so its gradient is kept.
+    Ranks may hold different counts (a last, smaller batch): each is padded to the largest for the gather."""
+    n = torch.tensor([x.shape[0]], device=x.device)
+    counts = [torch.empty_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, n)
+    counts = [int(c) for c in counts]                          # one host sync: every rank's count
+    parts = [x.new_empty(max(counts), *x.shape[1:]) for _ in counts]
+    dist.all_gather(parts, torch.cat([x.detach(), x.new_zeros(max(counts) - len(x), *x.shape[1:])]))
+    parts = [p[:c] for p, c in zip(parts, counts)]
     parts[dist.get_rank()] = x
     return torch.cat(parts)
 

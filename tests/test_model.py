@@ -280,14 +280,14 @@ def test_truncated_checkpoint_gives_clear_error(tmp_path):
 # -----------------------------------------------------------------------------
 # two ranks (Gloo, CPU): the head's batch norm and InfoNCE see the global batch, with exact gradients
 
-def _two_rank_worker(rank, init_file, out_dir, grad_sync):
+def _two_rank_worker(rank, init_file, out_dir, grad_sync, sizes):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)
     head = M.ContrastiveHead(8, 16, 4)
-    x = torch.randn(6, 8)
-    t = F.normalize(torch.randn(6, 4), dim=-1)
-    mine = slice(3 * rank, 3 * rank + 3)
+    x = torch.randn(sum(sizes), 8)
+    t = F.normalize(torch.randn(sum(sizes), 4), dim=-1)
+    mine = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
     v = F.normalize(head(x[mine]), dim=-1)
     loss = M.info_nce(v, t[mine], 0.1, grad_sync=grad_sync)
     loss.backward()
@@ -300,15 +300,16 @@ def _two_rank_worker(rank, init_file, out_dir, grad_sync):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("grad_sync", ["mean", "sum"])
-def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path, grad_sync):
-    # the loss's gradient is the global batch's whether the ranks' gradients are averaged (DDP) or summed
+@pytest.mark.parametrize("grad_sync, sizes", [("mean", (3, 3)), ("sum", (3, 3)), ("mean", (4, 3)), ("sum", (4, 3))])
+def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path, grad_sync, sizes):
+    # the loss's gradient is the global batch's whether the ranks' gradients are averaged (DDP) or summed, and when
+    # the ranks hold different numbers of clips (4 and 3)
     import torch.multiprocessing as mp
-    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(tmp_path), grad_sync), nprocs=2, join=True)
+    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(tmp_path), grad_sync, sizes), nprocs=2, join=True)
     torch.manual_seed(0)
     head = M.ContrastiveHead(8, 16, 4)
-    x = torch.randn(6, 8)
-    t = F.normalize(torch.randn(6, 4), dim=-1)
+    x = torch.randn(sum(sizes), 8)
+    t = F.normalize(torch.randn(sum(sizes), 4), dim=-1)
     loss = M.info_nce(F.normalize(head(x), dim=-1), t, 0.1)
     loss.backward()
     for rank in (0, 1):

@@ -220,8 +220,8 @@ def main(args):
                 logits = trained(video)                        # (B, K)
             loss = F.cross_entropy(logits.float(), y)          # labels (LP) or soft targets (FT: timm's soft CE)
             if not torch.isfinite(loss):
-                raise SystemExit(f"non-finite loss {loss.item()} at epoch {epoch} step {i}; the last good checkpoint "
-                                 f"is {args.output_dir}/ckpt.pt (try a lower --lr)")
+                raise SystemExit(f"finetune.py: non-finite loss {loss.item()} at epoch {epoch + 1} step {i}; the last "
+                                 f"good checkpoint is {args.output_dir}/ckpt.pt (try a lower --blr)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -152,7 +152,7 @@ def seed_epoch(seed, rank, epoch):
 
 def main(args):
     rank, world, device = M.setup_distributed()
-    state, enc_sd, cfg = starting_point(args)                  # fills args' None defaults
+    state, enc_sd, cfg = starting_point(args, device)          # fills args' None defaults
     train_ds, train_loader, val_loader, K = make_loaders(args, state, rank, world, device)
 
     # one seed on every rank: every rank starts from the same weights (the linear probe's frozen encoder too)
@@ -262,10 +262,10 @@ def main(args):
 # -----------------------------------------------------------------------------
 # The set-up of main, in the order it runs: where the run starts (resume / checkpoint / none), the args, the data
 
-def starting_point(args):
+def starting_point(args, device):
     """Where the run starts -> (resume state or None, pretrained encoder state dict or None, the ModelConfig); fills
     args' None defaults (the checkpoint's shape when it stores one, else the paper's) and stops on flags that clash."""
-    resume = M.resume_path(args.resume, args.output_dir)
+    resume = M.resume_path(args.resume, args.output_dir, device)
     def fail(msg):
         raise data.UsageError(f"finetune.py: {msg}")
     try:

@@ -18,8 +18,11 @@ import contextlib
 import json
 import math
 import os
+import socket
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -578,44 +581,41 @@ def setup_distributed(device=None):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if "RANK" not in os.environ:
         return 0, 1, device
-    # NOTE: torchrun's static rendezvous keeps one store for the whole job: after a restart a rank would read the
-    # addresses its dead predecessors wrote there, so each attempt sees it under a prefix (docs/pretraining.md "Faults")
+    # NOTE: torchrun's store outlives a restart with the addresses of dead ranks, and each node counts its own restarts
+    # (docs/pretraining.md "Faults"): rank 0 of each attempt serves a fresh store, found through the job's store
     store, rank, world = next(dist.rendezvous("env://"))
-    store = dist.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/", store)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if rank == 0:
+        fresh = dist.TCPStore(socket.getfqdn(), 0, world, is_master=True, wait_for_workers=False)
+        store.set("tgm/store", f"{socket.getfqdn()} {fresh.port}")
+    while rank != 0:
+        host, port = store.get("tgm/store").decode().split()
+        try:
+            fresh = dist.TCPStore(host, int(port), world, is_master=False, timeout=timedelta(seconds=10))
+            break
+        except (RuntimeError, OSError):                        # a dead attempt's address: wait for rank 0's
+            time.sleep(1)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=fresh, rank=rank, world_size=world)
+    if device.type == "cuda":  # LOCAL_RANK: torchrun's; SLURM_LOCALID: srun's
+        local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID"))
+        if local is None:
+            raise SystemExit("set LOCAL_RANK to this process's GPU on its node (torchrun and srun set it for you)")
+        device = torch.device("cuda", int(local))
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def resume_path(resume, output_dir):
+def resume_path(resume, output_dir, device):
     """--resume auto | PATH | None -> the checkpoint to load, or None: 'auto' is output_dir/ckpt.pt where it exists.
-    After a torchrun restart (--max-restarts) always output_dir/ckpt.pt, the newest: a typed path would redo steps."""
+    After a torchrun restart (--max-restarts) always output_dir/ckpt.pt, the newest: a typed path would redo steps.
+    Every rank decides alike: a restart anywhere in the job (a node's count can stay 0 under c10d) counts for all."""
     last = os.path.join(output_dir, "ckpt.pt")
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))  # times torchrun restarted the group after a death
-    if restarts > 0 and os.path.isfile(last):
-        print0(f"torchrun restart {restarts}: resuming from the run's last checkpoint, {last}")
+    restarts = torch.tensor([int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(restarts, op=dist.ReduceOp.MAX)
+    if restarts.item() > 0 and os.path.isfile(last):
+        print0(f"torchrun restart {restarts.item()}: resuming from the run's last checkpoint, {last}")
         return last
     return (last if os.path.isfile(last) else None) if resume == "auto" else resume
-
-
-@contextlib.contextmanager
-def stop_together(world):
-    """Start-up work that may fail on some rank (CLIP weights, a list or captions file, the maps): when one fails, all
-    stop at the block's end, not at the job's timeout. The lowest failed rank raises its error, the others exit 1."""
-    error = None
-    try:
-        yield
-    except BaseException as e:
-        error = e
-    failed = [error is not None] * world
-    if world > 1:
-        dist.all_gather_object(failed, error is not None)      # one all_gather: which ranks failed
-    if error is not None and failed.index(True) == (dist.get_rank() if world > 1 else 0):
-        raise error
-    if any(failed):
-        raise SystemExit(1)
 
 
 def print0(*args, **kwargs):

@@ -7,6 +7,7 @@ with the mask of random (ST-MAE), tube (VideoMAE), motion-guided (MGM) or text-g
         --tgm-maps maps/k400 --mask tgm --ratio 0.6 --contrastive  # Kinetics-400 (docs/pretraining.md: the rest)
 """
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -175,7 +176,7 @@ def main(args):
     random.seed(args.seed)
     cfg = M.make_config(args.model, img_size=args.input_size, num_frames=args.num_frames,
                         norm_pix_loss=not args.no_norm_pix_loss)
-    with M.stop_together(world):      # a list or captions file that cannot be read: one sentence, every rank stops
+    with stop_together(world):      # a list or captions file that cannot be read: one sentence, every rank stops
         dataset, sampler, steps_per_epoch = make_data(args, cfg.grid, rank, world)
 
     embed_text = caption_ids = tgm = None                     # a run without text: no CLIP at all
@@ -317,7 +318,7 @@ def frozen_text(args, dataset, cfg, device, world):
     """The frozen CLIP of the text-guided mask (Sec. 3.3) and of L_NCE's text side (Sec. 3.4) -> (embed_text, {caption:
     id}, the in-step TextGuidedMasker or None). Every distinct caption is embedded once, up front, in fixed chunks: a
     text target never depends on its CLIP batch (bit for bit: --resume is exact). K400: about 1.5 GB on the CPU."""
-    with M.stop_together(world):  # a rank that cannot load CLIP or use the maps stops every rank, with its sentence
+    with stop_together(world):  # a rank that cannot load CLIP or use the maps stops every rank, with its sentence
         clip, tokenizer = frozen_clip.load_clip_or_exit("pretrain.py", args.clip_model, args.clip_pretrained, device)
         if args.tgm_maps:  # masks from the loader: the maps must come from this run's CLIP and captions, all made
             problem = maps.check_maps(args.tgm_maps, maps.maps_identity(
@@ -343,7 +344,7 @@ def frozen_text(args, dataset, cfg, device, world):
 def resume(args, raw_model, optimizer, scaler, rank, steps_per_epoch):
     """--resume (model.resume_path): model, optimizer, scaler and this rank's RNG states -> the step to go on from."""
     os.makedirs(args.output_dir, exist_ok=True)
-    path = M.resume_path(args.resume, args.output_dir)
+    path = M.resume_path(args.resume, args.output_dir, next(raw_model.parameters()).device)
     if not path:
         return 0
     ckpt = M.load_checkpoint(path)
@@ -375,6 +376,24 @@ def save(ckpt_path, args, cfg, raw_model, optimizer, scaler, step, steps_per_epo
             "step": step, "epoch": step // steps_per_epoch, "model_cfg": M.model_config_dict(cfg),
             "head": head,                                      # contrastive | probe | None: what trained the head
             "args": vars(args), "rng": states})
+
+
+@contextlib.contextmanager
+def stop_together(world):
+    """Start-up work that may fail on some rank (CLIP weights, a list or captions file, the maps): when one fails, all
+    stop at the block's end, not at the job's timeout. The lowest failed rank raises its error, the others exit 1."""
+    error = None
+    try:
+        yield
+    except BaseException as e:
+        error = e
+    failed = [error is not None] * world
+    if world > 1:
+        dist.all_gather_object(failed, error is not None)      # one all_gather: which ranks failed
+    if error is not None and failed.index(True) == (dist.get_rank() if world > 1 else 0):
+        raise error
+    if any(failed):
+        raise SystemExit(1)
 
 
 def backward_and_clip(loss, probe_loss, raw_model, optimizer, scaler, clip_grad):

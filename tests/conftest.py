@@ -62,8 +62,29 @@ def torchrun(script, argv, *torchrun_flags, timeout=300):
                           timeout=timeout)
 
 
+def torchrun_two_nodes(script, argv, rdzv, timeout=300):
+    """Two torchrun agents on this machine, as two nodes of one rank each, --max-restarts 2; rdzv: 'c10d' (one
+    endpoint) or 'static' (--node-rank) -> (return codes, stdout + stderr of both). Killed at the timeout: a hang
+    fails the test instead of stalling the suite."""
+    import subprocess
+    port, env = free_port(), {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--max-restarts=2"]
+    kind = lambda i: ([f"--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=tgm-test"]
+                      if rdzv == "c10d" else [f"--node-rank={i}", "--master-addr=127.0.0.1", f"--master-port={port}"])
+    procs = [subprocess.Popen(launch + kind(i) + [script, *argv], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        raise AssertionError(f"two-node torchrun ({rdzv}) still running after {timeout} s: a hang")
+    return [p.returncode for p in procs], "\n".join(outs)
+
+
 # A stage whose rank 1 is SIGKILLed at the start of its second epoch, once rank 0 has written the first checkpoint,
-# in torchrun's first attempt only: the restarted group (--max-restarts) then runs the stage as it is.
+# once per job (a marker beside the checkpoint): the restarted group (--max-restarts) then runs the stage as it is.
+# Once per job, not per restart count: under c10d a node's count can stay 0 after the others' restart.
 KILLED_RANK_SCRIPT = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
@@ -74,9 +95,10 @@ calls, epoch_start = [], stage.{hook}
 
 def hooked(*a, **kw):
     calls.append(1)
-    if len(calls) == 2 and os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+    if len(calls) == 2 and os.environ["RANK"] == "1" and not os.path.exists({ckpt!r} + ".killed"):
         while not os.path.isfile({ckpt!r}):
             time.sleep(0.05)
+        open({ckpt!r} + ".killed", "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
     return epoch_start(*a, **kw)
 

@@ -277,6 +277,40 @@ def test_a_killed_rank_restarts_under_torchrun_and_ends_as_the_uninterrupted_run
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+@pytest.fixture(scope="module")
+def two_node_runs(demo, tiny_clip, small_list, tmp_path_factory):
+    """The uninterrupted run (3 epochs of 4 steps on two ranks) and a checkpoint at step 4 for --resume PATH."""
+    from conftest import torchrun
+    tmp = tmp_path_factory.mktemp("two_nodes")
+    common = flags(demo, tiny_clip, None, small_list) + ["--mask", "tube", "--save-every", "1", "--epochs", "3"]
+    common[common.index("--batch-size") + 1] = "4"                   # 2 ranks x 4: 4 steps an epoch
+    del common[common.index("--captions"):common.index("--captions") + 2]  # no captions: no CLIP to load
+    for out, extra in ((tmp / "straight", []), (tmp / "start", ["--max-steps", "4"])):
+        res = torchrun(os.path.join(ROOT, "pretrain.py"), common + extra + out_flag(out))
+        assert res.returncode == 0, res.stderr[-3000:]
+    return common, M.load_checkpoint(tmp / "straight" / "ckpt.pt"), str(tmp / "start" / "ckpt.pt")
+
+
+@pytest.mark.parametrize("rdzv", ["c10d", "static"])
+@pytest.mark.parametrize("typed", [False, True])
+def test_a_killed_worker_of_two_nodes_restarts_and_ends_as_the_uninterrupted_run(two_node_runs, tmp_path, rdzv, typed):
+    """Two torchrun agents (two nodes), the worker of rank 1 SIGKILLed after the first checkpoint, --max-restarts 2:
+    every rank resumes from the run's newest checkpoint (with --resume PATH typed at launch too, whose step 4 it must
+    not redo) in a store every node agrees on, and the run ends with the uninterrupted run's weights."""
+    from conftest import killed_rank_script, torchrun_two_nodes
+    common, straight, start = two_node_runs
+    out = tmp_path / "killed"
+    script = killed_rank_script(tmp_path / "killed.py", "pretrain", "DataLoader", out / "ckpt.pt", "stage.parse_args()")
+    codes, log = torchrun_two_nodes(script, common + out_flag(out) + (["--resume", start] if typed else []), rdzv)
+    assert codes == [0, 0], log[-3000:]
+    assert os.path.exists(out / "ckpt.pt.killed") and "resuming from the run's last checkpoint" in log
+    assert f"at step {8 if typed else 4}" in log                       # the newest checkpoint, not --resume's
+    got = M.load_checkpoint(out / "ckpt.pt")
+    assert got["step"] == straight["step"] == 12
+    for k in straight["model"]:
+        assert torch.equal(straight["model"][k], got["model"][k]), k
+
+
 def test_rank_0_failing_to_load_clip_stops_both_ranks_at_once(demo, tiny_clip, small_list, tmp_path):
     import time
     from conftest import torchrun

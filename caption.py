@@ -58,7 +58,6 @@ def get_parser():
 
 
 def parse_args(argv=None):
-    """The flags; combinations that cannot work stop here, with one sentence saying how to fix them."""
     parser = get_parser()
     args = parser.parse_args(argv)
     data.check_flags("caption.py", args)  # what was typed, before the demo is built
@@ -172,21 +171,6 @@ def llm_class_captions(name, class_names, labels, device, dtype, batch_size, max
     return {y: answers[j * k:(j + 1) * k] for j, y in enumerate(labels)}
 
 
-def caption_batch(batch, args, processor, model, dtype, class_caps):
-    """The captions of each video of the batch (list of lists), from the chosen --source."""
-    caps = [[] for _ in batch]
-    if "blip2" in args.source and batch:
-        k = args.frames
-        flat = blip2_captions(processor, model, torch.cat([s["pixels"] for s in batch]), dtype,
-                              args.max_new_tokens, args.num_beams)  # (V*K) captions, K per video in order
-        caps = [flat[i * k:(i + 1) * k] for i in range(len(batch))]
-    if args.source != "blip2":  # the captions of the video's class: its name ("Oracle") or the LM's
-        # NOTE: Table 6b "BLIP + GPT3.5" does not say how the two were combined; we join the lists, so
-        # pretraining's random pick takes a BLIP-2 caption or a vision-free one with equal odds (3 + 3)
-        caps = [c + class_caps[s["label"]] for c, s in zip(caps, batch)]
-    return caps
-
-
 # -----------------------------------------------------------------------------
 # main
 
@@ -237,7 +221,15 @@ def main(args):
         with out, open(failed_path, "w") as failed, bar:          # closed before an except below prints
             for batch in loader:
                 good = [s for s in batch if s["error"] is None]
-                for s, caps in zip(good, caption_batch(good, args, processor, model, dtype, class_caps)):
+                if use_blip2 and good:
+                    flat = blip2_captions(processor, model, torch.cat([s["pixels"] for s in good]), dtype,
+                                          args.max_new_tokens, args.num_beams)  # (V*K) captions, K per video in order
+                for j, s in enumerate(good):
+                    caps = flat[j * args.frames:(j + 1) * args.frames] if use_blip2 else []
+                    if args.source != "blip2":  # the captions of the video's class: its name ("Oracle") or the LM's
+                        # NOTE: Table 6b "BLIP + GPT3.5" does not say how the two were combined; we join the lists, so
+                        # pretraining's random pick takes a BLIP-2 caption or a vision-free one with equal odds (3 + 3)
+                        caps = caps + class_caps[s["label"]]
                     s["captions"] = [c for c in caps if c]  # a blank caption carries no text to mask or contrast with
                     if not s["captions"]:
                         s["error"] = f"{args.source} gave only empty captions"
@@ -295,8 +287,7 @@ def from_pretrained(cls, name, flag, **kwargs):
 
 
 def open_output(path):
-    """Open `path` for appending, locked against a second writer; -> (file, videos already in it). A last line
-    without its newline (a kill mid-write) is cut off, and that video captioned again; another bad line stops."""
+    """Open `path` for appending, locked against a second writer; -> (file, videos already in it)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     f = open(path, "a+b")
     try:

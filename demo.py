@@ -3,8 +3,7 @@
 A synthetic video dataset (8 classes, shape x motion; three captions per video that say what one frame shows, as
 BLIP-2's keyframe captions do), written once into $TGM_CACHE (default ~/.cache/tgm); a small CLIP trained on its
 frames and captions (the demo CLIP), which stands in for OpenAI's weights offline; and demo-sized flag values, so
-that every stage runs in minutes on a CPU. The stages call one entry, `fill(parser, argv, stage)`, when no --data
-is given (or --clip-pretrained demo):
+that every stage runs in minutes on a CPU. The stages call one entry, `fill(parser, argv, stage)`. For example:
     python pretrain.py --mask tgm --ratio 0.6 --contrastive        # the demo, end to end
 Tests: python -m pytest -q tests/test_demo.py
 """
@@ -250,13 +249,10 @@ def demo_dataset(cache_dir=None, seed=0, pretrain_per_class=None, train_per_clas
                     k += 1
         bar.close()
         lists["pretrain"] = lists.pop("unlabelled") + lists["train"]
-        for split in ("pretrain", "train", "val"):
-            with open(os.path.join(tmp, f"{split}.txt"), "w") as f:
-                f.writelines(lists[split])
-        with open(os.path.join(tmp, "class_names.txt"), "w") as f:
-            f.writelines(a[0] + "\n" for a in DEMO_ACTIONS)
-        with open(os.path.join(tmp, "captions.jsonl"), "w") as f:
-            f.writelines(caps)
+        lists.update(class_names=[a[0] + "\n" for a in DEMO_ACTIONS], captions=caps)  # every text file, by its key
+        for key, lines in lists.items():
+            with open(os.path.join(tmp, os.path.basename(paths[key])), "w") as f:
+                f.writelines(lines)
         np.savez_compressed(os.path.join(tmp, "objects.npz"), **objects)  # a few hundred kB: masks compress well
         os.rename(tmp, root)
     except OSError:
@@ -269,7 +265,6 @@ def demo_dataset(cache_dir=None, seed=0, pretrain_per_class=None, train_per_clas
 
 # -----------------------------------------------------------------------------
 # The demo CLIP: a small open_clip model trained on the demo's own frames and captions
-#
 # NOTE: not in the paper. Offline a random CLIP gives text-guided masks that follow no word; this one, trained in about
 # a minute on the demo's frames and captions, knows its colours, shapes and scenes, and is small enough for the paper's
 # per-patch features in the step (1.4-1.8x a tube step). open_clip's own CLIP class, loaded like any weights file.
@@ -302,9 +297,8 @@ def _one_thread():
 def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_CLIP_BATCH, lr=DEMO_CLIP_LR,
                     seed=0, crop_scale=(0.02, 1.0)):
     """CLIP's contrastive training, from scratch, on frames and their captions -> the open_clip model, frozen, in eval
-    mode. videos: [(frames uint8 (F, H, W, 3), captions)]; config_path: an open_clip config (.json). A step takes
-    batch_size distinct videos, for each a random crop of a frame (crop_scale of its area: from about a 'patch'
-    feature's 16 px, a part and its words, to the whole scene) and one of its captions. Deterministic for a seed."""
+    mode; deterministic for a seed. videos: [(frames uint8 (F, H, W, 3), captions)]; config_path: an open_clip config
+    (.json); crop_scale: a crop's share of the frame, from about a 'patch' feature's 16 px to the whole scene."""
     name = frozen_clip.register_config(config_path)
     tokenizer = open_clip.get_tokenizer(name)
     distinct = sorted({c for _, caps in videos for c in caps})
@@ -361,8 +355,7 @@ def train_demo_clip(videos, config_path, steps=DEMO_CLIP_STEPS, batch_size=DEMO_
 
 
 def demo_clip_videos(list_file, root, captions_file, num_frames=DEMO_CLIP_FRAMES):
-    """The training material of the demo CLIP: [(frames uint8 (F, H, W, 3), captions)] for every video of the list
-    that has captions, F = num_frames spread over the video. A video that cannot be read is left out."""
+    """The demo CLIP's training material: [(frames uint8 (F, H, W, 3), captions)], every captioned, readable video."""
     captions = data.read_captions(captions_file)
     videos = []
     for rel, _ in tqdm(data.read_list(list_file), desc="decoding demo frames", leave=False):
@@ -412,15 +405,6 @@ FLAGS = {
 }
 
 
-@contextlib.contextmanager
-def _one_builder(cache_dir):
-    """Ranks that start at once build the demo once: the first holds the lock, the others then find it in the cache."""
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(os.path.join(cache_dir, ".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)                         # released when the file closes
-        yield
-
-
 def fill(parser, argv, stage):
     """Parse a stage's command line with the demo's values as the parser's defaults -> args; typed flags win. No --data:
     the demo's lists, captions, class names and FLAGS[stage] (those that change a value are printed); the demo CLIP's
@@ -431,7 +415,10 @@ def fill(parser, argv, stage):
     # evaluate.py's CLIP and features are the pretraining run's: only the stages that make masks get demo defaults
     stand_in = on_demo and stage in ("pretrain", "maps", "masking")
     typed = getattr(first, "clip_pretrained", None)
-    with _one_builder(cache_dir):
+    os.makedirs(cache_dir, exist_ok=True)
+    # ranks that start at once build the demo once: the first holds the lock, the others then find it in the cache
+    with open(os.path.join(cache_dir, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)                      # released when the file closes
         demo = demo_dataset(cache_dir)
         clip = None
         if typed == "demo" or (stand_in and typed == "openai"):

@@ -174,23 +174,21 @@ def text_gallery(labels, video_captions=None, class_names=None):
 
 
 def recall_at_k(sim, positives, ks=(1, 5)):
-    """sim (V, S) video-text similarities, positives (V, S) bool -> {k: % of videos with a positive in the top k}.
-    A video's rank: the wrong texts scored above its best right one; videos without a right text are left out."""
+    """sim (V, S) video-text similarities, positives (V, S) bool -> {k: % of videos with a positive in the top k}."""
     sim, positives = np.asarray(sim, dtype=np.float64), np.asarray(positives, dtype=bool)
-    keep = positives.any(1)
+    keep = positives.any(1)                                    # videos without a right text are left out
     sim, positives = sim[keep], positives[keep]
     best = np.where(positives, sim, -np.inf).max(1)            # (V,) score of the best right text
-    rank = (np.where(positives, -np.inf, sim) > best[:, None]).sum(1)  # wrong texts ahead of it
+    rank = (np.where(positives, -np.inf, sim) > best[:, None]).sum(1)  # wrong texts above it (a tie is not)
     return {k: 100.0 * (rank < k).mean() for k in ks}
 
 
 def video_recall(query, query_labels, gallery, gallery_labels, ks=(1, 5, 10, 20)):
     """Video -> video retrieval: query (Q, F) and gallery (G, F) L2-normalised features with their labels ->
-    {k: % of queries with a clip of their own class among their k nearest gallery clips (cosine)}, for the k below
-    G only: at k >= G every query whose class the gallery holds would hit, whatever the features."""
+    {k: % of queries with a clip of their own class among their k nearest gallery clips (cosine)}, for k < G only."""
     query, gallery = torch.as_tensor(query).float(), torch.as_tensor(gallery).float()
     query_labels, gallery_labels = torch.as_tensor(query_labels), torch.as_tensor(gallery_labels)
-    ks = [k for k in ks if k < len(gallery)]
+    ks = [k for k in ks if k < len(gallery)]  # at k >= G every query whose class G holds hits, whatever the features
     if not ks:
         return {}
     k_max = max(ks)
@@ -205,10 +203,9 @@ def video_recall(query, query_labels, gallery, gallery_labels, ks=(1, 5, 10, 20)
 # -----------------------------------------------------------------------------
 # Fig. 3: input, mask, reconstruction, attention
 
-def unpatchify(x, tubelet, patch, grid):
-    """The inverse of model.patchify. x: (B, N, t*p*p*C), grid (T', h, w) -> (B, C, T, H, W)."""
+def unpatchify(x, t, p, grid):
+    """The inverse of model.patchify. x: (B, N, t*p*p*C), tubelet t, patch p, grid (T', h, w) -> (B, C, T, H, W)."""
     B = x.shape[0]
-    t, p = tubelet, patch
     tp, h, w = grid
     x = x.reshape(B, tp, h, w, t, p, p, -1)                    # (B, T', h, w, t, p, p, C)
     x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)                     # (B, C, T', t, h, p, w, p)
@@ -297,8 +294,7 @@ def visualize(model, sample, mask, caption, mask_name, ratio):
 # The three protocols, one function each, and the set-up they share
 
 def open_list(list_file, args, cfg, run_args, mode="val", **ds_kw):
-    """A data.VideoDataset of the model's clips (cfg), at --sampling-rate, else the checkpoint's run's (run_args: its
-    stored args; paper: 4), or one sentence: a missing list or a malformed line (file:line: reason)."""
+    """A data.VideoDataset of the model's clips (cfg); run_args: the stored args of the checkpoint's run."""
     try:
         return data.VideoDataset(list_file, args.root, mode=mode, num_frames=cfg.num_frames, input_size=cfg.img_size,
                                  sampling_rate=args.sampling_rate or run_args.get("sampling_rate", 4), **ds_kw)
@@ -307,7 +303,6 @@ def open_list(list_file, args, cfg, run_args, mode="val", **ds_kw):
 
 
 def class_names_of(path):
-    """data.read_class_names, or one sentence when the file cannot be read."""
     try:
         return data.read_class_names(path)
     except OSError as e:
@@ -316,8 +311,7 @@ def class_names_of(path):
 
 def run_views(fn, ds, batch_size, args, device, amp, rank, world, desc):
     """fn: video (B, C, T, H, W) -> (B, F) over every view of ds, the ranks sharing the videos -> ((video index (n,),
-    view id (n,), fn's rows (n, F) float32), bad videos 'path: reason'), all ranks' rows on every rank.
-    DistributedSampler pads the last ranks with repeats of the first videos: merge_views counts them once."""
+    view id (n,), fn's rows (n, F) float32), bad videos 'path: reason'), all ranks' rows on every rank."""
     sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=False) if world > 1 else None
     loader = torch.utils.data.DataLoader(ds, batch_size, sampler=sampler, num_workers=args.num_workers,
                                          collate_fn=data.collate)
@@ -431,14 +425,11 @@ def run_pictures(args, model, pre_args, device, out_dir):
         sample = ds[int(i)][0]
         label = sample["label"]
         caption = (sample["captions"] or [class_names[label] if class_names else f"label {label}"])[0]
-        if mask_name == "tube":
-            mask = masking.tube_mask(1, cfg.grid, ratio, gen)
-        elif mask_name == "random":
-            mask = masking.random_mask(1, cfg.grid, ratio, gen)
-        elif mask_name == "mgm":
-            mask = masking.MotionMasker(cfg.grid, ratio)(sample, gen)[0][None]
-        else:
+        if mask_name == "tgm":
             mask = tgm(sample["video"][None].to(device), embed([caption]), gen).cpu()
+        else:  # the loader's own maskers, as masking.py draws them
+            maskers = {"random": masking.RandomMasker, "tube": masking.TubeMasker, "mgm": masking.MotionMasker}
+            mask = maskers[mask_name](cfg.grid, ratio)(sample, gen)[0][None]
         with torch.no_grad():
             img = visualize(model, sample, mask, f"{os.path.basename(ds.items[i][0])}: {caption}", mask_name, ratio)
         path = os.path.join(out_dir, f"vis_{j:02d}_{mask_name}.png")

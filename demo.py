@@ -419,7 +419,7 @@ def fill(parser, argv, stage):
     # ranks that start at once build the demo once: the first holds the lock, the others then find it in the cache
     with open(os.path.join(cache_dir, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)                      # released when the file closes
-        demo = demo_dataset(cache_dir)
+        demo = demo_dataset(cache_dir, seed=int(os.environ.get("TGM_DEMO_SEED", 0)))  # the data draw
         clip = None
         if typed == "demo" or (stand_in and typed == "openai"):
             clip = demo_clip(demo) if typed == "demo" else clip_for(demo, first.clip_model)

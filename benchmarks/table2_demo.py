@@ -60,13 +60,15 @@ parser.add_argument("--ft-epochs", type=int, default=None, help="finetuning epoc
 parser.add_argument("--clip-pretrained", default=None, help="CLIP weights for pretrain.py; default: what its demo uses "
                     "(OpenAI's when cached, else the demo CLIP)")
 parser.add_argument("--no-transfer", action="store_true", help="pretraining only (Fig. 4's curves), no probe or finetuning")
+parser.add_argument("--data-seed", type=int, default=0, help="the demo's data draw (TGM_DEMO_SEED for every script): "
+                    "its own videos, captions and demo CLIP; 0 is the draw the stages use by default")
 parser.add_argument("--output-dir", default="runs/table2_demo")
 parser.add_argument("--num-workers", type=int, default=1, help="loader processes per script")
 parser.add_argument("--jobs", type=int, default=1, help="pipelines run at once; with more than one, each script gets "
                     "cores / jobs threads (OMP_NUM_THREADS), which on a small CPU is faster than one job on all cores")
 parser.add_argument("--report-only", action="store_true", help="run nothing: write the table and plot of the runs done so far")
 args = parser.parse_args()
-env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+env = {**os.environ, "HF_HUB_OFFLINE": "1", "TGM_DEMO_SEED": str(args.data_seed)}
 if args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
     env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
 

@@ -211,7 +211,8 @@ def test_fill_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, 
     monkeypatch.chdir(tmp_path)
     for name in ("ckpt.pt", "ft.pt", "pre.pt"):                       # the checkpoints named must exist; fill never reads them
         open(name, "w").close()
-    monkeypatch.setattr(D, "demo_dataset", lambda cache_dir: colour_demo)
+    seeds = []                                                        # the data draw each fill asked for
+    monkeypatch.setattr(D, "demo_dataset", lambda cache_dir, seed: seeds.append(seed) or colour_demo)
     monkeypatch.setattr(D, "demo_clip", lambda demo: tiny_demo_clip)
     monkeypatch.setattr(D, "_openai_clip_at_hand", lambda name: False)  # offline, nothing cached
     # the demo, --clip-pretrained untyped, OpenAI's weights out of reach: the demo CLIP and its per-patch features,
@@ -240,6 +241,10 @@ def test_fill_gives_the_demo_clip_on_the_demo_only(colour_demo, tiny_demo_clip, 
     assert (args.data, args.val_data) == (colour_demo["train"], colour_demo["val"])
     args = caption.parse_args(["--source", "oracle"])
     assert (args.data, args.class_names) == (colour_demo["train"], colour_demo["class_names"])
+    assert set(seeds) == {0}                                          # the default draw, unless TGM_DEMO_SEED says
+    monkeypatch.setenv("TGM_DEMO_SEED", "3")                          # another draw of the demo's data, for every stage
+    caption.parse_args(["--source", "oracle"])
+    assert seeds[-1] == 3
 
 
 def test_paper_values_are_the_defaults_help_shows(tmp_path, monkeypatch):

@@ -141,7 +141,7 @@ def test_on_the_demo_the_maps_are_made_for_what_pretraining_reads(demo, tmp_path
     captions against, and the demo's stand-in CLIP when OpenAI's weights are out of reach."""
     import pretrain
     monkeypatch.setenv("TGM_CACHE", str(tmp_path))  # the demo's lock file; the dataset is the session's
-    monkeypatch.setattr(D, "demo_dataset", lambda cache_dir: demo)
+    monkeypatch.setattr(D, "demo_dataset", lambda cache_dir, seed: demo)
     monkeypatch.setattr(D, "_openai_clip_at_hand", lambda name: False)  # offline: the demo CLIP stands in
     monkeypatch.setattr(D, "demo_clip", lambda demo: ("demo-clip.json", "demo-clip.pt"))  # not trained here
     args = maps.parse_args(["--out-dir", str(tmp_path / "maps")])

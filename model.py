@@ -365,13 +365,9 @@ class AllReduceSum(torch.autograd.Function):
     backward = forward                                         # the gradient of a sum over ranks: the sum of theirs
 
 
-def gather_with_local_grad(x):
+def gather_with_local_grad(x, counts):
     """All ranks' x concatenated along dim 0, in rank order; this rank's slice is x itself, so its gradient is kept.
-    Ranks may hold different counts (a last, smaller batch): each is padded to the largest for the gather."""
-    n = torch.tensor([x.shape[0]], device=x.device)
-    counts = [torch.empty_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, n)
-    counts = [int(c) for c in counts]                          # one host sync: every rank's count
+    counts: every rank's number of rows; ranks may differ (a last, smaller batch): each is padded to the largest."""
     parts = [x.new_empty(max(counts), *x.shape[1:]) for _ in counts]
     dist.all_gather(parts, torch.cat([x.detach(), x.new_zeros(max(counts) - len(x), *x.shape[1:])]))
     parts = [p[:c] for p, c in zip(parts, counts)]
@@ -391,9 +387,13 @@ def info_nce(v, t, tau=0.07, text_ids=None, grad_sync="mean"):
         raise ValueError(f"grad_sync must be 'mean' or 'sum', not {grad_sync!r}")
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
-        v, t = gather_with_local_grad(v), gather_with_local_grad(t)
+        n = torch.tensor([len(v)], device=v.device)
+        counts = [torch.empty_like(n) for _ in range(world)]
+        dist.all_gather(counts, n)                             # every rank's clip count, once for the three gathers
+        counts = [int(c) for c in counts]                      # one host sync
+        v, t = gather_with_local_grad(v, counts), gather_with_local_grad(t, counts)
         if text_ids is not None:
-            text_ids = gather_with_local_grad(text_ids)
+            text_ids = gather_with_local_grad(text_ids, counts)
     # NOTE: logits in fp32 even under bf16 autocast: bf16 would round v t^T / 0.07 by ~0.06
     with torch.autocast(v.device.type, enabled=False):
         logits = v.float() @ t.float().t() / tau               # (B_global, B_global): sim(q, k) / tau, cosine
@@ -527,12 +527,13 @@ def save_checkpoint(path, obj):
     write_whole(path, lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path):
-    """Load a checkpoint dict onto the CPU, with a sentence (not a traceback) when the file is unusable."""
+def load_checkpoint(path, mmap=False):
+    """Load a checkpoint dict onto the CPU, with a sentence (not a traceback) when the file is unusable. mmap: its
+    tensors are read only when used (a look at its args costs no load)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # zip errors, EOF, unpickling: all mean the file is not a whole checkpoint
         raise CheckpointError(
             f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
@@ -585,8 +586,9 @@ def setup_distributed(device=None):
     # (docs/pretraining.md "Faults"): rank 0 of each attempt serves a fresh store, found through the job's store
     store, rank, world = next(dist.rendezvous("env://"))
     if rank == 0:
-        fresh = dist.TCPStore(socket.getfqdn(), 0, world, is_master=True, wait_for_workers=False)
-        store.set("tgm/store", f"{socket.getfqdn()} {fresh.port}")
+        host = socket.getfqdn()
+        fresh = dist.TCPStore(host, 0, world, is_master=True, wait_for_workers=False)
+        store.set("tgm/store", f"{host} {fresh.port}")
     while rank != 0:
         host, port = store.get("tgm/store").decode().split()
         try:

@@ -119,7 +119,7 @@ def parse_args(argv=None):
         fail("--precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
     path = os.path.join(args.output_dir, "ckpt.pt") if args.resume == "auto" else args.resume
     try:
-        saved = M.load_checkpoint(path).get("args", {}) if path and os.path.isfile(path) else {}
+        saved = M.load_checkpoint(path, mmap=True).get("args", {}) if path and os.path.isfile(path) else {}
     except M.CheckpointError as e:
         fail(e)
     for k in ("model", "num_frames", "input_size", "no_norm_pix_loss", "mask", "ratio", "contrastive", "batch_size"):

@@ -306,3 +306,24 @@ def test_command_line_demo_goes_on_offline_with_the_demo_clip(demo, tiny_demo_cl
     video = os.path.join(demo["root"], data.read_list(demo["val"])[0][0])
     out = run("--video", video, "--caption", "a square", "--out", str(tmp_path / "v.png"))
     assert out.returncode != 0 and "neither a file nor a weights tag" in out.stderr
+
+
+def test_table2_draws_compares_the_draws_it_finds(tmp_path):
+    """benchmarks/table2_draws.py --report-only: each draw's rows, the spread across draws and the differences, from
+    table2_demo.py's result files (two made-up draws: L_NCE adds 10 points on one and loses 5 on the other)."""
+    def row(mask, ratio, label, lp, ft):
+        return {"mask": mask, "ratio": ratio, "components": label, "seed": 0, "pretrain_log": [],
+                "linear": {"top1": lp}, "finetune": {"top1": ft}, "seconds": {"linear": 1.0, "finetune": 2.0}}
+    for draw, (vt, mae) in {1: (80.0, 70.0), 2: (75.0, 80.0)}.items():
+        os.makedirs(tmp_path / f"draw{draw}")
+        runs = {"tgm-vt|MAE + V->T|0": row("tgm", 0.6, "MAE + V->T", vt, 90.0), "tgm-mae|MAE|0": row("tgm", 0.6, "MAE", mae, 85.0),
+                "none|no pretraining|0": row("none", None, "no pretraining", 60.0, 50.0)}
+        json.dump(runs, open(tmp_path / f"draw{draw}" / "table2_demo.json", "w"))
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "table2_draws.py"), "--data-seeds", "1", "2",
+                    "--output-dir", str(tmp_path), "--report-only"], check=True, capture_output=True)
+    md = open(tmp_path / "draws.md").read()
+    assert "| 2 | TGM 0.6, pure MAE | 1 | 80.0 | 85.0 | - | 3 |" in md
+    assert "| TGM 0.6 + V->T (the paper's method) | 2 | 77.5 (75.0-80.0) | 90.0 (90.0-90.0) |" in md
+    assert "| linear probe | 1: +10.0, 2: -5.0 | +2.5 (-5.0 to +10.0) | 1 of 2 | overlap |" in md
+    assert "| the paper's method minus none | linear probe | 1: +20.0, 2: +15.0 | +17.5 (+15.0 to +20.0) | 2 of 2 | apart |" in md
+    assert set(json.load(open(tmp_path / "draws.json"))["draws"]) == {"1", "2"}

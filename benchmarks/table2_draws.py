@@ -46,7 +46,7 @@ for draw in [] if args.report_only else args.data_seeds:
     t = time.time()
     if subprocess.run(cmd).returncode:
         sys.exit(f"draw {draw} failed: its runs so far are kept, a rerun resumes them")
-    walls[str(draw)] = {"seconds": round(time.time() - t), "command": " ".join(["python"] + cmd[1:])}
+    walls[str(draw)] = {"seconds": round(time.time() - t), "command": " ".join(["python", os.path.relpath(cmd[1])] + cmd[2:])}
     with open(walls_path, "w") as f:
         json.dump(walls, f, indent=1)
 

@@ -6,7 +6,7 @@ captions and demo CLIP, as a user with TGM_DEMO_SEED=N gets them), recipes uncha
 
 For each draw N it runs `table2_demo.py --data-seed N --output-dir OUT/drawN` with the flags after `--`, then writes
     OUT/draws.md    every row of every draw (mean over its training seeds), the spread across draws, the differences
-    OUT/draws.json  every run of every draw, with its pretraining, probe and finetuning curves, and each draw's wall time
+    OUT/draws.json  every run of every draw, with its pretraining, probe and finetuning curves, and the wall times
     OUT/draws.png   pretraining losses and the probe's and finetuning's per-epoch curves, per row and draw
 
     python benchmarks/table2_draws.py --data-seeds 1 2 3 --output-dir runs/draws -- \\
@@ -46,7 +46,8 @@ for draw in [] if args.report_only else args.data_seeds:
     t = time.time()
     if subprocess.run(cmd).returncode:
         sys.exit(f"draw {draw} failed: its runs so far are kept, a rerun resumes them")
-    walls[str(draw)] = {"seconds": round(time.time() - t), "command": " ".join(["python", os.path.relpath(cmd[1])] + cmd[2:])}
+    walls.setdefault(str(draw), []).append({"seconds": round(time.time() - t),  # one entry per run of the draw
+                                            "command": " ".join(["python", os.path.relpath(cmd[1])] + cmd[2:])})
     with open(walls_path, "w") as f:
         json.dump(walls, f, indent=1)
 
@@ -117,7 +118,8 @@ for draw, rows in draws.items():
             secs = statistics.mean(sum(r["seconds"].values()) for r in rows[name])
             lines.append(f"| {draw} | {NAMES[name]} | {len(rows[name])} | {mean_top1(rows[name], 'linear'):.1f} | "
                          f"{mean_top1(rows[name], 'finetune'):.1f} | {last_loss(rows[name])} | {secs:.0f} |")
-lines += [""] + [f"Draw {d}: {w['seconds']:,} s wall, `{w['command']}`" for d, w in walls.items() if int(d) in draws]
+lines += [""] + [f"Draw {d}: {w['seconds']:,} s wall, `{w['command']}`  " for d, runs in walls.items() if int(d) in draws
+                 for w in runs]
 
 lines += ["", "## Across draws", "", f"Mean over draws {', '.join(map(str, draws))} of each draw's number, (min-max) "
           "over the draws.", "", "| encoder | draws | linear probe | finetuning |", "| --- | --- | --- | --- |"]

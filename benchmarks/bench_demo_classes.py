@@ -97,7 +97,8 @@ K_motion = len(D.DEMO_MOTIONS)
 tasks = {"class": lambda y: y, "shape": lambda y: y // K_motion, "motion": lambda y: y % K_motion}  # label = shape * K_motion + motion
 encoders = {"pixels 8x8": pixel_tokens, "random ViT": vit_tokens(None)}
 encoders.update({os.path.relpath(c): vit_tokens(c) for c in args.checkpoints})
-print(f"demo v{D.DEMO_VERSION}, data draw {os.environ.get('TGM_DEMO_SEED', 0)}: chance {100 / len(D.DEMO_ACTIONS):.1f} (class), {100 / len(D.DEMO_SHAPES):.1f} "
+print(f"demo v{D.DEMO_VERSION}, data draw {os.environ.get('TGM_DEMO_SEED', 0)}: chance {100 / len(D.DEMO_ACTIONS):.1f} "
+      f"(class), {100 / len(D.DEMO_SHAPES):.1f} "
       f"(shape), {100 / K_motion:.1f} (motion); val top-1 of a logistic regression on the train split's centre clips")
 print("| features | pooling | class | shape | motion |\n| --- | --- | --- | --- | --- |")
 for name, fn in encoders.items():

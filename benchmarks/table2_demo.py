@@ -124,7 +124,7 @@ def pipeline(key, seed, mask, ratio, extra, label):
         secs[mode + "_test"] = run(["evaluate.py", "--checkpoint", f"{d}/{mode}/ckpt.pt", "--output-dir", f"{d}/{mode}",
                                     "--num-workers", str(args.num_workers)], f"{d}.{mode}.test.log")
         res = json.load(open(f"{d}/{mode}/results.json"))
-        row[mode] = {"top1": res["top1"], "top5": res["top5"]}
+        row[mode] = {"top1": res["top1"], "top5": res["top5"], "log": read_jsonl(f"{d}/{mode}/log.jsonl")}  # its curves
     row["seconds"] = secs
     with lock:
         results[key] = row
@@ -247,16 +247,15 @@ def plot_transfer(path):
         return []
     names = {"tube0.9": "tube 0.9 pretraining", "tgm-mae": "TGM 0.6 pretraining (MAE)",
              "tgm-vt": "TGM 0.6 + V->T pretraining", "none": "no pretraining"}
-    runs = {label: [r for k, r in results.items() if k.startswith(name + "|") and "linear" in r] for name, label in names.items()}
+    runs = {label: [r for k, r in results.items() if k.startswith(name + "|") and "log" in r.get("linear", {})]
+            for name, label in names.items()}
     runs = {label: rows for label, rows in runs.items() if rows}
     if "no pretraining" not in runs or len(runs) < 2:
         return []
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex="col")
     for col, mode in enumerate(("linear", "finetune")):
         for (name, rows), colour in zip(runs.items(), ("tab:blue", "tab:orange", "tab:red", "tab:grey")):
-            logs = [[json.loads(line) for line in open(os.path.join(run_dir(r["seed"], r["mask"], r["ratio"], r["components"]),
-                                                                    mode, "log.jsonl"))] for r in rows]
-            epochs = [[e for e in log if "val_top1" in e] for log in logs]
+            epochs = [[e for e in r[mode]["log"] if "val_top1" in e] for r in rows]
             n = min(len(e) for e in epochs)
             x = [e["epoch"] for e in epochs[0][:n]]
             for row, field in enumerate(("train_loss", "val_top1")):

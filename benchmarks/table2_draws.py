@@ -6,7 +6,7 @@ captions and demo CLIP, as a user with TGM_DEMO_SEED=N gets them), recipes uncha
 
 For each draw N it runs `table2_demo.py --data-seed N --output-dir OUT/drawN` with the flags after `--`, then writes
     OUT/draws.md    every row of every draw (mean over its training seeds), the spread across draws, the differences
-    OUT/draws.json  every run of every draw, with its pretraining, probe and finetuning curves, and the wall times
+    OUT/draws.json  every run of every draw (table2_demo.py's results, curves included), and the wall times
     OUT/draws.png   pretraining losses and the probe's and finetuning's per-epoch curves, per row and draw
 
     python benchmarks/table2_draws.py --data-seeds 1 2 3 --output-dir runs/draws -- \\
@@ -52,37 +52,18 @@ for draw in [] if args.report_only else args.data_seeds:
         json.dump(walls, f, indent=1)
 
 
-def run_dir(out, r):
-    """A pipeline's folder, as table2_demo.py names it."""
-    label = r["components"].replace(" ", "").replace(">", "").replace("+", "_")
-    return os.path.join(out, f"{r['mask']}{'' if r['ratio'] is None else r['ratio']}_{label}_s{r['seed']}")
-
-
-def read_curves(out, r):
-    """finetune.py's per-epoch log of each transfer mode, when its run folder is still there."""
-    curves = {}
-    for mode in ("linear", "finetune"):
-        path = os.path.join(run_dir(out, r), mode, "log.jsonl")
-        if os.path.isfile(path):
-            curves[mode] = [json.loads(line) for line in open(path)]
-    return curves
-
-
 # every finished run of every draw: draws[draw][name] = [run, ...] over the training seeds
 everything, draws = {"wall_seconds": walls, "draws": {}}, {}
 for draw in args.data_seeds:
-    out = os.path.join(args.output_dir, f"draw{draw}")
-    path = os.path.join(out, "table2_demo.json")
+    path = os.path.join(args.output_dir, f"draw{draw}", "table2_demo.json")
     if not os.path.isfile(path):
         continue
-    runs = json.load(open(path))
-    for key, r in runs.items():
-        r.setdefault("curves", read_curves(out, r))
-    everything["draws"][str(draw)] = runs
+    everything["draws"][str(draw)] = runs = json.load(open(path))
     draws[draw] = {}
     for key, r in runs.items():
-        if key.split("|")[0] in NAMES and "linear" in r:
-            draws[draw].setdefault(key.split("|")[0], []).append(r)
+        name = key.split("|")[0]
+        if name in NAMES and "linear" in r:
+            draws[draw].setdefault(name, []).append(r)
 if not draws:
     sys.exit(f"no draw has finished runs in {args.output_dir}")
 with open(os.path.join(args.output_dir, "draws.json"), "w") as f:
@@ -108,7 +89,7 @@ lines = ["## By draw", "", "5x3 multi-view top-1 (%) on the draw's 120 val video
 
 def last_loss(rows):
     """The probe's training loss in its last epoch (mean over seeds): how well the probe fitted the train videos."""
-    losses = [[e["train_loss"] for e in r["curves"].get("linear", []) if "train_loss" in e] for r in rows]
+    losses = [[e["train_loss"] for e in r["linear"].get("log", []) if "train_loss" in e] for r in rows]
     return f"{statistics.mean(loss[-1] for loss in losses):.3f}" if losses and all(losses) else "-"
 
 
@@ -168,7 +149,7 @@ for i, (stage, field) in enumerate(panels):
     ax = axes[i % 2, i // 2]
     for k, (draw, rows) in enumerate(draws.items()):
         for name in names:
-            logs = [r["pretrain_log"] if stage == "pretraining" else r["curves"].get(stage, []) for r in rows.get(name, [])]
+            logs = [r["pretrain_log"] if stage == "pretraining" else r[stage].get("log", []) for r in rows.get(name, [])]
             logs = [[e for e in log if e.get(field) is not None] for log in logs]
             if not logs or not all(logs):
                 continue
